@@ -1,0 +1,204 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/loki-iot/loki/internal/fault"
+	lokiv1 "github.com/loki-iot/loki/proto/loki/v1"
+	"github.com/loki-iot/loki/services/loki"
+	"github.com/loki-iot/loki/subjects"
+	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/encoding/protojson"
+)
+
+func natsURLFlag(fs interface {
+	String(string, string, string) *string
+}) *string {
+	return fs.String("nats-url", envOr("NATS_URL", nats.DefaultURL), "NATS server URL (env NATS_URL)")
+}
+
+func dialClient(url string) (*nats.Conn, error) {
+	nc, err := nats.Connect(url, nats.Name("loki-cli"), nats.Timeout(3*time.Second))
+	if err != nil {
+		return nil, fault.Wrap(fault.Unavailable, err, "cannot reach NATS at %s (is `loki up` running?): %v", url, err)
+	}
+	return nc, nil
+}
+
+func cmdTools(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("tools", "Usage: loki tools [flags]\n\nLists the registered tools with their params and return type.", stderr)
+	url := natsURLFlag(fs)
+	asJSON := fs.Bool("json", false, "print the full definitions as JSON")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	nc, err := dialClient(*url)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	tools, err := loki.NewClient(nc).List(ctx)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		b, _ := protojson.MarshalOptions{Multiline: true}.Marshal(&lokiv1.ToolList{Tools: tools})
+		fmt.Fprintln(stdout, string(b))
+		return nil
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TOOL\tPARAMS\tRETURNS\tDESCRIPTION")
+	for _, t := range tools {
+		var ps []string
+		for _, p := range t.GetParams() {
+			s := p.GetName() + ":" + p.GetType()
+			if !p.GetRequired() {
+				s += "?"
+			}
+			ps = append(ps, s)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", t.GetName(), strings.Join(ps, " "), t.GetReturns(), t.GetDescription())
+	}
+	return tw.Flush()
+}
+
+func cmdCall(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("call", `Usage: loki call TOOL [key=value ...] [flags]
+
+Calls a tool and prints its JSON result. Values are taken as the param's
+declared type: strings as written, other types as JSON (n=3, on=true,
+tags='["a","b"]'). --json passes the whole argument object instead.
+On failure, prints the error code and message and exits 1.`, stderr)
+	url := natsURLFlag(fs)
+	rawJSON := fs.String("json", "", "arguments as one JSON object, merged under key=value pairs")
+	timeout := fs.Duration("timeout", 30*time.Second, "give up after this long (also bounds the script)")
+	stream := fs.Bool("stream", false, "print each emit() chunk as it arrives, before the result")
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) == 0 {
+		fs.Usage()
+		return &exitError{code: 2, err: errors.New("call: name a tool")}
+	}
+	tool := pos[0]
+	nc, err := dialClient(*url)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	client := loki.NewClient(nc)
+	body, err := buildArgs(ctx, client, tool, *rawJSON, pos[1:])
+	if err != nil {
+		return callFailed(err)
+	}
+	var res loki.Result
+	if *stream {
+		res, err = client.Stream(ctx, tool, body, func(_ uint64, chunk []byte) error {
+			_, err := fmt.Fprintln(stdout, string(chunk))
+			return err
+		})
+	} else {
+		res, err = client.Call(ctx, tool, body)
+	}
+	if err != nil {
+		return callFailed(err)
+	}
+	fmt.Fprintln(stdout, string(res.JSON))
+	return nil
+}
+
+func callFailed(err error) error {
+	return &exitError{code: 1, err: fmt.Errorf("%s: %s", fault.CodeOf(err), fault.MessageOf(err))}
+}
+
+// buildArgs merges --json and key=value pairs into one JSON object, reading
+// the tool's params so `name=42` stays a string for a string param.
+func buildArgs(ctx context.Context, c *loki.Client, tool, rawJSON string, pairs []string) ([]byte, error) {
+	args := map[string]any{}
+	if rawJSON != "" {
+		if err := json.Unmarshal([]byte(rawJSON), &args); err != nil {
+			return nil, fault.New(fault.InvalidArgument, "--json: want a JSON object: %v", err)
+		}
+	}
+	if len(pairs) == 0 {
+		return json.Marshal(args)
+	}
+	types := map[string]string{}
+	def, err := c.Get(ctx, tool)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range def.GetParams() {
+		types[p.GetName()] = p.GetType()
+	}
+	for _, kv := range pairs {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, fault.New(fault.InvalidArgument, "argument %q: want key=value", kv)
+		}
+		if types[k] == "string" {
+			args[k] = v
+			continue
+		}
+		var val any
+		if err := json.Unmarshal([]byte(v), &val); err != nil {
+			if t, known := types[k]; known && t != "any" {
+				return nil, fault.New(fault.InvalidArgument, "argument %s: %q is not a valid %s (write it as JSON)", k, v, t)
+			}
+			val = v // unknown or "any" params: a bare word is a string
+		}
+		args[k] = val
+	}
+	return json.Marshal(args)
+}
+
+func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("events", `Usage: loki events [flags]
+
+Prints script events (started, completed, failed) as JSON lines until interrupted.`, stderr)
+	url := natsURLFlag(fs)
+	tool := fs.String("tool", "", "only events of this tool")
+	kind := fs.String("kind", "", "only events of this kind: started, completed or failed")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	subj, err := subjects.ScriptEvents(*tool, subjects.EventKind(*kind))
+	if err != nil {
+		return fmt.Errorf("events: %w", err)
+	}
+	nc, err := dialClient(*url)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	ch := make(chan *nats.Msg, 1024)
+	sub, err := nc.ChanSubscribe(subj, ch)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "listening on %s (Ctrl-C to stop)\n", subj)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case m := <-ch:
+			fmt.Fprintln(stdout, string(m.Data))
+		}
+	}
+}

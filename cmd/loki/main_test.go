@@ -1,0 +1,166 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// syncBuffer is a bytes.Buffer safe for one writer and one reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+var natsURL = regexp.MustCompile(`nats://127\.0\.0\.1:\d+`)
+
+// startUp runs `loki up` on a random port and returns its NATS URL and a stop
+// function that waits for a clean exit.
+func startUp(t *testing.T, dataDir string, extra ...string) (string, func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var out, errOut syncBuffer
+	done := make(chan error, 1)
+	args := append([]string{"up", "--data-dir", dataDir, "--nats-port", "-1", "--log-level", "warn"}, extra...)
+	go func() { done <- run(ctx, args, &out, &errOut) }()
+	deadline := time.Now().Add(15 * time.Second)
+	for !strings.Contains(out.String(), "Loki is up") {
+		select {
+		case err := <-done:
+			t.Fatalf("loki up exited: %v\n%s", err, errOut.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("loki up not ready; stderr:\n%s", errOut.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	url := natsURL.FindString(out.String())
+	if url == "" {
+		t.Fatalf("no NATS URL in output:\n%s", out.String())
+	}
+	return url, func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("loki up: got %v, want clean exit", err)
+		}
+	}
+}
+
+func cli(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	err := run(context.Background(), args, &out, &errOut)
+	return strings.TrimSpace(out.String()), err
+}
+
+func TestUpCallToolsAndRestart(t *testing.T) {
+	dir := t.TempDir()
+	url, stop := startUp(t, dir)
+	got, err := cli(t, "call", "add", "a=1", "b=2", "--nats-url", url)
+	if err != nil || got != "3" {
+		t.Fatalf("call add: got %q, %v, want 3", got, err)
+	}
+	got, err = cli(t, "call", "--nats-url", url, "slugify", "text=42 Answers")
+	if err != nil || got != `"42-answers"` {
+		t.Fatalf("call slugify with a numeric-looking string: got %q, %v", got, err)
+	}
+	got, err = cli(t, "call", "summarize", "--json", `{"readings":[{"sensor":"a","value":1}]}`, "--nats-url", url)
+	if err != nil || !strings.Contains(got, `"mean":1`) {
+		t.Fatalf("call --json: got %q, %v", got, err)
+	}
+	got, err = cli(t, "call", "countdown", "n=2", "--stream", "--nats-url", url)
+	if err != nil || got != "{\"remaining\":2}\n{\"remaining\":1}\n\"liftoff\"" {
+		t.Fatalf("call --stream: got %q, %v", got, err)
+	}
+	_, err = cli(t, "call", "add", "a=x", "--nats-url", url)
+	if err == nil || !strings.Contains(err.Error(), "INVALID_ARGUMENT") {
+		t.Fatalf("bad arg: got %v, want INVALID_ARGUMENT", err)
+	}
+	if ee, ok := err.(*exitError); !ok || ee.code != 1 {
+		t.Fatalf("bad arg: got %#v, want exit code 1", err)
+	}
+	_, err = cli(t, "call", "nope", "--nats-url", url)
+	if err == nil || !strings.Contains(err.Error(), "NOT_FOUND") {
+		t.Fatalf("unknown tool: got %v, want NOT_FOUND", err)
+	}
+	got, err = cli(t, "tools", "--nats-url", url)
+	if err != nil || !strings.Contains(got, "countdown") || !strings.Contains(got, "a:number") {
+		t.Fatalf("tools: got %q, %v", got, err)
+	}
+	stop()
+
+	// Restart on the same data dir with a config that has only a new tool:
+	// the examples registered before are still there.
+	cfg := filepath.Join(t.TempDir(), "tools.toml")
+	if err := os.WriteFile(cfg, []byte("[[tools]]\nname = \"hello\"\nreturns = \"string\"\nscript = \"return 'hi'\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	url, stop = startUp(t, dir, "--config", cfg)
+	defer stop()
+	for tool, want := range map[string]string{"hello": `"hi"`, "add": "5"} {
+		got, err := cli(t, "call", tool, "a=2", "b=3", "--nats-url", url)
+		if tool == "hello" {
+			got, err = cli(t, "call", tool, "--nats-url", url)
+		}
+		if err != nil || got != want {
+			t.Fatalf("after restart, %s: got %q, %v, want %s", tool, got, err, want)
+		}
+	}
+}
+
+func TestUpRefusesBadConfig(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "bad.toml")
+	src := "[[tools]]\nname = \"ok\"\nscript = \"return 1\"\n\n[[tools]]\nname = \"broken\"\nscript = \"return +\"\n"
+	if err := os.WriteFile(cfg, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	err := run(context.Background(), []string{"up", "--config", cfg, "--data-dir", t.TempDir(), "--nats-port", "-1"}, &out, &errOut)
+	if err == nil {
+		t.Fatal("loki up started with a broken config")
+	}
+	for _, want := range []string{cfg + ":5", `tool "broken"`} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %q", err, want)
+		}
+	}
+	if strings.Contains(out.String(), "Loki is up") {
+		t.Fatal("loki up reported ready with a broken config")
+	}
+}
+
+func TestCallWithoutServer(t *testing.T) {
+	_, err := cli(t, "call", "add", "a=1", "--nats-url", "nats://127.0.0.1:1")
+	if err == nil || !strings.Contains(err.Error(), "UNAVAILABLE") {
+		t.Fatalf("got %v, want UNAVAILABLE", err)
+	}
+}
+
+func TestUsage(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if err := run(context.Background(), []string{"help"}, &out, &errOut); err != nil || !strings.Contains(out.String(), "loki up") {
+		t.Fatalf("help: got %v, %q", err, out.String())
+	}
+	if err := run(context.Background(), []string{"frobnicate"}, &out, &errOut); err == nil {
+		t.Fatal("unknown command accepted")
+	}
+}

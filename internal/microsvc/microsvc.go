@@ -1,0 +1,404 @@
+// Package microsvc serves NATS micro-protocol services whose handlers run in
+// a bounded worker pool.
+//
+// nats.go/micro delivers each endpoint's requests on one goroutine and times a
+// handler only until it returns, so a slow script would block every call
+// behind it, and handing work off to goroutines would leave micro's request,
+// error and latency figures counting only the hand-off. This package answers
+// the same $SRV.PING/INFO/STATS verbs with micro's own types (so `nats micro`
+// tools and any micro client work unchanged) but records each request when
+// its handler finishes: counts, errors and latency stay honest however long a
+// handler runs.
+package microsvc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/loki-iot/loki/internal/fault"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/nats-io/nuid"
+)
+
+// Config describes a service.
+type Config struct {
+	Name        string
+	Version     string // semver
+	Description string
+	Metadata    map[string]string
+	// QueueGroup shared by replicas; default micro.DefaultQueueGroup ("q").
+	QueueGroup string
+}
+
+// Request is one incoming request. It is valid until the handler returns.
+type Request struct {
+	msg *nats.Msg
+	nc  *nats.Conn
+}
+
+// Subject is the subject the request arrived on.
+func (r *Request) Subject() string { return r.msg.Subject }
+
+// Data is the request body.
+func (r *Request) Data() []byte { return r.msg.Data }
+
+// Header is the request's headers (nil when none).
+func (r *Request) Header() nats.Header { return r.msg.Header }
+
+// HasReply reports whether the caller waits for an answer.
+func (r *Request) HasReply() bool { return r.msg.Reply != "" }
+
+// Publish sends an intermediate message to the caller's reply subject, ahead
+// of the final reply (used to stream partial results). It is a no-op when the
+// request has no reply subject.
+func (r *Request) Publish(m *nats.Msg) error {
+	if r.msg.Reply == "" {
+		return nil
+	}
+	m.Subject = r.msg.Reply
+	return r.nc.PublishMsg(m)
+}
+
+// Handler answers one request. A nil error sends data (with hdr, which may be
+// nil) as the reply; an error is answered with micro's error headers, the
+// code from fault.CodeOf and the message from fault.MessageOf. ctx is
+// cancelled when the service is stopped past its drain timeout.
+type Handler func(ctx context.Context, r *Request) (data []byte, hdr nats.Header, err error)
+
+// Endpoint describes one endpoint.
+type Endpoint struct {
+	Name    string
+	Subject string
+	Handler Handler
+	// Workers > 0 runs the handler on that many goroutines, with up to Queue
+	// requests waiting; a request arriving when the queue is full is answered
+	// RESOURCE_EXHAUSTED at once. Workers == 0 runs the handler inline on the
+	// subscription's goroutine, for cheap handlers.
+	Workers int
+	Queue   int
+	// Metadata appears in $SRV.INFO.
+	Metadata map[string]string
+}
+
+// Service is a running micro-protocol service. Its methods are safe for
+// concurrent use.
+type Service struct {
+	cfg     Config
+	id      string
+	nc      *nats.Conn
+	log     *slog.Logger
+	started time.Time
+
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	endpoints []*endpoint
+	control   []*nats.Subscription
+	stopped   bool
+	inflight  sync.WaitGroup
+}
+
+type endpoint struct {
+	Endpoint
+	queueGroup string
+	sub        *nats.Subscription
+	jobs       chan *Request
+	workers    sync.WaitGroup
+
+	// guarded by Service.mu
+	requests, errors, rejected uint64
+	busy                       int
+	lastError                  string
+	processing                 time.Duration
+}
+
+// ErrStopped is returned by AddEndpoint after Stop.
+var ErrStopped = errors.New("service stopped")
+
+// Start registers the service's PING/INFO/STATS handlers and returns it.
+// Endpoints are added with AddEndpoint; Stop drains it.
+func Start(nc *nats.Conn, cfg Config, log *slog.Logger) (*Service, error) {
+	if cfg.Name == "" || cfg.Version == "" {
+		return nil, errors.New("microsvc: Name and Version are required")
+	}
+	if cfg.QueueGroup == "" {
+		cfg.QueueGroup = micro.DefaultQueueGroup
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Service{
+		cfg: cfg, id: nuid.Next(), nc: nc, log: log, started: time.Now().UTC(),
+		ctx: ctx, cancel: cancel,
+	}
+	verbs := map[micro.Verb]func() any{
+		micro.PingVerb:  func() any { return micro.Ping{ServiceIdentity: s.identity(), Type: micro.PingResponseType} },
+		micro.InfoVerb:  func() any { return s.Info() },
+		micro.StatsVerb: func() any { return s.Stats() },
+	}
+	for verb, value := range verbs {
+		for _, kind := range [][2]string{{"", ""}, {cfg.Name, ""}, {cfg.Name, s.id}} {
+			subj, err := micro.ControlSubject(verb, kind[0], kind[1])
+			if err != nil {
+				s.unsubscribeControl()
+				return nil, err
+			}
+			sub, err := nc.Subscribe(subj, func(m *nats.Msg) {
+				b, _ := json.Marshal(value())
+				_ = m.Respond(b)
+			})
+			if err != nil {
+				s.unsubscribeControl()
+				return nil, fmt.Errorf("microsvc: subscribe %s: %w", subj, err)
+			}
+			s.control = append(s.control, sub)
+		}
+	}
+	return s, nil
+}
+
+// ID is this instance's unique id, as in $SRV.INFO.
+func (s *Service) ID() string { return s.id }
+
+func (s *Service) identity() micro.ServiceIdentity {
+	return micro.ServiceIdentity{Name: s.cfg.Name, ID: s.id, Version: s.cfg.Version, Metadata: s.cfg.Metadata}
+}
+
+// AddEndpoint subscribes e in the service's queue group.
+func (s *Service) AddEndpoint(e Endpoint) error {
+	if e.Name == "" || e.Subject == "" || e.Handler == nil {
+		return errors.New("microsvc: endpoint needs Name, Subject and Handler")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return ErrStopped
+	}
+	ep := &endpoint{Endpoint: e, queueGroup: s.cfg.QueueGroup}
+	cb := func(m *nats.Msg) { s.handle(ep, &Request{msg: m, nc: s.nc}) }
+	if e.Workers > 0 {
+		ep.jobs = make(chan *Request, max(e.Queue, 0))
+		for range e.Workers {
+			ep.workers.Add(1)
+			go func() {
+				defer ep.workers.Done()
+				for r := range ep.jobs {
+					s.serve(ep, r)
+				}
+			}()
+		}
+		cb = func(m *nats.Msg) { s.dispatch(ep, &Request{msg: m, nc: s.nc}) }
+	}
+	sub, err := s.nc.QueueSubscribe(e.Subject, ep.queueGroup, cb)
+	if err != nil {
+		if ep.jobs != nil {
+			close(ep.jobs)
+		}
+		return fmt.Errorf("microsvc: subscribe %s: %w", e.Subject, err)
+	}
+	// Bursts queue here rather than being dropped as a slow consumer.
+	_ = sub.SetPendingLimits(1<<16, 256<<20)
+	ep.sub = sub
+	s.endpoints = append(s.endpoints, ep)
+	return nil
+}
+
+// dispatch hands r to a worker, or refuses it when every worker is busy and
+// the queue is full.
+func (s *Service) dispatch(ep *endpoint, r *Request) {
+	s.inflight.Add(1)
+	select {
+	case ep.jobs <- r:
+	default:
+		s.inflight.Done()
+		s.mu.Lock()
+		ep.rejected++
+		s.mu.Unlock()
+		err := fault.New(fault.ResourceExhausted, "%s is busy: %d requests running and %d queued; retry later",
+			s.cfg.Name, ep.Workers, ep.Queue)
+		s.record(ep, 0, err)
+		s.respond(r, nil, nil, err)
+	}
+}
+
+func (s *Service) handle(ep *endpoint, r *Request) {
+	s.inflight.Add(1)
+	s.serve(ep, r)
+}
+
+// serve runs the handler and answers; it owns one inflight count.
+func (s *Service) serve(ep *endpoint, r *Request) {
+	defer s.inflight.Done()
+	s.mu.Lock()
+	ep.busy++
+	s.mu.Unlock()
+	start := time.Now()
+	data, hdr, err := s.call(ep, r)
+	elapsed := time.Since(start)
+	s.respond(r, data, hdr, err)
+	s.mu.Lock()
+	ep.busy--
+	s.mu.Unlock()
+	s.record(ep, elapsed, err)
+}
+
+// call runs the handler, turning a panic into an INTERNAL error so one bad
+// request cannot take the service down.
+func (s *Service) call(ep *endpoint, r *Request) (data []byte, hdr nats.Header, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error("handler panicked", "endpoint", ep.Name, "subject", r.Subject(), "panic", p)
+			err = fmt.Errorf("panic: %v", p)
+		}
+	}()
+	return ep.Handler(s.ctx, r)
+}
+
+func (s *Service) respond(r *Request, data []byte, hdr nats.Header, err error) {
+	if r.msg.Reply == "" {
+		return
+	}
+	m := &nats.Msg{Subject: r.msg.Reply, Data: data, Header: hdr}
+	if err != nil {
+		m.Data = nil
+		if m.Header == nil {
+			m.Header = nats.Header{}
+		}
+		m.Header.Set(micro.ErrorCodeHeader, string(fault.CodeOf(err)))
+		m.Header.Set(micro.ErrorHeader, fault.MessageOf(err))
+	}
+	if perr := s.nc.PublishMsg(m); perr != nil {
+		s.log.Warn("reply failed", "subject", r.msg.Subject, "err", perr)
+	}
+}
+
+func (s *Service) record(ep *endpoint, elapsed time.Duration, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ep.requests++
+	ep.processing += elapsed
+	if err != nil {
+		ep.errors++
+		ep.lastError = string(fault.CodeOf(err)) + ": " + fault.MessageOf(err)
+	}
+}
+
+// Info returns the service's $SRV.INFO answer.
+func (s *Service) Info() micro.Info {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	info := micro.Info{
+		ServiceIdentity: s.identity(),
+		Type:            micro.InfoResponseType,
+		Description:     s.cfg.Description,
+		Endpoints:       make([]micro.EndpointInfo, 0, len(s.endpoints)),
+	}
+	for _, ep := range s.endpoints {
+		info.Endpoints = append(info.Endpoints, micro.EndpointInfo{
+			Name: ep.Name, Subject: ep.Subject, QueueGroup: ep.queueGroup, Metadata: ep.Metadata,
+		})
+	}
+	return info
+}
+
+// PoolStats is the Data of an endpoint's stats when it has workers.
+type PoolStats struct {
+	Workers  int    `json:"workers"`
+	Queue    int    `json:"queue"`
+	Busy     int    `json:"busy"`
+	Rejected uint64 `json:"rejected"`
+}
+
+// Stats returns the service's $SRV.STATS answer. Counts and latency cover
+// requests whose handler has finished; requests still running show as Busy.
+func (s *Service) Stats() micro.Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := micro.Stats{
+		ServiceIdentity: s.identity(),
+		Type:            micro.StatsResponseType,
+		Started:         s.started,
+		Endpoints:       make([]*micro.EndpointStats, 0, len(s.endpoints)),
+	}
+	for _, ep := range s.endpoints {
+		es := &micro.EndpointStats{
+			Name: ep.Name, Subject: ep.Subject, QueueGroup: ep.queueGroup,
+			NumRequests: int(ep.requests), NumErrors: int(ep.errors), LastError: ep.lastError,
+			ProcessingTime: ep.processing,
+		}
+		if ep.requests > 0 {
+			es.AverageProcessingTime = ep.processing / time.Duration(ep.requests)
+		}
+		if ep.Workers > 0 {
+			es.Data, _ = json.Marshal(PoolStats{Workers: ep.Workers, Queue: ep.Queue, Busy: ep.busy, Rejected: ep.rejected})
+		}
+		st.Endpoints = append(st.Endpoints, es)
+	}
+	return st
+}
+
+// Stop stops taking requests, lets those already received finish for up to
+// timeout, then cancels the handlers' context and waits for them to return.
+// It is safe to call more than once.
+func (s *Service) Stop(timeout time.Duration) error {
+	s.mu.Lock()
+	if s.stopped {
+		s.mu.Unlock()
+		return nil
+	}
+	s.stopped = true
+	eps := append([]*endpoint(nil), s.endpoints...)
+	s.mu.Unlock()
+
+	deadline := time.Now().Add(timeout)
+	var errs []error
+	for _, ep := range eps {
+		// Drain: messages already delivered to the client are still handled;
+		// nothing new arrives.
+		if err := ep.sub.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+			errs = append(errs, err)
+		}
+	}
+	for _, ep := range eps {
+		for ep.sub.IsValid() {
+			if time.Now().After(deadline) {
+				s.cancel() // unblock inline handlers so the drain can finish
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	// Only now is no callback left to call inflight.Add, so Wait is safe.
+	done := make(chan struct{})
+	go func() {
+		s.inflight.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(time.Until(deadline)):
+		s.log.Warn("requests still running at shutdown; cancelling them", "service", s.cfg.Name, "timeout", timeout)
+		s.cancel()
+		<-done
+	}
+	s.cancel()
+	for _, ep := range eps {
+		if ep.jobs != nil {
+			close(ep.jobs)
+			ep.workers.Wait()
+		}
+	}
+	s.unsubscribeControl()
+	return errors.Join(errs...)
+}
+
+func (s *Service) unsubscribeControl() {
+	for _, sub := range s.control {
+		_ = sub.Unsubscribe()
+	}
+	s.control = nil
+}

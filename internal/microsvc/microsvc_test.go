@@ -1,0 +1,147 @@
+package microsvc_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/loki-iot/loki/internal/fault"
+	"github.com/loki-iot/loki/internal/microsvc"
+	"github.com/loki-iot/loki/internal/natstest"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+)
+
+func start(t *testing.T, nc *nats.Conn, eps ...microsvc.Endpoint) *microsvc.Service {
+	t.Helper()
+	svc, err := microsvc.Start(nc, microsvc.Config{Name: "svc", Version: "1.0.0"}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range eps {
+		if err := svc.AddEndpoint(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return svc
+}
+
+// TestStopDrains: a request already running when Stop is called still gets
+// its reply, and Stop waits for it.
+func TestStopDrains(t *testing.T) {
+	srv := natstest.Start(t)
+	nc := natstest.Connect(t, srv)
+	running := make(chan struct{})
+	release := make(chan struct{})
+	svc := start(t, nc, microsvc.Endpoint{Name: "slow", Subject: "svc.slow", Workers: 2, Queue: 2,
+		Handler: func(ctx context.Context, r *microsvc.Request) ([]byte, nats.Header, error) {
+			close(running)
+			<-release
+			return []byte("finished"), nil, nil
+		}})
+	client := natstest.Connect(t, srv)
+	reply := make(chan string, 1)
+	go func() {
+		m, err := client.Request("svc.slow", nil, 10*time.Second)
+		if err != nil {
+			reply <- "error: " + err.Error()
+			return
+		}
+		reply <- string(m.Data)
+	}()
+	<-running
+	stopped := make(chan error, 1)
+	go func() { stopped <- svc.Stop(10 * time.Second) }()
+	select {
+	case err := <-stopped:
+		t.Fatalf("Stop returned (%v) while a request was running", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	if got := <-reply; got != "finished" {
+		t.Fatalf("reply: got %q, want finished", got)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+	// Nothing answers any more.
+	if _, err := client.Request("svc.slow", nil, time.Second); err == nil {
+		t.Fatal("request answered after Stop")
+	}
+}
+
+// TestStopCancelsPastTimeout: handlers that outlive the drain timeout see
+// their context cancelled.
+func TestStopCancelsPastTimeout(t *testing.T) {
+	srv := natstest.Start(t)
+	nc := natstest.Connect(t, srv)
+	running := make(chan struct{})
+	svc := start(t, nc, microsvc.Endpoint{Name: "stuck", Subject: "svc.stuck", Workers: 1,
+		Handler: func(ctx context.Context, r *microsvc.Request) ([]byte, nats.Header, error) {
+			close(running)
+			<-ctx.Done()
+			return nil, nil, fault.New(fault.DeadlineExceeded, "cancelled")
+		}})
+	client := natstest.Connect(t, srv)
+	if err := client.PublishRequest("svc.stuck", nats.NewInbox(), nil); err != nil {
+		t.Fatal(err)
+	}
+	<-running
+	if err := svc.Stop(20 * time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestPanicIsInternalAndCounted(t *testing.T) {
+	srv := natstest.Start(t)
+	nc := natstest.Connect(t, srv)
+	svc := start(t, nc, microsvc.Endpoint{Name: "bad", Subject: "svc.bad",
+		Handler: func(context.Context, *microsvc.Request) ([]byte, nats.Header, error) { panic("oops") }})
+	defer svc.Stop(time.Second)
+	m, err := natstest.Connect(t, srv).Request("svc.bad", nil, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Header.Get(micro.ErrorCodeHeader); got != string(fault.Internal) {
+		t.Fatalf("code: got %q, want INTERNAL", got)
+	}
+	if got := m.Header.Get(micro.ErrorHeader); got != "internal error" {
+		t.Fatalf("message: got %q, want the generic text (no panic details)", got)
+	}
+	st := svc.Stats()
+	if st.Endpoints[0].NumRequests != 1 || st.Endpoints[0].NumErrors != 1 {
+		t.Fatalf("stats: got %+v", st.Endpoints[0])
+	}
+}
+
+func TestControlVerbs(t *testing.T) {
+	srv := natstest.Start(t)
+	nc := natstest.Connect(t, srv)
+	svc := start(t, nc, microsvc.Endpoint{Name: "echo", Subject: "svc.echo",
+		Handler: func(_ context.Context, r *microsvc.Request) ([]byte, nats.Header, error) { return r.Data(), nil, nil }})
+	defer svc.Stop(time.Second)
+	client := natstest.Connect(t, srv)
+	for _, verb := range []micro.Verb{micro.PingVerb, micro.InfoVerb, micro.StatsVerb} {
+		for _, id := range []string{"", svc.ID()} {
+			subj, err := micro.ControlSubject(verb, "svc", id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, err := client.Request(subj, nil, 5*time.Second)
+			if err != nil {
+				t.Fatalf("%s: %v", subj, err)
+			}
+			var ident micro.ServiceIdentity
+			if err := json.Unmarshal(m.Data, &ident); err != nil || ident.Name != "svc" || ident.ID != svc.ID() {
+				t.Fatalf("%s: got %s, %v", subj, m.Data, err)
+			}
+		}
+	}
+	info := svc.Info()
+	if len(info.Endpoints) != 1 || info.Endpoints[0].Subject != "svc.echo" || info.Endpoints[0].QueueGroup != micro.DefaultQueueGroup {
+		t.Fatalf("info endpoints: got %+v", info.Endpoints)
+	}
+}

@@ -1,0 +1,168 @@
+// Package natsrv runs an in-process nats-server with JetStream, or connects
+// to an external NATS server instead. `loki up` and the tests use it.
+package natsrv
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+// Config describes an embedded server.
+type Config struct {
+	// Name is the server name; JetStream and MQTT need one. Default "loki".
+	Name string
+	// DataDir holds the JetStream file store (under DataDir/jetstream).
+	DataDir string
+	// Host is the client listen address. Default 127.0.0.1.
+	Host string
+	// Port is the client port: 0 means 4222, -1 a random free port.
+	Port int
+	// MQTTPort enables the MQTT 3.1.1 listener on Host when non-zero; -1 picks a random port.
+	MQTTPort int
+	// MaxPayload caps one message in bytes; 0 keeps the server default (1 MiB).
+	MaxPayload int32
+	// ReadyTimeout bounds start-up. Default 10s.
+	ReadyTimeout time.Duration
+}
+
+// Server is a running embedded nats-server.
+type Server struct {
+	ns  *server.Server
+	cfg Config
+}
+
+// ErrNotReady is returned when the server does not accept connections in time.
+var ErrNotReady = errors.New("embedded NATS server not ready")
+
+// Start starts an embedded server and waits until it accepts connections.
+// The caller must call Shutdown.
+func Start(cfg Config, log *slog.Logger) (*Server, error) {
+	if cfg.Name == "" {
+		cfg.Name = "loki"
+	}
+	if cfg.Host == "" {
+		cfg.Host = "127.0.0.1"
+	}
+	if cfg.Port == 0 {
+		cfg.Port = 4222
+	}
+	if cfg.ReadyTimeout == 0 {
+		cfg.ReadyTimeout = 10 * time.Second
+	}
+	if cfg.DataDir == "" {
+		return nil, errors.New("natsrv: DataDir is required for the JetStream store")
+	}
+	storeDir := filepath.Join(cfg.DataDir, "jetstream")
+	if err := os.MkdirAll(storeDir, 0o750); err != nil {
+		return nil, fmt.Errorf("natsrv: create store dir: %w", err)
+	}
+	opts := &server.Options{
+		ServerName: cfg.Name,
+		Host:       cfg.Host,
+		Port:       cfg.Port,
+		JetStream:  true,
+		StoreDir:   storeDir,
+		MaxPayload: cfg.MaxPayload,
+		NoSigs:     true, // signals are handled once, in main
+	}
+	if cfg.MQTTPort == -1 {
+		// The server has no accessor for a random MQTT port, so pick one.
+		port, err := freePort(cfg.Host)
+		if err != nil {
+			return nil, fmt.Errorf("natsrv: pick MQTT port: %w", err)
+		}
+		cfg.MQTTPort = port
+	}
+	if cfg.MQTTPort != 0 {
+		opts.MQTT = server.MQTTOpts{Host: cfg.Host, Port: cfg.MQTTPort}
+	}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("natsrv: %w", err)
+	}
+	if log != nil {
+		ns.SetLoggerV2(&logAdapter{log: log.With("component", "nats-server")}, false, false, false)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(cfg.ReadyTimeout) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("%w within %s (is port %d in use?)", ErrNotReady, cfg.ReadyTimeout, cfg.Port)
+	}
+	return &Server{ns: ns, cfg: cfg}, nil
+}
+
+// ClientURL is the nats:// URL clients on this machine connect to.
+func (s *Server) ClientURL() string { return s.ns.ClientURL() }
+
+// MQTTAddr is host:port of the MQTT listener, or "" when it is off.
+func (s *Server) MQTTAddr() string {
+	if s.cfg.MQTTPort == 0 {
+		return ""
+	}
+	return net.JoinHostPort(s.cfg.Host, strconv.Itoa(s.cfg.MQTTPort))
+}
+
+func freePort(host string) (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// Connect opens an in-process client connection (no TCP) with opts appended.
+func (s *Server) Connect(name string, opts ...nats.Option) (*nats.Conn, error) {
+	opts = append([]nats.Option{nats.Name(name), nats.InProcessServer(s.ns)}, opts...)
+	return nats.Connect("", opts...)
+}
+
+// Shutdown stops the server and waits for it to finish, flushing JetStream.
+func (s *Server) Shutdown() {
+	s.ns.Shutdown()
+	s.ns.WaitForShutdown()
+}
+
+// Dial connects to an external NATS server at url with reconnects forever,
+// so a component survives a server restart.
+func Dial(url, name string, log *slog.Logger, opts ...nats.Option) (*nats.Conn, error) {
+	base := []nats.Option{
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(500 * time.Millisecond),
+	}
+	if log != nil {
+		base = append(base,
+			nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+				if err != nil {
+					log.Warn("NATS disconnected", "err", err)
+				}
+			}),
+			nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("NATS reconnected", "url", nc.ConnectedUrl()) }),
+		)
+	}
+	nc, err := nats.Connect(url, append(base, opts...)...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS at %s: %w", url, err)
+	}
+	return nc, nil
+}
+
+// logAdapter routes nats-server logs into slog.
+type logAdapter struct{ log *slog.Logger }
+
+func (l *logAdapter) Noticef(format string, v ...any) { l.log.Debug(fmt.Sprintf(format, v...)) }
+func (l *logAdapter) Warnf(format string, v ...any)   { l.log.Warn(fmt.Sprintf(format, v...)) }
+func (l *logAdapter) Fatalf(format string, v ...any)  { l.log.Error(fmt.Sprintf(format, v...)) }
+func (l *logAdapter) Errorf(format string, v ...any)  { l.log.Error(fmt.Sprintf(format, v...)) }
+func (l *logAdapter) Debugf(format string, v ...any)  { l.log.Debug(fmt.Sprintf(format, v...)) }
+func (l *logAdapter) Tracef(format string, v ...any)  { l.log.Debug(fmt.Sprintf(format, v...)) }

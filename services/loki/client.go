@@ -1,0 +1,187 @@
+package loki
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/loki-iot/loki/internal/fault"
+	lokiv1 "github.com/loki-iot/loki/proto/loki/v1"
+	"github.com/loki-iot/loki/subjects"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+)
+
+// Headers of loki.exec.<tool> requests and replies.
+const (
+	// HeaderTimeout (request) bounds the execution below the tool's own
+	// timeout, as a Go duration ("250ms"). Gateways pass their caller's
+	// remaining deadline here.
+	HeaderTimeout = "Loki-Timeout"
+	// HeaderStream (request), when set to any value, asks for emit() chunks:
+	// each is sent to the reply subject with HeaderChunk before the final reply.
+	HeaderStream = "Loki-Stream"
+	// HeaderChunk (reply) marks an emit() chunk and carries its sequence
+	// number from 1; the final reply has no HeaderChunk.
+	HeaderChunk = "Loki-Chunk"
+	// HeaderExecutionID (reply) is the execution's id, as in script events.
+	HeaderExecutionID = "Loki-Execution-Id"
+)
+
+// Client calls Loki over NATS. It is safe for concurrent use; the caller owns
+// and closes the connection.
+type Client struct {
+	nc *nats.Conn
+}
+
+// NewClient returns a client on nc.
+func NewClient(nc *nats.Conn) *Client { return &Client{nc: nc} }
+
+// Result is the answer of one execution.
+type Result struct {
+	ExecutionID string
+	// JSON is the tool's result as JSON.
+	JSON []byte
+}
+
+// Call runs tool with args (a JSON object, or nil for none) and returns its
+// JSON result. ctx's deadline bounds the wait and is passed to Loki so the
+// script stops too. Failures are *fault.Error: the tool's error code and
+// message, or UNAVAILABLE when no Loki replica answers.
+func (c *Client) Call(ctx context.Context, tool string, args []byte) (Result, error) {
+	subj, err := subjects.ToolExec(tool)
+	if err != nil {
+		return Result{}, fault.New(fault.InvalidArgument, "%v", err)
+	}
+	m := nats.NewMsg(subj)
+	m.Data = args
+	setTimeout(ctx, m)
+	resp, err := c.nc.RequestMsgWithContext(ctx, m)
+	if err != nil {
+		return Result{}, transportError(err, subj)
+	}
+	if err := replyError(resp, subj); err != nil {
+		return Result{}, err
+	}
+	return Result{ExecutionID: resp.Header.Get(HeaderExecutionID), JSON: resp.Data}, nil
+}
+
+// Stream runs tool like Call and passes each emit() chunk, in order, to
+// onChunk before returning the final result.
+func (c *Client) Stream(ctx context.Context, tool string, args []byte, onChunk func(seq uint64, chunk []byte) error) (Result, error) {
+	subj, err := subjects.ToolExec(tool)
+	if err != nil {
+		return Result{}, fault.New(fault.InvalidArgument, "%v", err)
+	}
+	inbox := c.nc.NewRespInbox()
+	sub, err := c.nc.SubscribeSync(inbox)
+	if err != nil {
+		return Result{}, transportError(err, subj)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	m := nats.NewMsg(subj)
+	m.Reply = inbox
+	m.Data = args
+	m.Header.Set(HeaderStream, "1")
+	setTimeout(ctx, m)
+	if err := c.nc.PublishMsg(m); err != nil {
+		return Result{}, transportError(err, subj)
+	}
+	for {
+		resp, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			return Result{}, transportError(err, subj)
+		}
+		if err := replyError(resp, subj); err != nil {
+			return Result{}, err
+		}
+		if seqStr := resp.Header.Get(HeaderChunk); seqStr != "" {
+			seq, _ := strconv.ParseUint(seqStr, 10, 64)
+			if err := onChunk(seq, resp.Data); err != nil {
+				return Result{}, err
+			}
+			continue
+		}
+		return Result{ExecutionID: resp.Header.Get(HeaderExecutionID), JSON: resp.Data}, nil
+	}
+}
+
+// List returns every registered tool.
+func (c *Client) List(ctx context.Context) ([]*lokiv1.Tool, error) {
+	list := &lokiv1.ToolList{}
+	if err := c.request(ctx, subjects.LokiToolsList, nil, list); err != nil {
+		return nil, err
+	}
+	return list.GetTools(), nil
+}
+
+// Get returns one tool's definition.
+func (c *Client) Get(ctx context.Context, name string) (*lokiv1.Tool, error) {
+	t := &lokiv1.Tool{}
+	if err := c.request(ctx, subjects.LokiToolsGet, []byte(name), t); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// Capabilities returns what the answering replica offers.
+func (c *Client) Capabilities(ctx context.Context) (*lokiv1.Capabilities, error) {
+	caps := &lokiv1.Capabilities{}
+	if err := c.request(ctx, subjects.LokiCapabilities, nil, caps); err != nil {
+		return nil, err
+	}
+	return caps, nil
+}
+
+func (c *Client) request(ctx context.Context, subj string, body []byte, out proto.Message) error {
+	resp, err := c.nc.RequestWithContext(ctx, subj, body)
+	if err != nil {
+		return transportError(err, subj)
+	}
+	if err := replyError(resp, subj); err != nil {
+		return err
+	}
+	if err := protojson.Unmarshal(resp.Data, out); err != nil {
+		return fault.Wrap(fault.Internal, err, "decode %s reply: %v", subj, err)
+	}
+	return nil
+}
+
+// setTimeout passes ctx's remaining time to the service.
+func setTimeout(ctx context.Context, m *nats.Msg) {
+	if dl, ok := ctx.Deadline(); ok {
+		if d := time.Until(dl); d > 0 {
+			m.Header.Set(HeaderTimeout, d.String())
+		}
+	}
+}
+
+// replyError decodes micro error headers and no-responder status messages.
+func replyError(m *nats.Msg, subj string) error {
+	if m.Header == nil {
+		return nil
+	}
+	if code := m.Header.Get(micro.ErrorCodeHeader); code != "" {
+		return &fault.Error{Code: fault.Code(code), Msg: m.Header.Get(micro.ErrorHeader)}
+	}
+	if m.Header.Get("Status") == "503" {
+		return fault.New(fault.Unavailable, "no service is answering on %s (is `loki up` running?)", subj)
+	}
+	return nil
+}
+
+func transportError(err error, subj string) error {
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		return fault.Wrap(fault.Unavailable, err, "no Loki service is answering on %s (is `loki up` running?)", subj)
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
+		return fault.Wrap(fault.DeadlineExceeded, err, "no answer on %s before the deadline", subj)
+	case errors.Is(err, context.Canceled):
+		return fault.Wrap(fault.DeadlineExceeded, err, "call on %s cancelled", subj)
+	}
+	return fault.Wrap(fault.Unavailable, err, "NATS: %v", err)
+}
+

@@ -1,0 +1,169 @@
+package loki
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+
+	"github.com/loki-iot/loki/internal/fault"
+	lokiv1 "github.com/loki-iot/loki/proto/loki/v1"
+	"github.com/loki-iot/loki/subjects"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+)
+
+// Registry is the tool registry on a JetStream KV bucket (one key per tool,
+// the value a protojson Tool). Every Loki replica watches the bucket and keeps
+// the compiled tools in memory, so a tool put through any replica is callable
+// on all of them. Methods are safe for concurrent use.
+type Registry struct {
+	kv  jetstream.KeyValue
+	log *slog.Logger
+
+	mu    sync.RWMutex
+	tools map[string]*Compiled
+}
+
+// OpenRegistry opens the registry bucket, creating it on first use.
+func OpenRegistry(ctx context.Context, nc *nats.Conn, log *slog.Logger) (*Registry, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("registry: %w", err)
+	}
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      subjects.ToolsBucket,
+		Description: "Loki tool registry: one protojson Tool per key",
+		History:     8,
+		Storage:     jetstream.FileStorage,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("registry: open bucket %s (is JetStream enabled on the server?): %w", subjects.ToolsBucket, err)
+	}
+	return &Registry{kv: kv, log: log, tools: map[string]*Compiled{}}, nil
+}
+
+// Put stores every tool. Tools must come from Compile or LoadTools, so they
+// are valid; a failure part-way is reported with the tools already stored.
+func (r *Registry) Put(ctx context.Context, tools ...*Compiled) error {
+	for i, c := range tools {
+		def := proto.Clone(c.Def).(*lokiv1.Tool)
+		def.Revision = 0
+		b, err := protojson.Marshal(def)
+		if err != nil {
+			return fmt.Errorf("registry: encode tool %q: %w", def.GetName(), err)
+		}
+		// Re-registering an unchanged tool (every `loki up` does) keeps its revision.
+		if cur, err := r.kv.Get(ctx, def.GetName()); err == nil && bytes.Equal(cur.Value(), b) {
+			continue
+		}
+		if _, err := r.kv.Put(ctx, def.GetName(), b); err != nil {
+			return fmt.Errorf("registry: put tool %q (%d of %d stored): %w", def.GetName(), i, len(tools), err)
+		}
+	}
+	return nil
+}
+
+// Delete removes a tool; NOT_FOUND if there is none by that name.
+func (r *Registry) Delete(ctx context.Context, name string) error {
+	if _, err := r.kv.Get(ctx, name); errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fault.New(fault.NotFound, "no tool named %q", name)
+	} else if err != nil {
+		return fmt.Errorf("registry: get %q: %w", name, err)
+	}
+	if err := r.kv.Delete(ctx, name); err != nil {
+		return fmt.Errorf("registry: delete %q: %w", name, err)
+	}
+	return nil
+}
+
+// Get returns the compiled tool, as last seen by Watch.
+func (r *Registry) Get(name string) (*Compiled, bool) {
+	r.mu.RLock()
+	c, ok := r.tools[name]
+	r.mu.RUnlock()
+	return c, ok
+}
+
+// List returns every known tool, sorted by name.
+func (r *Registry) List() []*Compiled {
+	r.mu.RLock()
+	out := make([]*Compiled, 0, len(r.tools))
+	for _, c := range r.tools {
+		out = append(out, c)
+	}
+	r.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Def.GetName() < out[j].Def.GetName() })
+	return out
+}
+
+// Watch follows the bucket until ctx is done, compiling each new revision
+// once. ready is called after the initial values are loaded.
+func (r *Registry) Watch(ctx context.Context, ready func()) error {
+	w, err := r.kv.WatchAll(ctx)
+	if err != nil {
+		return fmt.Errorf("registry: watch: %w", err)
+	}
+	defer func() { _ = w.Stop() }()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e, ok := <-w.Updates():
+			if !ok {
+				return nil
+			}
+			if e == nil { // end of initial values
+				if ready != nil {
+					ready()
+					ready = nil
+				}
+				continue
+			}
+			r.apply(e)
+		}
+	}
+}
+
+func (r *Registry) apply(e jetstream.KeyValueEntry) {
+	name := e.Key()
+	if e.Operation() != jetstream.KeyValuePut {
+		r.mu.Lock()
+		delete(r.tools, name)
+		r.mu.Unlock()
+		r.log.Info("tool removed", "tool", name, "revision", e.Revision())
+		return
+	}
+	if cur, ok := r.Get(name); ok && cur.Def.GetRevision() == e.Revision() {
+		return
+	}
+	def := &lokiv1.Tool{}
+	if err := protojson.Unmarshal(e.Value(), def); err != nil {
+		r.log.Error("registry entry is not a tool; ignoring it", "key", name, "revision", e.Revision(), "err", err)
+		r.remove(name)
+		return
+	}
+	def.Revision = e.Revision()
+	c, err := Compile(def)
+	if err != nil {
+		// Written by a newer or older Loki, or by hand: keep serving the rest.
+		r.log.Error("registry tool does not compile; it is not callable", "tool", name, "revision", e.Revision(), "err", err)
+		r.remove(name)
+		return
+	}
+	r.mu.Lock()
+	r.tools[name] = c
+	r.mu.Unlock()
+	r.log.Info("tool loaded", "tool", name, "revision", e.Revision())
+}
+
+func (r *Registry) remove(name string) {
+	r.mu.Lock()
+	delete(r.tools, name)
+	r.mu.Unlock()
+}

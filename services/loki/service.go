@@ -1,0 +1,306 @@
+// Package loki is the script service: it keeps the tool registry on
+// JetStream KV, runs tools in the sandboxed Lua engine, and serves them over
+// NATS as the micro service "loki".
+package loki
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"strconv"
+	"time"
+
+	"github.com/loki-iot/loki/internal/fault"
+	"github.com/loki-iot/loki/internal/microsvc"
+	lokiv1 "github.com/loki-iot/loki/proto/loki/v1"
+	"github.com/loki-iot/loki/services/loki/engine"
+	"github.com/loki-iot/loki/subjects"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// Version is the service version reported in $SRV.INFO and Capabilities.
+const Version = "0.1.0"
+
+// Config tunes the service. Zero fields take DefaultConfig's values.
+type Config struct {
+	// Concurrency is how many tools run at once per replica.
+	Concurrency int
+	// Queue is how many calls may wait for a free slot before new ones are
+	// refused with RESOURCE_EXHAUSTED.
+	Queue int
+	// DrainTimeout bounds how long Run waits for running calls at shutdown.
+	DrainTimeout time.Duration
+	// Limits bound each execution.
+	Limits engine.Limits
+	// Modules are the Lua modules of the child services available to scripts.
+	Modules []engine.Module
+}
+
+// DefaultConfig is four running calls per core, with a queue of 64 per core.
+func DefaultConfig() Config {
+	n := runtime.GOMAXPROCS(0)
+	return Config{Concurrency: 4 * n, Queue: 64 * n, DrainTimeout: 10 * time.Second, Limits: engine.DefaultLimits()}
+}
+
+// Validate reports the first unusable setting.
+func (c Config) Validate() error {
+	switch {
+	case c.Concurrency < 1:
+		return fmt.Errorf("concurrency %d: must be at least 1", c.Concurrency)
+	case c.Queue < 0:
+		return fmt.Errorf("queue %d: must not be negative", c.Queue)
+	case c.DrainTimeout <= 0:
+		return fmt.Errorf("drain timeout %s: must be positive", c.DrainTimeout)
+	}
+	return nil
+}
+
+// Service is one Loki replica. Any number of replicas share the load through
+// the NATS queue group and share tools through the registry.
+type Service struct {
+	cfg    Config
+	nc     *nats.Conn
+	log    *slog.Logger
+	engine *engine.Engine
+	reg    *Registry
+	svc    *microsvc.Service
+	ready  chan struct{}
+}
+
+// New validates cfg and prepares a replica; Run starts it.
+func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Service, error) {
+	def := DefaultConfig()
+	if cfg.Concurrency == 0 {
+		cfg.Concurrency = def.Concurrency
+	}
+	if cfg.Queue == 0 {
+		cfg.Queue = def.Queue
+	}
+	if cfg.DrainTimeout == 0 {
+		cfg.DrainTimeout = def.DrainTimeout
+	}
+	if cfg.Limits == (engine.Limits{}) {
+		cfg.Limits = def.Limits
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("loki config: %w", err)
+	}
+	log = log.With("component", "loki")
+	return &Service{
+		cfg:    cfg,
+		nc:     nc,
+		log:    log,
+		engine: engine.New(engine.Config{Limits: cfg.Limits, Modules: cfg.Modules}, log),
+		ready:  make(chan struct{}),
+	}, nil
+}
+
+// Ready is closed once the registry is loaded and the endpoints serve.
+func (s *Service) Ready() <-chan struct{} { return s.ready }
+
+// Registry is the replica's view of the tool registry; valid after Ready.
+func (s *Service) Registry() *Registry { return s.reg }
+
+// Run serves until ctx is cancelled, then stops taking calls and waits up to
+// DrainTimeout for running ones.
+func (s *Service) Run(ctx context.Context) error {
+	reg, err := OpenRegistry(ctx, s.nc, s.log)
+	if err != nil {
+		return err
+	}
+	s.reg = reg
+	loaded := make(chan struct{})
+	watchCtx, stopWatch := context.WithCancel(context.Background())
+	watchErr := make(chan error, 1)
+	go func() { watchErr <- reg.Watch(watchCtx, func() { close(loaded) }) }()
+	defer func() { stopWatch(); <-watchErr }()
+	select {
+	case <-loaded:
+	case err := <-watchErr:
+		watchErr <- err
+		return err
+	case <-ctx.Done():
+		return nil
+	}
+
+	svc, err := microsvc.Start(s.nc, microsvc.Config{
+		Name: subjects.LokiService, Version: Version,
+		Description: "Runs Lua tools; exec with loki.exec.<tool> and a JSON object of arguments",
+	}, s.log)
+	if err != nil {
+		return err
+	}
+	s.svc = svc
+	endpoints := []microsvc.Endpoint{
+		{Name: "exec", Subject: subjects.LokiExecAll, Handler: s.handleExec, Workers: s.cfg.Concurrency, Queue: s.cfg.Queue},
+		{Name: "list", Subject: subjects.LokiToolsList, Handler: s.handleList},
+		{Name: "get", Subject: subjects.LokiToolsGet, Handler: s.handleGet},
+		{Name: "capabilities", Subject: subjects.LokiCapabilities, Handler: s.handleCapabilities},
+	}
+	for _, e := range endpoints {
+		if err := svc.AddEndpoint(e); err != nil {
+			_ = svc.Stop(s.cfg.DrainTimeout)
+			return err
+		}
+	}
+	if err := s.nc.Flush(); err != nil {
+		_ = svc.Stop(s.cfg.DrainTimeout)
+		return fmt.Errorf("loki: flush subscriptions: %w", err)
+	}
+	s.log.Info("serving", "id", svc.ID(), "tools", len(reg.List()), "concurrency", s.cfg.Concurrency)
+	close(s.ready)
+	<-ctx.Done()
+	s.log.Info("draining", "timeout", s.cfg.DrainTimeout)
+	return svc.Stop(s.cfg.DrainTimeout)
+}
+
+func (s *Service) handleExec(ctx context.Context, r *microsvc.Request) ([]byte, nats.Header, error) {
+	start := time.Now()
+	name, err := subjects.ToolFromExec(r.Subject())
+	if err != nil {
+		return nil, nil, fault.New(fault.InvalidArgument, "%v", err)
+	}
+	tool, ok := s.reg.Get(name)
+	if !ok {
+		return nil, nil, fault.New(fault.NotFound, "no tool named %q (list them with `loki tools`)", name)
+	}
+	args, err := engine.DecodeArgs(tool.Params, r.Data())
+	if err != nil {
+		return nil, nil, withTool(err, name)
+	}
+	timeout := tool.Timeout
+	if h := r.Header().Get(HeaderTimeout); h != "" {
+		d, err := time.ParseDuration(h)
+		if err != nil || d <= 0 {
+			return nil, nil, fault.New(fault.InvalidArgument, "header %s: %q is not a positive duration", HeaderTimeout, h)
+		}
+		timeout = min(timeout, d)
+	}
+	execID := nuid.Next()
+	hdr := nats.Header{HeaderExecutionID: []string{execID}}
+	s.publishEvent(&lokiv1.ScriptEvent{ExecutionId: execID, Tool: name, Kind: string(subjects.EventStarted), ToolRevision: tool.Def.GetRevision()}, start)
+
+	var emit func([]byte) error
+	if r.Header().Get(HeaderStream) != "" && r.HasReply() {
+		var seq uint64
+		emit = func(chunk []byte) error {
+			seq++
+			return r.Publish(&nats.Msg{Data: chunk, Header: nats.Header{
+				HeaderExecutionID: []string{execID},
+				HeaderChunk:       []string{strconv.FormatUint(seq, 10)},
+			}})
+		}
+	}
+	runCtx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	result, err := s.engine.Run(runCtx, engine.Exec{
+		Tool: name, ExecID: execID, Program: tool.Program, Params: tool.Params,
+		Returns: tool.Returns, Args: args, Grants: tool.Grants, Emit: emit,
+	})
+	elapsed := time.Since(start)
+	ev := &lokiv1.ScriptEvent{ExecutionId: execID, Tool: name, Kind: string(subjects.EventCompleted),
+		Duration: durationpb.New(elapsed), ToolRevision: tool.Def.GetRevision()}
+	if err != nil {
+		err = s.edgeError(err, name, execID)
+		ev.Kind = string(subjects.EventFailed)
+		ev.ErrorCode = string(fault.CodeOf(err))
+		ev.ErrorMessage = fault.MessageOf(err)
+		s.publishEvent(ev, time.Now())
+		return nil, hdr, err
+	}
+	s.publishEvent(ev, time.Now())
+	return result, hdr, nil
+}
+
+// edgeError logs internal errors with the execution id and replaces them with
+// a generic message that names the id, so operators can find the log line.
+func (s *Service) edgeError(err error, tool, execID string) error {
+	if fault.CodeOf(err) != fault.Internal {
+		return err
+	}
+	s.log.Error("execution failed", "tool", tool, "exec_id", execID, "err", err)
+	return fault.New(fault.Internal, "internal error in tool %q (execution %s; details in the service log)", tool, execID)
+}
+
+func withTool(err error, tool string) error {
+	var fe *fault.Error
+	if errors.As(err, &fe) {
+		return &fault.Error{Code: fe.Code, Msg: fmt.Sprintf("tool %q: %s", tool, fe.Msg), Err: fe.Err}
+	}
+	return err
+}
+
+func (s *Service) publishEvent(ev *lokiv1.ScriptEvent, at time.Time) {
+	ev.Time = timestamppb.New(at)
+	subj, err := subjects.ScriptEvent(ev.Tool, subjects.EventKind(ev.Kind))
+	if err != nil {
+		s.log.Error("event subject", "err", err)
+		return
+	}
+	b, err := protojson.Marshal(ev)
+	if err != nil {
+		s.log.Error("encode event", "err", err)
+		return
+	}
+	if err := s.nc.Publish(subj, b); err != nil {
+		s.log.Warn("publish event", "subject", subj, "err", err)
+	}
+}
+
+func (s *Service) handleList(context.Context, *microsvc.Request) ([]byte, nats.Header, error) {
+	list := &lokiv1.ToolList{}
+	for _, c := range s.reg.List() {
+		list.Tools = append(list.Tools, c.Def)
+	}
+	return marshal(list)
+}
+
+func (s *Service) handleGet(_ context.Context, r *microsvc.Request) ([]byte, nats.Header, error) {
+	name := string(r.Data())
+	if len(name) > 0 && name[0] == '{' {
+		req := &lokiv1.GetToolRequest{}
+		if err := protojson.Unmarshal(r.Data(), req); err != nil {
+			return nil, nil, fault.New(fault.InvalidArgument, "body: want a tool name or {\"name\": ...}: %v", err)
+		}
+		name = req.GetName()
+	}
+	c, ok := s.reg.Get(name)
+	if !ok {
+		return nil, nil, fault.New(fault.NotFound, "no tool named %q", name)
+	}
+	return marshal(c.Def)
+}
+
+func (s *Service) handleCapabilities(context.Context, *microsvc.Request) ([]byte, nats.Header, error) {
+	caps := &lokiv1.Capabilities{
+		Service:        subjects.LokiService,
+		InstanceId:     s.svc.ID(),
+		Version:        Version,
+		Types:          []string{"string", "number", "integer", "boolean", "object", "array", "any"},
+		MaxConcurrency: uint32(s.cfg.Concurrency),
+		MaxResultBytes: uint64(s.cfg.Limits.MaxResultBytes),
+		DefaultTimeout: durationpb.New(DefaultTimeout),
+	}
+	for _, c := range s.reg.List() {
+		caps.Tools = append(caps.Tools, c.Def.GetName())
+	}
+	for _, m := range s.cfg.Modules {
+		caps.Modules = append(caps.Modules, m.Name())
+	}
+	return marshal(caps)
+}
+
+func marshal(m proto.Message) ([]byte, nats.Header, error) {
+	b, err := protojson.Marshal(m)
+	if err != nil {
+		return nil, nil, fmt.Errorf("encode %T: %w", m, err)
+	}
+	return b, nil, nil
+}

@@ -1,0 +1,585 @@
+package loki_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"testing/fstest"
+	"time"
+
+	"github.com/loki-iot/loki/internal/fault"
+	"github.com/loki-iot/loki/internal/natsrv"
+	"github.com/loki-iot/loki/internal/natstest"
+	lokiv1 "github.com/loki-iot/loki/proto/loki/v1"
+	"github.com/loki-iot/loki/services/loki"
+	"github.com/loki-iot/loki/subjects"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"google.golang.org/protobuf/encoding/protojson"
+)
+
+const testTools = `
+[[tools]]
+name = "add"
+returns = "number"
+script = "return a + b"
+  [[tools.params]]
+  name = "a"
+  type = "number"
+  required = true
+  [[tools.params]]
+  name = "b"
+  type = "number"
+  default = 0
+
+[[tools]]
+name = "spin"
+returns = "any"
+timeout = "3s"
+script = "while true do end"
+
+[[tools]]
+name = "work"
+description = "busy for ms milliseconds of CPU time, then returns ms"
+returns = "integer"
+script = '''
+local t0 = os.clock()
+while (os.clock() - t0) * 1000 < ms do end
+return ms
+'''
+  [[tools.params]]
+  name = "ms"
+  type = "integer"
+  required = true
+
+[[tools]]
+name = "boom"
+returns = "string"
+script = '''
+local x = 1
+error("kaboom")
+'''
+
+[[tools]]
+name = "bomb"
+returns = "string"
+script = "return string.rep('x', 1e10)"
+
+[[tools]]
+name = "wrong_type"
+returns = "number"
+script = "return 'not a number'"
+
+[[tools]]
+name = "stream"
+returns = "string"
+script = '''
+for i = 1, n do emit({i = i}) end
+return "done"
+'''
+  [[tools.params]]
+  name = "n"
+  type = "integer"
+  default = 3
+`
+
+func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// startLoki runs a Loki replica on its own connection to srv until the test ends.
+func startLoki(t *testing.T, srv *natsrv.Server, cfg loki.Config) *loki.Service {
+	t.Helper()
+	nc := natstest.Connect(t, srv)
+	svc, err := loki.New(cfg, nc, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	select {
+	case <-svc.Ready():
+	case err := <-done:
+		t.Fatalf("Run: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("service not ready")
+	}
+	return svc
+}
+
+func registerTools(t *testing.T, nc *nats.Conn, src string) {
+	t.Helper()
+	tools, err := loki.ParseTools("test.toml", []byte(src), fstest.MapFS{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := loki.OpenRegistry(context.Background(), nc, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.Put(context.Background(), tools...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// setup starts a server, registers the test tools and one replica.
+func setup(t *testing.T, cfg loki.Config) (*nats.Conn, *loki.Client) {
+	t.Helper()
+	srv := natstest.Start(t)
+	nc := natstest.Connect(t, srv)
+	registerTools(t, nc, testTools)
+	startLoki(t, srv, cfg)
+	return nc, loki.NewClient(nc)
+}
+
+func call(t *testing.T, c *loki.Client, tool, args string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := c.Call(ctx, tool, []byte(args))
+	return string(res.JSON), err
+}
+
+func TestExecOverRawNATS(t *testing.T) {
+	nc, _ := setup(t, loki.Config{})
+	subj, err := subjects.ToolExec("add")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What `nats req loki.exec.add '{"a":1,"b":2}'` does.
+	msg, err := nc.Request(subj, []byte(`{"a":1,"b":2}`), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(msg.Data); got != "3" {
+		t.Fatalf("got %q, want 3", got)
+	}
+	if msg.Header.Get(loki.HeaderExecutionID) == "" {
+		t.Fatalf("reply has no %s header", loki.HeaderExecutionID)
+	}
+	msg, err = nc.Request(subj, []byte(`{"a":"x"}`), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := msg.Header.Get(micro.ErrorCodeHeader); got != string(fault.InvalidArgument) {
+		t.Fatalf("error code header: got %q, want INVALID_ARGUMENT", got)
+	}
+	if got := msg.Header.Get(micro.ErrorHeader); !strings.Contains(got, `"a"`) {
+		t.Fatalf("error message %q does not name param a", got)
+	}
+}
+
+func TestExecResultsAndErrors(t *testing.T) {
+	_, c := setup(t, loki.Config{})
+	tests := []struct {
+		name, tool, args string
+		want             string
+		wantCode         fault.Code
+		wantMsg          []string
+	}{
+		{name: "add", tool: "add", args: `{"a":1,"b":2}`, want: "3"},
+		{name: "default applied", tool: "add", args: `{"a":1.5}`, want: "1.5"},
+		{name: "unknown tool", tool: "nope", args: `{}`, wantCode: fault.NotFound, wantMsg: []string{`"nope"`}},
+		{name: "missing param", tool: "add", args: `{"b":2}`, wantCode: fault.InvalidArgument, wantMsg: []string{`"a"`, `"add"`}},
+		{name: "mistyped param", tool: "add", args: `{"a":"one"}`, wantCode: fault.InvalidArgument, wantMsg: []string{`"a"`}},
+		{name: "unknown param", tool: "add", args: `{"a":1,"c":3}`, wantCode: fault.InvalidArgument, wantMsg: []string{`"c"`}},
+		{name: "not an object", tool: "add", args: `[1,2]`, wantCode: fault.InvalidArgument},
+		{name: "malformed json", tool: "add", args: `{"a":`, wantCode: fault.InvalidArgument},
+		{name: "lua error names tool and line", tool: "boom", args: `{}`, wantCode: fault.ScriptError, wantMsg: []string{`"boom"`, "line 2", "kaboom"}},
+		{name: "wrong return type", tool: "wrong_type", args: `{}`, wantCode: fault.ScriptError, wantMsg: []string{"number"}},
+		{name: "string.rep bomb", tool: "bomb", args: `{}`, wantCode: fault.ResourceExhausted},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := call(t, c, tc.tool, tc.args)
+			if code := fault.CodeOf(err); code != tc.wantCode {
+				t.Fatalf("code: got %q (%v), want %q", code, err, tc.wantCode)
+			}
+			if got != tc.want {
+				t.Fatalf("result: got %q, want %q", got, tc.want)
+			}
+			for _, w := range tc.wantMsg {
+				if !strings.Contains(fault.MessageOf(err), w) {
+					t.Errorf("message %q does not mention %q", fault.MessageOf(err), w)
+				}
+			}
+		})
+	}
+}
+
+// TestBusyLoopDoesNotBlockOthers: a script spinning until its timeout must not
+// hold up other calls, and is stopped with DEADLINE_EXCEEDED.
+func TestBusyLoopDoesNotBlockOthers(t *testing.T) {
+	nc, c := setup(t, loki.Config{Concurrency: 4})
+	events := subscribeEvents(t, nc, "spin")
+	spinErr := make(chan error, 1)
+	go func() {
+		_, err := call(t, c, "spin", `{}`)
+		spinErr <- err
+	}()
+	waitEvent(t, events, subjects.EventStarted)
+	for i := range 20 {
+		if got, err := call(t, c, "add", `{"a":1,"b":1}`); err != nil || got != "2" {
+			t.Fatalf("call %d while spin runs: got %q, %v", i, got, err)
+		}
+	}
+	select {
+	case err := <-spinErr:
+		t.Fatalf("spin ended (%v) before the other calls were answered", err)
+	default:
+	}
+	if err := <-spinErr; fault.CodeOf(err) != fault.DeadlineExceeded {
+		t.Fatalf("spin: got %v, want DEADLINE_EXCEEDED", err)
+	}
+}
+
+// TestCallerDeadlineStopsScript: a caller's deadline shorter than the tool's
+// timeout stops the script, as its failed event shows.
+func TestCallerDeadlineStopsScript(t *testing.T) {
+	nc, c := setup(t, loki.Config{})
+	events := subscribeEvents(t, nc, "spin")
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if _, err := c.Call(ctx, "spin", nil); fault.CodeOf(err) != fault.DeadlineExceeded {
+		t.Fatalf("got %v, want DEADLINE_EXCEEDED", err)
+	}
+	waitEvent(t, events, subjects.EventStarted)
+	ev := waitEvent(t, events, subjects.EventFailed)
+	if ev.GetErrorCode() != string(fault.DeadlineExceeded) {
+		t.Fatalf("failed event code: got %q, want DEADLINE_EXCEEDED", ev.GetErrorCode())
+	}
+	if ev.GetDuration().AsDuration() >= 3*time.Second {
+		t.Fatalf("script ran its full 3s timeout (%s) instead of the caller's deadline", ev.GetDuration().AsDuration())
+	}
+}
+
+func TestQueueFullIsResourceExhausted(t *testing.T) {
+	// One slot, one queue place; a short drain so the spinning scripts are
+	// cancelled when the test ends.
+	nc, c := setup(t, loki.Config{Concurrency: 1, Queue: 1, DrainTimeout: 50 * time.Millisecond})
+	events := subscribeEvents(t, nc, "spin")
+	spin, err := subjects.ToolExec("spin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.PublishRequest(spin, nats.NewInbox(), nil); err != nil {
+		t.Fatal(err)
+	}
+	waitEvent(t, events, subjects.EventStarted)
+	// Same connection, so the server delivers these two in order: the first
+	// takes the queue place, the second finds the queue full.
+	if err := nc.PublishRequest(spin, nats.NewInbox(), nil); err != nil {
+		t.Fatal(err)
+	}
+	_, err = call(t, c, "add", `{"a":1}`)
+	if fault.CodeOf(err) != fault.ResourceExhausted {
+		t.Fatalf("got %v, want RESOURCE_EXHAUSTED while the slot and queue are full", err)
+	}
+	if !strings.Contains(fault.MessageOf(err), "busy") {
+		t.Fatalf("message %q does not say the service is busy", fault.MessageOf(err))
+	}
+}
+
+func TestEvents(t *testing.T) {
+	nc, c := setup(t, loki.Config{})
+	events := subscribeEvents(t, nc, "")
+	if _, err := call(t, c, "add", `{"a":1}`); err != nil {
+		t.Fatal(err)
+	}
+	started := waitEvent(t, events, subjects.EventStarted)
+	done := waitEvent(t, events, subjects.EventCompleted)
+	if started.GetExecutionId() == "" || started.GetExecutionId() != done.GetExecutionId() {
+		t.Fatalf("execution ids: started %q, completed %q", started.GetExecutionId(), done.GetExecutionId())
+	}
+	if done.GetTool() != "add" || done.GetDuration() == nil || done.GetToolRevision() == 0 {
+		t.Fatalf("completed event incomplete: %v", done)
+	}
+	if _, err := call(t, c, "boom", `{}`); err == nil {
+		t.Fatal("boom succeeded")
+	}
+	waitEvent(t, events, subjects.EventStarted)
+	failed := waitEvent(t, events, subjects.EventFailed)
+	if failed.GetErrorCode() != string(fault.ScriptError) || !strings.Contains(failed.GetErrorMessage(), "kaboom") {
+		t.Fatalf("failed event: got %v", failed)
+	}
+}
+
+func TestStreamEmit(t *testing.T) {
+	_, c := setup(t, loki.Config{})
+	var chunks []string
+	res, err := c.Stream(context.Background(), "stream", []byte(`{"n":3}`), func(seq uint64, chunk []byte) error {
+		if int(seq) != len(chunks)+1 {
+			t.Errorf("chunk seq: got %d, want %d", seq, len(chunks)+1)
+		}
+		chunks = append(chunks, string(chunk))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{`{"i":1}`, `{"i":2}`, `{"i":3}`}
+	if strings.Join(chunks, ",") != strings.Join(want, ",") {
+		t.Fatalf("chunks: got %v, want %v", chunks, want)
+	}
+	if string(res.JSON) != `"done"` {
+		t.Fatalf("result: got %s, want \"done\"", res.JSON)
+	}
+	// A plain call gets only the result.
+	if got, err := call(t, c, "stream", `{"n":2}`); err != nil || got != `"done"` {
+		t.Fatalf("plain call: got %q, %v", got, err)
+	}
+}
+
+func TestListGetCapabilities(t *testing.T) {
+	nc, c := setup(t, loki.Config{})
+	ctx := context.Background()
+	tools, err := c.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, tl := range tools {
+		names = append(names, tl.GetName())
+	}
+	if got := strings.Join(names, ","); got != "add,bomb,boom,spin,stream,work,wrong_type" {
+		t.Fatalf("list: got %s", got)
+	}
+	add, err := c.Get(ctx, "add")
+	if err != nil || add.GetSource() != "return a + b" || len(add.GetParams()) != 2 {
+		t.Fatalf("get add: got %v, %v", add, err)
+	}
+	if _, err := c.Get(ctx, "nope"); fault.CodeOf(err) != fault.NotFound {
+		t.Fatalf("get nope: got %v, want NOT_FOUND", err)
+	}
+	// JSON body form works too.
+	msg, err := nc.Request(subjects.LokiToolsGet, []byte(`{"name":"add"}`), 5*time.Second)
+	if err != nil || !strings.Contains(string(msg.Data), `"return a + b"`) {
+		t.Fatalf("get by JSON: got %s, %v", msg.Data, err)
+	}
+	caps, err := c.Capabilities(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if caps.GetService() != "loki" || len(caps.GetTools()) != len(tools) || caps.GetMaxConcurrency() == 0 {
+		t.Fatalf("capabilities: got %v", caps)
+	}
+}
+
+func TestNoServiceIsUnavailable(t *testing.T) {
+	srv := natstest.Start(t)
+	c := loki.NewClient(natstest.Connect(t, srv))
+	if _, err := call(t, c, "add", `{"a":1}`); fault.CodeOf(err) != fault.Unavailable {
+		t.Fatalf("got %v, want UNAVAILABLE", err)
+	}
+	_, err := c.Stream(context.Background(), "add", nil, func(uint64, []byte) error { return nil })
+	if fault.CodeOf(err) != fault.Unavailable {
+		t.Fatalf("stream: got %v, want UNAVAILABLE", err)
+	}
+}
+
+// TestReplicasShareRegistryAndLoad: two replicas in one queue group; a tool
+// registered after both started becomes callable, and calls reach both.
+func TestReplicasShareRegistryAndLoad(t *testing.T) {
+	srv := natstest.Start(t)
+	nc := natstest.Connect(t, srv)
+	a := startLoki(t, srv, loki.Config{})
+	b := startLoki(t, srv, loki.Config{})
+	registerTools(t, nc, testTools)
+	for _, svc := range []*loki.Service{a, b} {
+		waitFor(t, func() bool { _, ok := svc.Registry().Get("add"); return ok })
+	}
+	c := loki.NewClient(nc)
+	for i := range 60 {
+		if got, err := call(t, c, "add", `{"a":1,"b":2}`); err != nil || got != "3" {
+			t.Fatalf("call %d: got %q, %v", i, got, err)
+		}
+	}
+	stats := allStats(t, nc)
+	if len(stats) != 2 {
+		t.Fatalf("got %d replicas answering STATS, want 2", len(stats))
+	}
+	total := 0
+	for _, st := range stats {
+		n := execStats(t, st).NumRequests
+		if n == 0 {
+			t.Errorf("replica %s served no calls; queue group not shared", st.ID)
+		}
+		total += n
+	}
+	if total != 60 {
+		t.Errorf("total exec requests: got %d, want 60", total)
+	}
+
+	// Updating the tool through the registry changes what both replicas run.
+	registerTools(t, nc, strings.Replace(testTools, "return a + b", "return a * b", 1))
+	for _, svc := range []*loki.Service{a, b} {
+		waitFor(t, func() bool {
+			tl, _ := svc.Registry().Get("add")
+			return tl.Def.GetSource() == "return a * b"
+		})
+	}
+	if got, err := call(t, c, "add", `{"a":3,"b":4}`); err != nil || got != "12" {
+		t.Fatalf("after update: got %q, %v, want 12", got, err)
+	}
+	reg, err := loki.OpenRegistry(context.Background(), nc, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.Delete(context.Background(), "add"); err != nil {
+		t.Fatal(err)
+	}
+	for _, svc := range []*loki.Service{a, b} {
+		waitFor(t, func() bool { _, ok := svc.Registry().Get("add"); return !ok })
+	}
+	if _, err := call(t, c, "add", `{"a":1}`); fault.CodeOf(err) != fault.NotFound {
+		t.Fatalf("after delete: got %v, want NOT_FOUND", err)
+	}
+	if err := reg.Delete(context.Background(), "add"); fault.CodeOf(err) != fault.NotFound {
+		t.Fatalf("second delete: got %v, want NOT_FOUND", err)
+	}
+}
+
+// TestStatsAreHonest: $SRV.STATS counts errors and measures the time scripts
+// really run, though they run on workers after micro's handler returned.
+func TestStatsAreHonest(t *testing.T) {
+	nc, c := setup(t, loki.Config{})
+	if _, err := call(t, c, "work", `{"ms":60}`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := call(t, c, "boom", `{}`); err == nil {
+		t.Fatal("boom succeeded")
+	}
+	st := execStats(t, allStats(t, nc)[0])
+	if st.NumRequests != 2 || st.NumErrors != 1 {
+		t.Fatalf("requests/errors: got %d/%d, want 2/1", st.NumRequests, st.NumErrors)
+	}
+	if !strings.HasPrefix(st.LastError, "SCRIPT_ERROR") {
+		t.Fatalf("last error: got %q, want SCRIPT_ERROR...", st.LastError)
+	}
+	if st.ProcessingTime < 60*time.Millisecond {
+		t.Fatalf("processing time %s is less than the 60ms the script ran", st.ProcessingTime)
+	}
+}
+
+func TestRestartKeepsTools(t *testing.T) {
+	dir := t.TempDir()
+	srv := natstest.Start(t, func(c *natsrv.Config) { c.DataDir = dir })
+	registerTools(t, natstest.Connect(t, srv), testTools)
+	srv.Shutdown()
+
+	srv = natstest.Start(t, func(c *natsrv.Config) { c.DataDir = dir })
+	startLoki(t, srv, loki.Config{})
+	c := loki.NewClient(natstest.Connect(t, srv))
+	if got, err := call(t, c, "add", `{"a":2,"b":2}`); err != nil || got != "4" {
+		t.Fatalf("after restart: got %q, %v, want 4", got, err)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	for _, cfg := range []loki.Config{{Concurrency: -1}, {Queue: -5}} {
+		if _, err := loki.New(cfg, nil, quietLog()); err == nil {
+			t.Errorf("New(%+v): got nil error", cfg)
+		}
+	}
+}
+
+// --- helpers ---
+
+func subscribeEvents(t *testing.T, nc *nats.Conn, tool string) chan *nats.Msg {
+	t.Helper()
+	subj, err := subjects.ScriptEvents(tool, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan *nats.Msg, 256)
+	sub, err := nc.ChanSubscribe(subj, ch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return ch
+}
+
+func waitEvent(t *testing.T, ch chan *nats.Msg, kind subjects.EventKind) *lokiv1.ScriptEvent {
+	t.Helper()
+	select {
+	case m := <-ch:
+		ev := &lokiv1.ScriptEvent{}
+		if err := protojson.Unmarshal(m.Data, ev); err != nil {
+			t.Fatalf("event %s is not protojson: %v", m.Data, err)
+		}
+		if ev.GetKind() != string(kind) || !strings.HasSuffix(m.Subject, "."+string(kind)) {
+			t.Fatalf("event: got %s on %s, want kind %s", ev.GetKind(), m.Subject, kind)
+		}
+		return ev
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no %s event", kind)
+	}
+	return nil
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func allStats(t *testing.T, nc *nats.Conn) []micro.Stats {
+	t.Helper()
+	subj, err := micro.ControlSubject(micro.StatsVerb, subjects.LokiService, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	inbox := nats.NewInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.PublishRequest(subj, inbox, nil); err != nil {
+		t.Fatal(err)
+	}
+	var out []micro.Stats
+	for {
+		m, err := sub.NextMsg(500 * time.Millisecond)
+		if errors.Is(err, nats.ErrTimeout) {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st micro.Stats
+		if err := json.Unmarshal(m.Data, &st); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, st)
+	}
+}
+
+func execStats(t *testing.T, st micro.Stats) *micro.EndpointStats {
+	t.Helper()
+	for _, e := range st.Endpoints {
+		if e.Name == "exec" {
+			return e
+		}
+	}
+	t.Fatalf("no exec endpoint in stats of %s", st.ID)
+	return nil
+}

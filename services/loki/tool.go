@@ -1,0 +1,120 @@
+package loki
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	lokiv1 "github.com/loki-iot/loki/proto/loki/v1"
+	"github.com/loki-iot/loki/services/loki/engine"
+	"github.com/loki-iot/loki/subjects"
+)
+
+// Tool limits applied when a definition is validated.
+const (
+	// DefaultTimeout applies when a tool sets none.
+	DefaultTimeout = 5 * time.Second
+	// MaxTimeout is the longest timeout a tool may declare.
+	MaxTimeout = 10 * time.Minute
+	// MaxSourceBytes caps a tool's Lua source.
+	MaxSourceBytes = 256 << 10
+	// MaxParams caps the number of params of one tool.
+	MaxParams = 64
+)
+
+// ErrInvalidTool is wrapped by every validation error of a tool definition.
+var ErrInvalidTool = errors.New("invalid tool")
+
+// Compiled is a validated tool ready to run: the definition and everything
+// derived from it. It is immutable and shared by concurrent executions.
+type Compiled struct {
+	Def     *lokiv1.Tool
+	Program *engine.Program
+	Params  []engine.Param
+	Returns engine.Type
+	Grants  engine.Grants
+	Timeout time.Duration
+}
+
+// Compile validates t and compiles its source. Every problem is reported as
+// an error wrapping ErrInvalidTool that names the tool and the field. TOML
+// tools and tools registered over the API go through this same function.
+func Compile(t *lokiv1.Tool) (*Compiled, error) {
+	c, err := compile(t)
+	if err != nil {
+		return nil, fmt.Errorf("%w: tool %q: %w", ErrInvalidTool, t.GetName(), err)
+	}
+	return c, nil
+}
+
+func compile(t *lokiv1.Tool) (*Compiled, error) {
+	if err := subjects.ValidToolName(t.GetName()); err != nil {
+		return nil, errors.New("name must match [a-z][a-z0-9_]{0,63}")
+	}
+	c := &Compiled{Def: t, Returns: engine.Type(t.GetReturns()), Timeout: DefaultTimeout}
+	if c.Returns == "" {
+		c.Returns = engine.Any
+	}
+	if !c.Returns.Valid() {
+		return nil, fmt.Errorf("returns %q: want one of %s", t.GetReturns(), typeList)
+	}
+	if t.Timeout != nil {
+		if err := t.Timeout.CheckValid(); err != nil {
+			return nil, fmt.Errorf("timeout: %w", err)
+		}
+		c.Timeout = t.Timeout.AsDuration()
+		if c.Timeout <= 0 || c.Timeout > MaxTimeout {
+			return nil, fmt.Errorf("timeout %s: must be above 0 and at most %s", c.Timeout, MaxTimeout)
+		}
+	}
+	if len(t.GetParams()) > MaxParams {
+		return nil, fmt.Errorf("%d params: at most %d", len(t.GetParams()), MaxParams)
+	}
+	seen := map[string]bool{}
+	for i, p := range t.GetParams() {
+		if err := engine.CheckParamName(p.GetName()); err != nil {
+			return nil, fmt.Errorf("params[%d]: %w", i, err)
+		}
+		if seen[p.GetName()] {
+			return nil, fmt.Errorf("params[%d]: duplicate param name %q", i, p.GetName())
+		}
+		seen[p.GetName()] = true
+		ep := engine.Param{Name: p.GetName(), Type: engine.Type(p.GetType()), Required: p.GetRequired(), Description: p.GetDescription()}
+		if !ep.Type.Valid() {
+			return nil, fmt.Errorf("param %q: type %q: want one of %s", p.GetName(), p.GetType(), typeList)
+		}
+		if p.Default != nil {
+			if p.GetRequired() {
+				return nil, fmt.Errorf("param %q: a required param cannot have a default", p.GetName())
+			}
+			ep.Default = p.Default.AsInterface()
+			if err := engine.CheckValue(ep.Type, ep.Default); err != nil {
+				return nil, fmt.Errorf("param %q: default: %w", p.GetName(), err)
+			}
+		}
+		c.Params = append(c.Params, ep)
+	}
+	grants, err := engine.ParseGrants(t.GetGrants())
+	if err != nil {
+		return nil, err
+	}
+	c.Grants = grants
+	if t.GetSource() == "" {
+		return nil, errors.New("script is empty")
+	}
+	if len(t.GetSource()) > MaxSourceBytes {
+		return nil, fmt.Errorf("script is %d bytes: at most %d", len(t.GetSource()), MaxSourceBytes)
+	}
+	chunk := t.GetSourceName()
+	if chunk == "" {
+		chunk = t.GetName()
+	}
+	prog, err := engine.Compile(chunk, t.GetSource())
+	if err != nil {
+		return nil, err
+	}
+	c.Program = prog
+	return c, nil
+}
+
+const typeList = "string, number, integer, boolean, object, array, any"

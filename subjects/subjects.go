@@ -1,0 +1,137 @@
+// Package subjects is the only place Loki's NATS subjects are spelled.
+//
+// Prefixes are constants; subjects with variable tokens are built by functions
+// that validate each token and return an error rather than a subject that
+// would match more, or less, than intended.
+package subjects
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"unicode"
+)
+
+// ErrInvalidToken is returned when a subject token is empty or contains '.',
+// '*', '>' or whitespace, or a name does not fit its pattern.
+var ErrInvalidToken = errors.New("invalid subject token")
+
+// Loki service subjects.
+const (
+	// LokiService is the NATS micro service name of the script runner.
+	LokiService = "loki"
+	// LokiExecPrefix prefixes loki.exec.<tool>; request body is a JSON object of arguments.
+	LokiExecPrefix = "loki.exec"
+	// LokiExecAll matches every tool's exec subject; the Loki service listens here.
+	LokiExecAll = LokiExecPrefix + ".*"
+	// LokiToolsList answers with a ToolList of every registered tool.
+	LokiToolsList = "loki.tools.list"
+	// LokiToolsGet answers with the Tool named in the request body.
+	LokiToolsGet = "loki.tools.get"
+	// LokiCapabilities answers with the service's Capabilities.
+	LokiCapabilities = "loki.capabilities"
+	// LokiEventsPrefix prefixes loki.events.<tool>.<kind>.
+	LokiEventsPrefix = "loki.events"
+	// LokiEventsAll matches every script event.
+	LokiEventsAll = LokiEventsPrefix + ".>"
+)
+
+// BenchEcho is the raw request/reply echo `loki bench` measures as its baseline.
+const BenchEcho = "_loki_bench.echo"
+
+// KV buckets.
+const (
+	// ToolsBucket is the JetStream KV bucket holding the tool registry, keyed by tool name.
+	ToolsBucket = "loki_tools"
+)
+
+// toolName is the shape of every tool name.
+var toolName = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)
+
+// ValidToolName returns an error unless name matches [a-z][a-z0-9_]{0,63}.
+func ValidToolName(name string) error {
+	if !toolName.MatchString(name) {
+		return fmt.Errorf("%w: tool name %q must match [a-z][a-z0-9_]{0,63}", ErrInvalidToken, name)
+	}
+	return nil
+}
+
+// ValidToken returns an error if tok cannot be used as one subject token.
+func ValidToken(tok string) error {
+	if tok == "" {
+		return fmt.Errorf("%w: empty", ErrInvalidToken)
+	}
+	if i := strings.IndexFunc(tok, func(r rune) bool {
+		return r == '.' || r == '*' || r == '>' || unicode.IsSpace(r) || r == 0
+	}); i >= 0 {
+		return fmt.Errorf("%w: %q contains %q", ErrInvalidToken, tok, tok[i:i+1])
+	}
+	return nil
+}
+
+// ToolExec returns loki.exec.<tool>.
+func ToolExec(tool string) (string, error) {
+	if err := ValidToolName(tool); err != nil {
+		return "", err
+	}
+	return LokiExecPrefix + "." + tool, nil
+}
+
+// ToolFromExec returns the tool named by an exec subject, or an error if subj
+// is not loki.exec.<valid tool name>.
+func ToolFromExec(subj string) (string, error) {
+	rest, ok := strings.CutPrefix(subj, LokiExecPrefix+".")
+	if !ok {
+		return "", fmt.Errorf("%w: %q is not an exec subject", ErrInvalidToken, subj)
+	}
+	if err := ValidToolName(rest); err != nil {
+		return "", err
+	}
+	return rest, nil
+}
+
+// EventKind is the last token of a script event subject.
+type EventKind string
+
+// The kinds of script events.
+const (
+	EventStarted   EventKind = "started"
+	EventCompleted EventKind = "completed"
+	EventFailed    EventKind = "failed"
+)
+
+// Valid reports whether k is a known event kind.
+func (k EventKind) Valid() bool {
+	return k == EventStarted || k == EventCompleted || k == EventFailed
+}
+
+// ScriptEvent returns loki.events.<tool>.<kind>.
+func ScriptEvent(tool string, kind EventKind) (string, error) {
+	if err := ValidToolName(tool); err != nil {
+		return "", err
+	}
+	if !kind.Valid() {
+		return "", fmt.Errorf("%w: event kind %q", ErrInvalidToken, kind)
+	}
+	return LokiEventsPrefix + "." + tool + "." + string(kind), nil
+}
+
+// ScriptEvents returns the subscription subject for events filtered by tool
+// and kind; an empty tool or kind matches all.
+func ScriptEvents(tool string, kind EventKind) (string, error) {
+	t, k := "*", "*"
+	if tool != "" {
+		if err := ValidToolName(tool); err != nil {
+			return "", err
+		}
+		t = tool
+	}
+	if kind != "" {
+		if !kind.Valid() {
+			return "", fmt.Errorf("%w: event kind %q", ErrInvalidToken, kind)
+		}
+		k = string(kind)
+	}
+	return LokiEventsPrefix + "." + t + "." + k, nil
+}
