@@ -8,7 +8,6 @@ package subjects
 import (
 	"errors"
 	"fmt"
-	"regexp"
 	"strings"
 	"unicode"
 )
@@ -46,12 +45,15 @@ const (
 	ToolsBucket = "loki_tools"
 )
 
-// toolName is the shape of every tool name.
-var toolName = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)
-
 // ValidToolName returns an error unless name matches [a-z][a-z0-9_]{0,63}.
+// It runs on every call, so it is a loop rather than a regexp.
 func ValidToolName(name string) error {
-	if !toolName.MatchString(name) {
+	ok := len(name) > 0 && len(name) <= 64 && name[0] >= 'a' && name[0] <= 'z'
+	for i := 1; ok && i < len(name); i++ {
+		c := name[i]
+		ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_'
+	}
+	if !ok {
 		return fmt.Errorf("%w: tool name %q must match [a-z][a-z0-9_]{0,63}", ErrInvalidToken, name)
 	}
 	return nil

@@ -66,15 +66,15 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
 	if err != nil {
 		return err
 	}
+	// Register before Run, so the tools are in the registry's first snapshot
+	// and callable the moment "Loki is up" is printed.
+	if err := register(ctx, nc, log, tools); err != nil {
+		return err
+	}
 	runErr := make(chan error, 1)
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() { runErr <- svc.Run(runCtx) }()
-	if err := register(ctx, nc, log, tools); err != nil {
-		cancel()
-		<-runErr
-		return err
-	}
 	select {
 	case <-svc.Ready():
 	case err := <-runErr:

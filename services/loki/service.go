@@ -244,12 +244,7 @@ func (s *Service) publishEvent(ev *lokiv1.ScriptEvent, at time.Time) {
 		s.log.Error("event subject", "err", err)
 		return
 	}
-	b, err := protojson.Marshal(ev)
-	if err != nil {
-		s.log.Error("encode event", "err", err)
-		return
-	}
-	if err := s.nc.Publish(subj, b); err != nil {
+	if err := s.nc.Publish(subj, marshalEvent(ev)); err != nil {
 		s.log.Warn("publish event", "subject", subj, "err", err)
 	}
 }
