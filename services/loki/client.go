@@ -184,4 +184,3 @@ func transportError(err error, subj string) error {
 	}
 	return fault.Wrap(fault.Unavailable, err, "NATS: %v", err)
 }
-
