@@ -7,5 +7,7 @@ command -v protoc >/dev/null || { echo "protoc missing: apt-get install -y proto
 bin=$(mktemp -d)
 trap 'rm -rf "$bin"' EXIT
 go build -o "$bin/protoc-gen-go" google.golang.org/protobuf/cmd/protoc-gen-go
+go build -o "$bin/protoc-gen-go-grpc" google.golang.org/grpc/cmd/protoc-gen-go-grpc
 find proto -name '*.proto' -print0 | xargs -0 protoc -I proto -I /usr/include \
-  --plugin=protoc-gen-go="$bin/protoc-gen-go" --go_out=proto --go_opt=paths=source_relative
+  --plugin=protoc-gen-go="$bin/protoc-gen-go" --go_out=proto --go_opt=paths=source_relative \
+  --plugin=protoc-gen-go-grpc="$bin/protoc-gen-go-grpc" --go-grpc_out=proto --go-grpc_opt=paths=source_relative

@@ -28,6 +28,15 @@ const (
 	LokiToolsList = "loki.tools.list"
 	// LokiToolsGet answers with the Tool named in the request body.
 	LokiToolsGet = "loki.tools.get"
+	// LokiToolsRegister validates and stores the protojson Tool in the request
+	// body and answers with it, revision set.
+	LokiToolsRegister = "loki.tools.register"
+	// LokiToolsUnregister removes the tool named in the request body.
+	LokiToolsUnregister = "loki.tools.unregister"
+	// LokiCancel is published (not requested) with a streaming call's reply
+	// subject as the body; every replica hears it and the one running that
+	// call cancels it.
+	LokiCancel = "loki.cancel"
 	// LokiCapabilities answers with the service's Capabilities.
 	LokiCapabilities = "loki.capabilities"
 	// LokiEventsPrefix prefixes loki.events.<tool>.<kind>.

@@ -51,6 +51,9 @@ func (r *Request) Data() []byte { return r.msg.Data }
 // Header is the request's headers (nil when none).
 func (r *Request) Header() nats.Header { return r.msg.Header }
 
+// Reply is the caller's reply subject ("" when none).
+func (r *Request) Reply() string { return r.msg.Reply }
+
 // HasReply reports whether the caller waits for an answer.
 func (r *Request) HasReply() bool { return r.msg.Reply != "" }
 

@@ -93,6 +93,8 @@ func (c *Client) Stream(ctx context.Context, tool string, args []byte, onChunk f
 	for {
 		resp, err := sub.NextMsgWithContext(ctx)
 		if err != nil {
+			// The caller gave up: stop the script rather than let it run to its timeout.
+			_ = c.nc.Publish(subjects.LokiCancel, []byte(inbox))
 			return Result{}, transportError(err, subj)
 		}
 		if err := replyError(resp, subj); err != nil {
@@ -125,6 +127,30 @@ func (c *Client) Get(ctx context.Context, name string) (*lokiv1.Tool, error) {
 		return nil, err
 	}
 	return t, nil
+}
+
+// Register validates and stores a tool (exactly as a TOML tool is checked)
+// and returns it with its registry revision. Invalid tools are
+// INVALID_ARGUMENT naming the problem.
+func (c *Client) Register(ctx context.Context, tool *lokiv1.Tool) (*lokiv1.Tool, error) {
+	body, err := protojson.Marshal(tool)
+	if err != nil {
+		return nil, fault.New(fault.InvalidArgument, "encode tool: %v", err)
+	}
+	out := &lokiv1.Tool{}
+	if err := c.request(ctx, subjects.LokiToolsRegister, body, out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// Unregister removes a tool; NOT_FOUND if there is none by that name.
+func (c *Client) Unregister(ctx context.Context, name string) error {
+	resp, err := c.nc.RequestWithContext(ctx, subjects.LokiToolsUnregister, []byte(name))
+	if err != nil {
+		return transportError(err, subjects.LokiToolsUnregister)
+	}
+	return replyError(resp, subjects.LokiToolsUnregister)
 }
 
 // Capabilities returns what the answering replica offers.

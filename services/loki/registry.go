@@ -69,6 +69,21 @@ func (r *Registry) Put(ctx context.Context, tools ...*Compiled) error {
 	return nil
 }
 
+// Register stores one tool and returns its definition with the registry
+// revision set; an unchanged tool keeps its revision.
+func (r *Registry) Register(ctx context.Context, c *Compiled) (*lokiv1.Tool, error) {
+	if err := r.Put(ctx, c); err != nil {
+		return nil, err
+	}
+	e, err := r.kv.Get(ctx, c.Def.GetName())
+	if err != nil {
+		return nil, fmt.Errorf("registry: read back %q: %w", c.Def.GetName(), err)
+	}
+	def := proto.Clone(c.Def).(*lokiv1.Tool)
+	def.Revision = e.Revision()
+	return def, nil
+}
+
 // Delete removes a tool; NOT_FOUND if there is none by that name.
 func (r *Registry) Delete(ctx context.Context, name string) error {
 	if _, err := r.kv.Get(ctx, name); errors.Is(err, jetstream.ErrKeyNotFound) {

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"runtime"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/loki-iot/loki/internal/fault"
@@ -72,6 +73,8 @@ type Service struct {
 	reg    *Registry
 	svc    *microsvc.Service
 	ready  chan struct{}
+	// cancels holds the cancel funcs of running streaming calls by reply subject.
+	cancels sync.Map
 }
 
 // New validates cfg and prepares a replica; Run starts it.
@@ -143,6 +146,8 @@ func (s *Service) Run(ctx context.Context) error {
 		{Name: "list", Subject: subjects.LokiToolsList, Handler: s.handleList},
 		{Name: "get", Subject: subjects.LokiToolsGet, Handler: s.handleGet},
 		{Name: "capabilities", Subject: subjects.LokiCapabilities, Handler: s.handleCapabilities},
+		{Name: "register", Subject: subjects.LokiToolsRegister, Handler: s.handleRegister},
+		{Name: "unregister", Subject: subjects.LokiToolsUnregister, Handler: s.handleUnregister},
 	}
 	for _, e := range endpoints {
 		if err := svc.AddEndpoint(e); err != nil {
@@ -150,6 +155,18 @@ func (s *Service) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	// Cancellation goes to every replica (no queue group); only the one
+	// running the call finds it in its map.
+	cancelSub, err := s.nc.Subscribe(subjects.LokiCancel, func(m *nats.Msg) {
+		if c, ok := s.cancels.Load(string(m.Data)); ok {
+			c.(context.CancelFunc)()
+		}
+	})
+	if err != nil {
+		_ = svc.Stop(s.cfg.DrainTimeout)
+		return fmt.Errorf("loki: subscribe %s: %w", subjects.LokiCancel, err)
+	}
+	defer func() { _ = cancelSub.Unsubscribe() }()
 	if err := s.nc.Flush(); err != nil {
 		_ = svc.Stop(s.cfg.DrainTimeout)
 		return fmt.Errorf("loki: flush subscriptions: %w", err)
@@ -200,6 +217,10 @@ func (s *Service) handleExec(ctx context.Context, r *microsvc.Request) ([]byte, 
 	}
 	runCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	if emit != nil {
+		s.cancels.Store(r.Reply(), cancel)
+		defer s.cancels.Delete(r.Reply())
+	}
 	result, err := s.engine.Run(runCtx, engine.Exec{
 		Tool: name, ExecID: execID, Program: tool.Program, Params: tool.Params,
 		Returns: tool.Returns, Args: args, Grants: tool.Grants, Emit: emit,
@@ -290,6 +311,36 @@ func (s *Service) handleCapabilities(context.Context, *microsvc.Request) ([]byte
 		caps.Modules = append(caps.Modules, m.Name())
 	}
 	return marshal(caps)
+}
+
+func (s *Service) handleRegister(ctx context.Context, r *microsvc.Request) ([]byte, nats.Header, error) {
+	def := &lokiv1.Tool{}
+	if err := protojson.Unmarshal(r.Data(), def); err != nil {
+		return nil, nil, fault.New(fault.InvalidArgument, "body: want a protojson Tool: %v", err)
+	}
+	def.Revision = 0
+	c, err := Compile(def)
+	if err != nil {
+		return nil, nil, fault.New(fault.InvalidArgument, "%v", err)
+	}
+	stored, err := s.reg.Register(ctx, c)
+	if err != nil {
+		return nil, nil, err
+	}
+	s.log.Info("tool registered", "tool", def.GetName(), "revision", stored.GetRevision())
+	return marshal(stored)
+}
+
+func (s *Service) handleUnregister(ctx context.Context, r *microsvc.Request) ([]byte, nats.Header, error) {
+	name := string(r.Data())
+	if err := subjects.ValidToolName(name); err != nil {
+		return nil, nil, fault.New(fault.InvalidArgument, "%v", err)
+	}
+	if err := s.reg.Delete(ctx, name); err != nil {
+		return nil, nil, err
+	}
+	s.log.Info("tool unregistered", "tool", name)
+	return nil, nil, nil
 }
 
 func marshal(m proto.Message) ([]byte, nats.Header, error) {

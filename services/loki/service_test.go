@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 const testTools = `
@@ -582,4 +583,76 @@ func execStats(t *testing.T, st micro.Stats) *micro.EndpointStats {
 	}
 	t.Fatalf("no exec endpoint in stats of %s", st.ID)
 	return nil
+}
+
+func TestRegisterAndUnregisterOverNATS(t *testing.T) {
+	_, c := setup(t, loki.Config{})
+	ctx := context.Background()
+	def := &lokiv1.Tool{Name: "triple", Returns: "integer", Source: "return x * 3",
+		Params: []*lokiv1.Param{{Name: "x", Type: "integer", Required: true}}}
+	stored, err := c.Register(ctx, def)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stored.GetRevision() == 0 {
+		t.Fatal("registered tool has no revision")
+	}
+	// The registering replica serves it as soon as its watch delivers it.
+	waitFor(t, func() bool { _, err := call(t, c, "triple", `{"x":2}`); return err == nil })
+	if got, err := call(t, c, "triple", `{"x":5}`); err != nil || got != "15" {
+		t.Fatalf("triple: got %q, %v", got, err)
+	}
+	bad := []struct {
+		name string
+		tool *lokiv1.Tool
+		want string
+	}{
+		{name: "syntax error", tool: &lokiv1.Tool{Name: "broken", Source: "return +"}, want: `tool "broken"`},
+		{name: "bad param type", tool: &lokiv1.Tool{Name: "bad", Source: "return 1", Params: []*lokiv1.Param{{Name: "a", Type: "float"}}}, want: `type "float"`},
+		{name: "bad name", tool: &lokiv1.Tool{Name: "Bad Name", Source: "return 1"}, want: "name must match"},
+	}
+	for _, tc := range bad {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := c.Register(ctx, tc.tool)
+			if fault.CodeOf(err) != fault.InvalidArgument || !strings.Contains(fault.MessageOf(err), tc.want) {
+				t.Fatalf("got %v, want INVALID_ARGUMENT mentioning %q", err, tc.want)
+			}
+		})
+	}
+	if err := c.Unregister(ctx, "triple"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { _, err := call(t, c, "triple", `{"x":2}`); return fault.CodeOf(err) == fault.NotFound })
+	if err := c.Unregister(ctx, "triple"); fault.CodeOf(err) != fault.NotFound {
+		t.Fatalf("second unregister: got %v, want NOT_FOUND", err)
+	}
+}
+
+// TestStreamCancelStopsScript: a streaming caller that gives up stops the
+// script, long before the tool's own timeout.
+func TestStreamCancelStopsScript(t *testing.T) {
+	nc, c := setup(t, loki.Config{})
+	if _, err := c.Register(context.Background(), &lokiv1.Tool{Name: "emit_then_spin", Source: "emit(1) while true do end",
+		Timeout: durationpb.New(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	events := subscribeEvents(t, nc, "emit_then_spin")
+	ctx, cancel := context.WithCancel(context.Background())
+	waitFor(t, func() bool { _, err := c.Get(ctx, "emit_then_spin"); return err == nil })
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Stream(ctx, "emit_then_spin", nil, func(uint64, []byte) error {
+			cancel() // got the first chunk; hang up
+			return nil
+		})
+		errc <- err
+	}()
+	waitEvent(t, events, subjects.EventStarted)
+	if err := <-errc; fault.CodeOf(err) != fault.DeadlineExceeded {
+		t.Fatalf("stream: got %v, want DEADLINE_EXCEEDED (cancelled)", err)
+	}
+	ev := waitEvent(t, events, subjects.EventFailed)
+	if !strings.Contains(ev.GetErrorMessage(), "cancel") {
+		t.Fatalf("failed event: got %q, want a cancellation", ev.GetErrorMessage())
+	}
 }
