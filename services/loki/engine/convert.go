@@ -3,6 +3,7 @@ package engine
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -37,19 +38,18 @@ func DecodeArgs(params []Param, body []byte) (map[string]any, error) {
 	body = bytes.TrimSpace(body)
 	var raw map[string]any
 	if len(body) > 0 && string(body) != "null" {
-		if body[0] != '{' {
-			var v any
-			if err := json.Unmarshal(body, &v); err != nil {
-				return nil, fault.New(fault.InvalidArgument, "arguments are not valid JSON: %v", err)
-			}
-			return nil, fault.New(fault.InvalidArgument, "arguments must be a JSON object, got %s", jsonTypeName(v))
-		}
-		if jsonDepth(body) > MaxDepth {
+		v, err := decodeJSON(body, MaxDepth)
+		switch {
+		case errors.Is(err, errDeep):
 			return nil, fault.New(fault.InvalidArgument, "arguments nest deeper than %d levels", MaxDepth)
-		}
-		if err := json.Unmarshal(body, &raw); err != nil {
+		case err != nil:
 			return nil, fault.New(fault.InvalidArgument, "arguments are not valid JSON: %v", err)
 		}
+		m, ok := v.(map[string]any)
+		if !ok {
+			return nil, fault.New(fault.InvalidArgument, "arguments must be a JSON object, got %s", jsonTypeName(v))
+		}
+		raw = m
 	}
 	var unknown []string
 	for k := range raw {
@@ -66,52 +66,28 @@ func DecodeArgs(params []Param, body []byte) (map[string]any, error) {
 		return nil, fault.New(fault.InvalidArgument, "unknown param %q (the tool takes: %s)",
 			unknown[0], strings.Join(names, ", "))
 	}
-	args := make(map[string]any, len(params))
+	// raw was decoded for this call alone, so it becomes the result.
+	if raw == nil {
+		raw = make(map[string]any, len(params))
+	}
 	for _, p := range params {
 		v, ok := raw[p.Name]
 		if !ok || v == nil {
 			switch {
 			case p.Default != nil:
-				args[p.Name] = p.Default
+				raw[p.Name] = p.Default
 			case p.Required:
 				return nil, fault.New(fault.InvalidArgument, "missing required param %q (%s)", p.Name, p.Type)
+			default:
+				delete(raw, p.Name)
 			}
 			continue
 		}
 		if msg := checkValue(p.Type, v, 0); msg != "" {
 			return nil, fault.New(fault.InvalidArgument, "param %q: %s", p.Name, msg)
 		}
-		args[p.Name] = v
 	}
-	return args, nil
-}
-
-// jsonDepth returns the deepest nesting of arrays and objects in a JSON
-// text, without decoding it.
-func jsonDepth(b []byte) int {
-	depth, deepest := 0, 0
-	inString, escaped := false, false
-	for _, c := range b {
-		switch {
-		case inString:
-			switch {
-			case escaped:
-				escaped = false
-			case c == '\\':
-				escaped = true
-			case c == '"':
-				inString = false
-			}
-		case c == '"':
-			inString = true
-		case c == '{' || c == '[':
-			depth++
-			deepest = max(deepest, depth)
-		case c == '}' || c == ']':
-			depth--
-		}
-	}
-	return deepest
+	return raw, nil
 }
 
 // CheckValue reports whether a JSON-shaped value v (nil, bool, float64,
@@ -127,23 +103,24 @@ func CheckValue(t Type, v any) error {
 }
 
 // checkValue returns "" if v fits t, else what is wrong.
+func wantType(t Type, v any) string { return fmt.Sprintf("want %s, got %s", t, jsonTypeName(v)) }
+
 func checkValue(t Type, v any, depth int) string {
-	want := func() string { return fmt.Sprintf("want %s, got %s", t, jsonTypeName(v)) }
 	switch t {
 	case Any:
 		return checkJSON(v, depth)
 	case String:
 		if _, ok := v.(string); !ok {
-			return want()
+			return wantType(t, v)
 		}
 	case Boolean:
 		if _, ok := v.(bool); !ok {
-			return want()
+			return wantType(t, v)
 		}
 	case Number, Integer:
 		f, ok := toNumber(v)
 		if !ok {
-			return want()
+			return wantType(t, v)
 		}
 		if math.IsNaN(f) || math.IsInf(f, 0) {
 			return fmt.Sprintf("want %s, got %v (not a JSON number)", t, f)
@@ -153,12 +130,12 @@ func checkValue(t Type, v any, depth int) string {
 		}
 	case Object:
 		if _, ok := v.(map[string]any); !ok {
-			return want()
+			return wantType(t, v)
 		}
 		return checkJSON(v, depth)
 	case Array:
 		if _, ok := v.([]any); !ok {
-			return want()
+			return wantType(t, v)
 		}
 		return checkJSON(v, depth)
 	default:
