@@ -7,7 +7,10 @@ import "embed"
 // ToolsFile is the name of the example tool config inside FS.
 const ToolsFile = "tools.toml"
 
-// FS holds tools.toml and the scripts it references.
+// ToolFiles are every example tool config `loki up` loads, in order.
+var ToolFiles = []string{ToolsFile, "hel_tools.toml"}
+
+// FS holds the tool configs and the scripts they reference.
 //
-//go:embed tools.toml scripts
+//go:embed *.toml scripts
 var FS embed.FS

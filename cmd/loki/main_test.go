@@ -39,7 +39,7 @@ func startUp(t *testing.T, dataDir string, extra ...string) (string, func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var out, errOut syncBuffer
 	done := make(chan error, 1)
-	args := append([]string{"up", "--data-dir", dataDir, "--nats-port", "-1", "--log-level", "warn"}, extra...)
+	args := append([]string{"up", "--data-dir", dataDir, "--nats-port", "-1", "--grpc-port", "-1", "--log-level", "warn"}, extra...)
 	go func() { done <- run(ctx, args, &out, &errOut) }()
 	deadline := time.Now().Add(15 * time.Second)
 	for !strings.Contains(out.String(), "Loki is up") {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,13 +23,16 @@ func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("up", `Usage: loki up [flags]
 
 Runs an embedded NATS server with JetStream and every Loki service in one
-process. Without --config, the built-in example tools are registered.
-Tools, and everything else, persist in --data-dir across restarts.
-SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.`, stderr)
-	config := fs.String("config", "", "tool config (TOML); default: the built-in examples/tools.toml")
-	dataDir := fs.String("data-dir", defaultDataDir(), "directory for JetStream data (tools, KV, objects)")
+process: Loki (scripts), Hel (storage) and the gRPC gateway. Without
+--config, the built-in example tools are registered. Tools, KV, objects and
+files persist in --data-dir across restarts. SIGINT or SIGTERM drains
+running calls and exits; a second signal exits at once.`, stderr)
+	config := fs.String("config", "", "tool config (TOML); default: the built-in examples")
+	serviceConfig := fs.String("service-config", "", "service settings (TOML with optional [loki], [hel], [gateway] tables)")
+	dataDir := fs.String("data-dir", defaultDataDir(), "directory for all data: JetStream (tools, KV, objects) and Hel's files (env LOKI_DATA_DIR)")
 	port := fs.Int("nats-port", 4222, "NATS client port (-1 picks a free port)")
-	listen := fs.String("listen", "127.0.0.1", "address the NATS server listens on")
+	listen := fs.String("listen", "127.0.0.1", "address the NATS server and the gRPC gateway listen on")
+	grpcPort := fs.Int("grpc-port", 50051, "gRPC gateway port (-1 picks a free port, 0 turns the gateway off)")
 	concurrency := fs.Int("concurrency", 0, "tools running at once (default 4 per core)")
 	newLog := logFlags(fs, stderr)
 	if err := fs.Parse(args); err != nil {
@@ -41,9 +45,20 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
 	if err != nil {
 		return err
 	}
+	// Everything that can be wrong with the input is checked before anything starts.
 	tools, source, err := loadToolsFlag(*config)
 	if err != nil {
 		return err
+	}
+	if err := mustDir(*dataDir); err != nil {
+		return err
+	}
+	svcCfg, err := loadServiceConfig(*serviceConfig, *dataDir)
+	if err != nil {
+		return err
+	}
+	if *concurrency > 0 {
+		svcCfg.Loki.Concurrency = *concurrency
 	}
 
 	started := time.Now()
@@ -58,66 +73,77 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
 	}
 	defer nc.Close()
 
-	cfg := loki.DefaultConfig()
-	if *concurrency > 0 {
-		cfg.Concurrency = *concurrency
-	}
-	svc, err := loki.New(cfg, nc, log)
-	if err != nil {
-		return err
-	}
-	// Register before Run, so the tools are in the registry's first snapshot
-	// and callable the moment "Loki is up" is printed.
+	// Register before the services start, so the tools are in the registry's
+	// first snapshot and callable the moment "Loki is up" is printed.
 	if err := register(ctx, nc, log, tools); err != nil {
 		return err
 	}
-	runErr := make(chan error, 1)
-	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() { runErr <- svc.Run(runCtx) }()
-	select {
-	case <-svc.Ready():
-	case err := <-runErr:
-		return fmt.Errorf("loki service: %w", err)
-	case <-ctx.Done():
-		cancel()
-		return <-runErr
+	lokiComp, err := lokiComponent(svcCfg.lokiConfig(nc), nc, log)
+	if err != nil {
+		return err
+	}
+	helComp, err := helComponent(svcCfg.Hel, nc, log)
+	if err != nil {
+		return err
+	}
+	comps := []component{lokiComp, helComp}
+	grpcLine := "off (--grpc-port 0)"
+	if *grpcPort != 0 {
+		gwComp, addr, err := gatewayComponent(svcCfg.Gateway, nc, log, grpcAddr(*listen, *grpcPort))
+		if err != nil {
+			return err
+		}
+		comps = append(comps, gwComp)
+		grpcLine = addr.String() + "  (grpcurl -plaintext " + addr.String() + " list)"
 	}
 	names := make([]string, 0, len(tools))
 	for _, t := range tools {
 		names = append(names, t.Def.GetName())
 	}
-	fmt.Fprintf(stdout, `Loki is up (ready in %s)
+	return runComponents(ctx, func() {
+		fmt.Fprintf(stdout, `Loki is up (ready in %s)
   NATS       %s  (JetStream data in %s)
+  gRPC       %s
+  services   loki, hel%s
   tools      %d from %s: %s
   try        loki call add a=1 b=2
              nats req loki.exec.add '{"a":1,"b":2}'
   stop       Ctrl-C
-`, time.Since(started).Round(time.Millisecond), srv.ClientURL(), *dataDir, len(tools), source, strings.Join(names, ", "))
-	return <-runErr
+`, time.Since(started).Round(time.Millisecond), srv.ClientURL(), *dataDir, grpcLine,
+			map[bool]string{true: ", gateway", false: ""}[*grpcPort != 0],
+			len(tools), source, strings.Join(names, ", "))
+	}, comps...)
 }
 
 func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	const components = "loki, hel, gateway"
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		fmt.Fprintln(stderr, "Usage: loki serve COMPONENT [flags]\n\nComponents: loki")
+		fmt.Fprintf(stderr, "Usage: loki serve COMPONENT [flags]\n\nRuns one component against an external NATS server with JetStream.\nComponents: %s\n", components)
 		return &exitError{code: 2, err: errors.New("serve: name a component")}
 	}
-	switch args[0] {
-	case "loki":
-		return serveLoki(ctx, args[1:], stdout, stderr)
+	name, args := args[0], args[1:]
+	switch name {
+	case "loki", "hel", "gateway":
+	default:
+		return &exitError{code: 2, err: fmt.Errorf("serve: unknown component %q (components: %s)", name, components)}
 	}
-	return &exitError{code: 2, err: fmt.Errorf("serve: unknown component %q (components: loki)", args[0])}
-}
+	fs := newFlags("serve "+name, fmt.Sprintf(`Usage: loki serve %s --nats-url URL [flags]
 
-func serveLoki(ctx context.Context, args []string, _, stderr io.Writer) error {
-	fs := newFlags("serve loki", `Usage: loki serve loki --nats-url URL [flags]
-
-Runs one Loki replica against an external NATS server with JetStream. Run as
-many as you like: they share calls through a queue group and tools through
-the registry. --config registers tools before serving.`, stderr)
+Runs one %s instance against an external NATS server with JetStream. Run as
+many as you like: instances of a service share requests through a queue group.`, name, name), stderr)
 	url := fs.String("nats-url", envOr("NATS_URL", nats.DefaultURL), "NATS server URL (env NATS_URL)")
-	config := fs.String("config", "", "tool config (TOML) to register at start; none by default")
-	concurrency := fs.Int("concurrency", 0, "tools running at once (default 4 per core)")
+	serviceConfig := fs.String("service-config", "", "service settings (TOML with optional [loki], [hel], [gateway] tables)")
+	var config, dataDir, grpcListen *string
+	var concurrency *int
+	switch name {
+	case "loki":
+		config = fs.String("config", "", "tool config (TOML) to register at start; none by default")
+		concurrency = fs.Int("concurrency", 0, "tools running at once (default 4 per core)")
+	case "hel":
+		dataDir = fs.String("data-dir", defaultDataDir(), "directory for Hel's files (env LOKI_DATA_DIR)")
+	case "gateway":
+		grpcListen = fs.String("grpc-listen", "127.0.0.1:50051", "address the gRPC gateway listens on")
+	}
 	newLog := logFlags(fs, stderr)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -126,29 +152,50 @@ the registry. --config registers tools before serving.`, stderr)
 	if err != nil {
 		return err
 	}
+	dir := ""
+	if dataDir != nil {
+		dir = *dataDir
+	}
+	svcCfg, err := loadServiceConfig(*serviceConfig, dir)
+	if err != nil {
+		return err
+	}
 	var tools []*loki.Compiled
-	if *config != "" {
+	if config != nil && *config != "" {
 		if tools, _, err = loadToolsFlag(*config); err != nil {
 			return err
 		}
 	}
-	nc, err := natsrv.Dial(*url, "loki", log)
+	nc, err := natsrv.Dial(*url, name, log)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	if err := register(ctx, nc, log, tools); err != nil {
-		return err
+	var comp component
+	switch name {
+	case "loki":
+		if err := register(ctx, nc, log, tools); err != nil {
+			return err
+		}
+		if *concurrency > 0 {
+			svcCfg.Loki.Concurrency = *concurrency
+		}
+		comp, err = lokiComponent(svcCfg.lokiConfig(nc), nc, log)
+	case "hel":
+		if err = mustDir(dir); err == nil {
+			comp, err = helComponent(svcCfg.Hel, nc, log)
+		}
+	case "gateway":
+		var addr net.Addr
+		comp, addr, err = gatewayComponent(svcCfg.Gateway, nc, log, *grpcListen)
+		if err == nil {
+			log.Info("gRPC gateway listening", "addr", addr.String())
+		}
 	}
-	cfg := loki.DefaultConfig()
-	if *concurrency > 0 {
-		cfg.Concurrency = *concurrency
-	}
-	svc, err := loki.New(cfg, nc, log)
 	if err != nil {
 		return err
 	}
-	return svc.Run(ctx)
+	return runComponents(ctx, func() { log.Info("ready", "component", name, "nats", nc.ConnectedUrl()) }, comp)
 }
 
 // loadToolsFlag loads --config, or the built-in examples when path is empty.
@@ -157,13 +204,19 @@ func loadToolsFlag(path string) ([]*loki.Compiled, string, error) {
 		tools, err := loki.LoadTools(path)
 		return tools, path, err
 	}
-	data, err := fs.ReadFile(examples.FS, examples.ToolsFile)
-	if err != nil {
-		return nil, "", err
+	var all []*loki.Compiled
+	for _, name := range examples.ToolFiles {
+		data, err := fs.ReadFile(examples.FS, name)
+		if err != nil {
+			return nil, "", err
+		}
+		tools, err := loki.ParseTools("built-in examples/"+name, data, examples.FS)
+		if err != nil {
+			return nil, "", err
+		}
+		all = append(all, tools...)
 	}
-	const name = "built-in examples/tools.toml"
-	tools, err := loki.ParseTools(name, data, examples.FS)
-	return tools, name, err
+	return all, "built-in examples", nil
 }
 
 func register(ctx context.Context, nc *nats.Conn, log *slog.Logger, tools []*loki.Compiled) error {

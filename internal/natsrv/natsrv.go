@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"strconv"
 	"time"
 
@@ -20,7 +19,7 @@ import (
 type Config struct {
 	// Name is the server name; JetStream and MQTT need one. Default "loki".
 	Name string
-	// DataDir holds the JetStream file store (under DataDir/jetstream).
+	// DataDir holds the JetStream file store (nats-server uses DataDir/jetstream).
 	DataDir string
 	// Host is the client listen address. Default 127.0.0.1.
 	Host string
@@ -61,7 +60,8 @@ func Start(cfg Config, log *slog.Logger) (*Server, error) {
 	if cfg.DataDir == "" {
 		return nil, errors.New("natsrv: DataDir is required for the JetStream store")
 	}
-	storeDir := filepath.Join(cfg.DataDir, "jetstream")
+	// nats-server keeps its store in StoreDir/jetstream.
+	storeDir := cfg.DataDir
 	if err := os.MkdirAll(storeDir, 0o750); err != nil {
 		return nil, fmt.Errorf("natsrv: create store dir: %w", err)
 	}

@@ -1,0 +1,177 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	"github.com/loki-iot/loki/gateway"
+	"github.com/loki-iot/loki/services/hel"
+	"github.com/loki-iot/loki/services/loki"
+	"github.com/loki-iot/loki/services/loki/engine"
+	"github.com/nats-io/nats.go"
+)
+
+// serviceConfig is the --service-config file: optional [loki], [hel] and
+// [gateway] tables over the defaults. Unknown keys are errors.
+type serviceConfig struct {
+	Loki    lokiSettings   `toml:"loki"`
+	Hel     hel.Config     `toml:"hel"`
+	Gateway gateway.Config `toml:"gateway"`
+}
+
+type lokiSettings struct {
+	Concurrency  int           `toml:"concurrency"`
+	Queue        int           `toml:"queue"`
+	DrainTimeout time.Duration `toml:"drain_timeout"`
+}
+
+func loadServiceConfig(path, dataDir string) (serviceConfig, error) {
+	def := loki.DefaultConfig()
+	cfg := serviceConfig{
+		Loki:    lokiSettings{Concurrency: def.Concurrency, Queue: def.Queue, DrainTimeout: def.DrainTimeout},
+		Hel:     hel.DefaultConfig(dataDir),
+		Gateway: gateway.DefaultConfig(),
+	}
+	if path != "" {
+		md, err := toml.DecodeFile(path, &cfg)
+		if err != nil {
+			return cfg, fmt.Errorf("service config %s: %w", path, err)
+		}
+		if und := md.Undecoded(); len(und) > 0 {
+			return cfg, fmt.Errorf("service config %s: unknown key %q", path, und[0].String())
+		}
+	}
+	if err := cfg.Hel.Validate(); err != nil {
+		return cfg, fmt.Errorf("service config %s: [hel]: %w", orDefault(path), err)
+	}
+	if err := cfg.Gateway.Validate(); err != nil {
+		return cfg, fmt.Errorf("service config %s: [gateway]: %w", orDefault(path), err)
+	}
+	return cfg, nil
+}
+
+func orDefault(path string) string {
+	if path == "" {
+		return "(defaults)"
+	}
+	return path
+}
+
+func (c serviceConfig) lokiConfig(nc *nats.Conn) loki.Config {
+	cfg := loki.DefaultConfig()
+	cfg.Concurrency, cfg.Queue, cfg.DrainTimeout = c.Loki.Concurrency, c.Loki.Queue, c.Loki.DrainTimeout
+	// Every child service's Lua module; a module whose service is not
+	// running answers UNAVAILABLE.
+	cfg.Modules = []engine.Module{hel.NewModule(nc)}
+	return cfg
+}
+
+// component is one service run by `loki up` or `loki serve`.
+type component struct {
+	name  string
+	run   func(ctx context.Context) error
+	ready <-chan struct{}
+}
+
+// runComponents runs every component until ctx is done or one of them
+// fails, then stops them all and waits for them. onReady is called once
+// every component is ready. The first failure is returned.
+func runComponents(ctx context.Context, onReady func(), comps ...component) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, len(comps))
+	for _, c := range comps {
+		go func() {
+			err := c.run(ctx)
+			if err == nil && ctx.Err() == nil {
+				err = errors.New("stopped unexpectedly")
+			}
+			if err != nil {
+				err = fmt.Errorf("%s: %w", c.name, err)
+			}
+			errs <- err
+		}()
+	}
+	allReady := make(chan struct{})
+	go func() {
+		for _, c := range comps {
+			select {
+			case <-c.ready:
+			case <-ctx.Done():
+				return
+			}
+		}
+		close(allReady)
+	}()
+	var first error
+	remaining := len(comps)
+	select {
+	case <-allReady:
+		if onReady != nil {
+			onReady()
+		}
+	case first = <-errs:
+		remaining--
+		cancel()
+	case <-ctx.Done():
+	}
+	for ; remaining > 0; remaining-- {
+		if err := <-errs; err != nil {
+			if first == nil {
+				first = err
+			}
+			cancel()
+		}
+	}
+	return first
+}
+
+func lokiComponent(cfg loki.Config, nc *nats.Conn, log *slog.Logger) (component, error) {
+	svc, err := loki.New(cfg, nc, log)
+	if err != nil {
+		return component{}, err
+	}
+	return component{name: "loki", run: svc.Run, ready: svc.Ready()}, nil
+}
+
+func helComponent(cfg hel.Config, nc *nats.Conn, log *slog.Logger) (component, error) {
+	svc, err := hel.New(cfg, nc, log)
+	if err != nil {
+		return component{}, err
+	}
+	return component{name: "hel", run: svc.Run, ready: svc.Ready()}, nil
+}
+
+// gatewayComponent listens at once, so a busy port fails start-up clearly.
+func gatewayComponent(cfg gateway.Config, nc *nats.Conn, log *slog.Logger, addr string) (component, net.Addr, error) {
+	gw, err := gateway.New(cfg, nc, log)
+	if err != nil {
+		return component{}, nil, err
+	}
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return component{}, nil, fmt.Errorf("gateway: listen on %s: %w", addr, err)
+	}
+	return component{name: "gateway", run: func(ctx context.Context) error { return gw.Serve(ctx, lis) }, ready: gw.Ready()}, lis.Addr(), nil
+}
+
+func grpcAddr(host string, port int) string {
+	if port < 0 {
+		port = 0 // -1: any free port
+	}
+	return net.JoinHostPort(host, strconv.Itoa(port))
+}
+
+func mustDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return fmt.Errorf("data dir %s: %w", dir, err)
+	}
+	return nil
+}
