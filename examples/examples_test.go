@@ -90,8 +90,8 @@ func TestExampleTools(t *testing.T) {
 	}
 
 	var chunks []string
-	res, err := c.Stream(ctx, "countdown", []byte(`{"n":3}`), func(_ uint64, chunk []byte) error {
-		chunks = append(chunks, string(chunk))
+	res, err := c.Stream(ctx, "countdown", []byte(`{"n":3}`), func(c loki.Chunk) error {
+		chunks = append(chunks, string(c.JSON))
 		return nil
 	})
 	if err != nil {

@@ -105,8 +105,8 @@ On failure, prints the error code and message and exits 1.`, stderr)
 	}
 	var res loki.Result
 	if *stream {
-		res, err = client.Stream(ctx, tool, body, func(_ uint64, chunk []byte) error {
-			_, err := fmt.Fprintln(stdout, string(chunk))
+		res, err = client.Stream(ctx, tool, body, func(c loki.Chunk) error {
+			_, err := fmt.Fprintln(stdout, string(c.JSON))
 			return err
 		})
 	} else {

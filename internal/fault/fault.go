@@ -24,6 +24,8 @@ const (
 	PermissionDenied   Code = "PERMISSION_DENIED"
 	FailedPrecondition Code = "FAILED_PRECONDITION"
 	Unavailable        Code = "UNAVAILABLE"
+	// Unauthenticated is a call without valid credentials (gateway tokens).
+	Unauthenticated Code = "UNAUTHENTICATED"
 	// ScriptError is a runtime error raised by a tool's own Lua code, or a
 	// result that does not match the tool's declared return type. The message
 	// is meant for the script's author and is passed through unchanged.
@@ -36,7 +38,7 @@ const (
 var known = map[Code]bool{
 	InvalidArgument: true, NotFound: true, AlreadyExists: true, DeadlineExceeded: true,
 	ResourceExhausted: true, PermissionDenied: true, FailedPrecondition: true,
-	Unavailable: true, ScriptError: true, Internal: true,
+	Unavailable: true, Unauthenticated: true, ScriptError: true, Internal: true,
 }
 
 // Valid reports whether c is one of the codes defined here.

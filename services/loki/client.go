@@ -40,6 +40,15 @@ type Client struct {
 // NewClient returns a client on nc.
 func NewClient(nc *nats.Conn) *Client { return &Client{nc: nc} }
 
+// Chunk is one emit() value of a streaming call.
+type Chunk struct {
+	ExecutionID string
+	// Seq counts chunks from 1.
+	Seq uint64
+	// JSON is the emitted value as JSON.
+	JSON []byte
+}
+
 // Result is the answer of one execution.
 type Result struct {
 	ExecutionID string
@@ -63,15 +72,19 @@ func (c *Client) Call(ctx context.Context, tool string, args []byte) (Result, er
 	if err != nil {
 		return Result{}, transportError(err, subj)
 	}
+	// The execution id comes with errors too (when the tool ran), for logs.
+	res := Result{ExecutionID: resp.Header.Get(HeaderExecutionID)}
 	if err := replyError(resp, subj); err != nil {
-		return Result{}, err
+		return res, err
 	}
-	return Result{ExecutionID: resp.Header.Get(HeaderExecutionID), JSON: resp.Data}, nil
+	res.JSON = resp.Data
+	return res, nil
 }
 
 // Stream runs tool like Call and passes each emit() chunk, in order, to
-// onChunk before returning the final result.
-func (c *Client) Stream(ctx context.Context, tool string, args []byte, onChunk func(seq uint64, chunk []byte) error) (Result, error) {
+// onChunk before returning the final result. When ctx ends or onChunk fails,
+// the script is cancelled rather than left to run to its timeout.
+func (c *Client) Stream(ctx context.Context, tool string, args []byte, onChunk func(Chunk) error) (Result, error) {
 	subj, err := subjects.ToolExec(tool)
 	if err != nil {
 		return Result{}, fault.New(fault.InvalidArgument, "%v", err)
@@ -90,24 +103,30 @@ func (c *Client) Stream(ctx context.Context, tool string, args []byte, onChunk f
 	if err := c.nc.PublishMsg(m); err != nil {
 		return Result{}, transportError(err, subj)
 	}
+	cancelScript := func() { _ = c.nc.Publish(subjects.LokiCancel, []byte(inbox)) }
+	var res Result
 	for {
 		resp, err := sub.NextMsgWithContext(ctx)
 		if err != nil {
-			// The caller gave up: stop the script rather than let it run to its timeout.
-			_ = c.nc.Publish(subjects.LokiCancel, []byte(inbox))
-			return Result{}, transportError(err, subj)
+			cancelScript()
+			return res, transportError(err, subj)
+		}
+		if id := resp.Header.Get(HeaderExecutionID); id != "" {
+			res.ExecutionID = id
 		}
 		if err := replyError(resp, subj); err != nil {
-			return Result{}, err
+			return res, err
 		}
 		if seqStr := resp.Header.Get(HeaderChunk); seqStr != "" {
 			seq, _ := strconv.ParseUint(seqStr, 10, 64)
-			if err := onChunk(seq, resp.Data); err != nil {
-				return Result{}, err
+			if err := onChunk(Chunk{ExecutionID: res.ExecutionID, Seq: seq, JSON: resp.Data}); err != nil {
+				cancelScript()
+				return res, err
 			}
 			continue
 		}
-		return Result{ExecutionID: resp.Header.Get(HeaderExecutionID), JSON: resp.Data}, nil
+		res.JSON = resp.Data
+		return res, nil
 	}
 }
 

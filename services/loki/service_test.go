@@ -317,11 +317,14 @@ func TestEvents(t *testing.T) {
 func TestStreamEmit(t *testing.T) {
 	_, c := setup(t, loki.Config{})
 	var chunks []string
-	res, err := c.Stream(context.Background(), "stream", []byte(`{"n":3}`), func(seq uint64, chunk []byte) error {
-		if int(seq) != len(chunks)+1 {
-			t.Errorf("chunk seq: got %d, want %d", seq, len(chunks)+1)
+	res, err := c.Stream(context.Background(), "stream", []byte(`{"n":3}`), func(c loki.Chunk) error {
+		if int(c.Seq) != len(chunks)+1 {
+			t.Errorf("chunk seq: got %d, want %d", c.Seq, len(chunks)+1)
 		}
-		chunks = append(chunks, string(chunk))
+		if c.ExecutionID == "" {
+			t.Error("chunk has no execution id")
+		}
+		chunks = append(chunks, string(c.JSON))
 		return nil
 	})
 	if err != nil {
@@ -381,7 +384,7 @@ func TestNoServiceIsUnavailable(t *testing.T) {
 	if _, err := call(t, c, "add", `{"a":1}`); fault.CodeOf(err) != fault.Unavailable {
 		t.Fatalf("got %v, want UNAVAILABLE", err)
 	}
-	_, err := c.Stream(context.Background(), "add", nil, func(uint64, []byte) error { return nil })
+	_, err := c.Stream(context.Background(), "add", nil, func(loki.Chunk) error { return nil })
 	if fault.CodeOf(err) != fault.Unavailable {
 		t.Fatalf("stream: got %v, want UNAVAILABLE", err)
 	}
@@ -628,31 +631,40 @@ func TestRegisterAndUnregisterOverNATS(t *testing.T) {
 	}
 }
 
-// TestStreamCancelStopsScript: a streaming caller that gives up stops the
-// script, long before the tool's own timeout.
+// TestStreamCancelStopsScript: a streaming caller that gives up (its context
+// ends, or its chunk consumer fails) stops the script, long before the tool's
+// own timeout.
 func TestStreamCancelStopsScript(t *testing.T) {
 	nc, c := setup(t, loki.Config{})
 	if _, err := c.Register(context.Background(), &lokiv1.Tool{Name: "emit_then_spin", Source: "emit(1) while true do end",
 		Timeout: durationpb.New(time.Minute)}); err != nil {
 		t.Fatal(err)
 	}
-	events := subscribeEvents(t, nc, "emit_then_spin")
-	ctx, cancel := context.WithCancel(context.Background())
-	waitFor(t, func() bool { _, err := c.Get(ctx, "emit_then_spin"); return err == nil })
-	errc := make(chan error, 1)
-	go func() {
-		_, err := c.Stream(ctx, "emit_then_spin", nil, func(uint64, []byte) error {
-			cancel() // got the first chunk; hang up
-			return nil
-		})
-		errc <- err
-	}()
-	waitEvent(t, events, subjects.EventStarted)
-	if err := <-errc; fault.CodeOf(err) != fault.DeadlineExceeded {
-		t.Fatalf("stream: got %v, want DEADLINE_EXCEEDED (cancelled)", err)
+	waitFor(t, func() bool { _, err := c.Get(context.Background(), "emit_then_spin"); return err == nil })
+	errConsumer := errors.New("consumer went away")
+	tests := []struct {
+		name     string
+		onChunk  func(cancel context.CancelFunc) error
+		wantCode fault.Code
+		wantErr  error
+	}{
+		{name: "context cancelled", onChunk: func(cancel context.CancelFunc) error { cancel(); return nil }, wantCode: fault.DeadlineExceeded},
+		{name: "consumer fails", onChunk: func(context.CancelFunc) error { return errConsumer }, wantErr: errConsumer},
 	}
-	ev := waitEvent(t, events, subjects.EventFailed)
-	if !strings.Contains(ev.GetErrorMessage(), "cancel") {
-		t.Fatalf("failed event: got %q, want a cancellation", ev.GetErrorMessage())
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			events := subscribeEvents(t, nc, "emit_then_spin")
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			_, err := c.Stream(ctx, "emit_then_spin", nil, func(loki.Chunk) error { return tc.onChunk(cancel) })
+			if tc.wantErr != nil && !errors.Is(err, tc.wantErr) || tc.wantErr == nil && fault.CodeOf(err) != tc.wantCode {
+				t.Fatalf("stream: got %v, want %v%v", err, tc.wantErr, tc.wantCode)
+			}
+			waitEvent(t, events, subjects.EventStarted)
+			ev := waitEvent(t, events, subjects.EventFailed)
+			if !strings.Contains(ev.GetErrorMessage(), "cancel") {
+				t.Fatalf("failed event: got %q, want a cancellation", ev.GetErrorMessage())
+			}
+		})
 	}
 }

@@ -20,7 +20,8 @@ const (
 	MaxArgsBytes = 1 << 20
 	// MaxDepth is how deeply arguments, results and emitted values may nest.
 	MaxDepth = 64
-	// maxSafeInteger is the largest integer a float64 (a Lua number) holds exactly.
+	// maxSafeInteger bounds integers: from 2^53 on a float64 (a Lua number)
+	// no longer tells neighbouring integers apart (2^53+1 parses as 2^53).
 	maxSafeInteger = 1 << 53
 )
 
@@ -125,7 +126,7 @@ func checkValue(t Type, v any, depth int) string {
 		if math.IsNaN(f) || math.IsInf(f, 0) {
 			return fmt.Sprintf("want %s, got %v (not a JSON number)", t, f)
 		}
-		if t == Integer && (f != math.Trunc(f) || math.Abs(f) > maxSafeInteger) {
+		if t == Integer && (f != math.Trunc(f) || math.Abs(f) >= maxSafeInteger) {
 			return fmt.Sprintf("want integer, got %s", strconv.FormatFloat(f, 'g', -1, 64))
 		}
 	case Object:
@@ -310,7 +311,7 @@ func fits(v lua.LValue, t Type) (string, bool) {
 		got = Boolean
 	case lua.LNumber:
 		f := float64(x)
-		if t == Integer && (f != math.Trunc(f) || math.Abs(f) > maxSafeInteger) {
+		if t == Integer && (f != math.Trunc(f) || math.Abs(f) >= maxSafeInteger) {
 			return "number " + x.String(), false
 		}
 		got = Number
