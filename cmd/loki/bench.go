@@ -7,6 +7,7 @@ import (
 	"os"
 	"runtime"
 
+	"github.com/loki-iot/loki/gateway/gatewaybench"
 	"github.com/loki-iot/loki/internal/bench"
 	"github.com/loki-iot/loki/internal/natsrv"
 	lokiv1 "github.com/loki-iot/loki/proto/loki/v1"
@@ -19,7 +20,8 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	cfg := bench.DefaultConfig()
 	fs := newFlags("bench", `Usage: loki bench [flags]
 
-Starts an embedded NATS server and a Loki replica on loopback, then measures,
+With --grpc, measures the gateway instead (see docs/BENCHMARKS.md).
+Otherwise starts an embedded NATS server and a Loki replica on loopback, then measures,
 from a client connected over TCP, a trivial tool (return a + b) against a raw
 NATS request/reply echo in the same run: sequential p50/p99 and throughput
 with concurrent callers. Prints a Markdown table.`, stderr)
@@ -27,6 +29,7 @@ with concurrent callers. Prints a Markdown table.`, stderr)
 	fs.IntVar(&cfg.Concurrency, "callers", cfg.Concurrency, "concurrent callers in the throughput phase")
 	fs.DurationVar(&cfg.Duration, "duration", cfg.Duration, "length of each throughput phase")
 	fs.IntVar(&cfg.Rounds, "rounds", cfg.Rounds, "alternating rounds; the median is reported")
+	viaGRPC := fs.Bool("grpc", false, "measure ExecuteScript and Script_<tool> through the gRPC gateway against a raw gRPC echo instead")
 	newLog := logFlags(fs, stderr)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -34,6 +37,16 @@ with concurrent callers. Prints a Markdown table.`, stderr)
 	log, err := newLog()
 	if err != nil {
 		return err
+	}
+	if *viaGRPC {
+		fmt.Fprintf(stderr, "benchmarking the gRPC gateway on %d CPUs: %d sequential calls, %d callers for %s, %d rounds...\n",
+			runtime.NumCPU(), cfg.Sequential, cfg.Concurrency, cfg.Duration, cfg.Rounds)
+		rep, err := gatewaybench.Run(ctx, cfg, log)
+		if err != nil {
+			return err
+		}
+		rep.Markdown(stdout)
+		return nil
 	}
 	dir, err := os.MkdirTemp("", "loki-bench-")
 	if err != nil {

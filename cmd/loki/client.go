@@ -6,15 +6,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/loki-iot/loki/client"
 	"github.com/loki-iot/loki/internal/fault"
 	lokiv1 "github.com/loki-iot/loki/proto/loki/v1"
 	"github.com/loki-iot/loki/services/loki"
 	"github.com/loki-iot/loki/subjects"
 	"github.com/nats-io/nats.go"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 )
 
@@ -82,6 +86,9 @@ On failure, prints the error code and message and exits 1.`, stderr)
 	rawJSON := fs.String("json", "", "arguments as one JSON object, merged under key=value pairs")
 	timeout := fs.Duration("timeout", 30*time.Second, "give up after this long (also bounds the script)")
 	stream := fs.Bool("stream", false, "print each emit() chunk as it arrives, before the result")
+	grpcAddr := fs.String("grpc", "", "call through the gRPC gateway at this address (host:port) instead of NATS")
+	token := fs.String("token", os.Getenv("LOKI_TOKEN"), "bearer token for the gateway, with --grpc (env LOKI_TOKEN)")
+	caFile := fs.String("ca-file", "", "with --grpc: use TLS, trusting this CA (PEM); without it the connection is plaintext")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
 		return err
@@ -91,32 +98,111 @@ On failure, prints the error code and message and exits 1.`, stderr)
 		return &exitError{code: 2, err: errors.New("call: name a tool")}
 	}
 	tool := pos[0]
-	nc, err := dialClient(*url)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	client := loki.NewClient(nc)
-	body, err := buildArgs(ctx, client, tool, *rawJSON, pos[1:])
-	if err != nil {
-		return callFailed(err)
-	}
-	var res loki.Result
-	if *stream {
-		res, err = client.Stream(ctx, tool, body, func(c loki.Chunk) error {
-			_, err := fmt.Fprintln(stdout, string(c.JSON))
-			return err
-		})
+	var c caller
+	if *grpcAddr != "" {
+		opts := []client.Option{client.WithInsecure()}
+		if *caFile != "" {
+			opts = []client.Option{client.WithCAFile(*caFile)}
+		}
+		if *token != "" {
+			opts = append(opts, client.WithToken(*token))
+		}
+		gc, err := client.Dial(*grpcAddr, opts...)
+		if err != nil {
+			return callFailed(fault.Wrap(fault.Unavailable, err, "gateway %s: %v", *grpcAddr, err))
+		}
+		defer gc.Close()
+		c = grpcCaller{gc}
 	} else {
-		res, err = client.Call(ctx, tool, body)
+		nc, err := dialClient(*url)
+		if err != nil {
+			return err
+		}
+		defer nc.Close()
+		c = natsCaller{loki.NewClient(nc)}
 	}
+	body, err := buildArgs(ctx, c, tool, *rawJSON, pos[1:])
 	if err != nil {
 		return callFailed(err)
 	}
-	fmt.Fprintln(stdout, string(res.JSON))
+	var onChunk func([]byte) error
+	if *stream {
+		onChunk = func(chunk []byte) error {
+			_, err := fmt.Fprintln(stdout, string(chunk))
+			return err
+		}
+	}
+	res, err := c.call(ctx, tool, body, onChunk)
+	if err != nil {
+		return callFailed(err)
+	}
+	fmt.Fprintln(stdout, string(res))
 	return nil
+}
+
+// caller is how `loki call` reaches Loki: over NATS or through the gateway.
+type caller interface {
+	Get(ctx context.Context, name string) (*lokiv1.Tool, error)
+	// call runs tool; a non-nil onChunk streams emit() chunks to it.
+	call(ctx context.Context, tool string, args []byte, onChunk func([]byte) error) ([]byte, error)
+}
+
+type natsCaller struct{ *loki.Client }
+
+func (n natsCaller) call(ctx context.Context, tool string, args []byte, onChunk func([]byte) error) ([]byte, error) {
+	if onChunk == nil {
+		res, err := n.Call(ctx, tool, args)
+		return res.JSON, err
+	}
+	res, err := n.Stream(ctx, tool, args, func(c loki.Chunk) error { return onChunk(c.JSON) })
+	return res.JSON, err
+}
+
+type grpcCaller struct{ *client.Client }
+
+func (g grpcCaller) call(ctx context.Context, tool string, args []byte, onChunk func([]byte) error) ([]byte, error) {
+	var m map[string]any
+	if err := json.Unmarshal(args, &m); err != nil {
+		return nil, fault.New(fault.InvalidArgument, "arguments: %v", err)
+	}
+	var result any
+	var err error
+	if onChunk == nil {
+		result, _, err = g.Execute(ctx, tool, m)
+	} else {
+		result, _, err = g.Stream(ctx, tool, m, func(_ uint64, v any) error {
+			b, err := json.Marshal(v)
+			if err != nil {
+				return err
+			}
+			return onChunk(b)
+		})
+	}
+	if err != nil {
+		return nil, grpcFault(err)
+	}
+	return json.Marshal(result)
+}
+
+// grpcFault turns a gateway status back into the Loki code and message.
+func grpcFault(err error) error {
+	st := status.Convert(err)
+	code := fault.Code(client.FaultCode(err))
+	if !code.Valid() {
+		// No Loki code attached: the failure is the connection's or the gateway's.
+		code = map[codes.Code]fault.Code{
+			codes.InvalidArgument: fault.InvalidArgument, codes.NotFound: fault.NotFound,
+			codes.DeadlineExceeded: fault.DeadlineExceeded, codes.Canceled: fault.DeadlineExceeded,
+			codes.ResourceExhausted: fault.ResourceExhausted, codes.PermissionDenied: fault.PermissionDenied,
+			codes.Unauthenticated: fault.Unauthenticated, codes.Unavailable: fault.Unavailable,
+		}[st.Code()]
+		if code == "" {
+			code = fault.Internal
+		}
+	}
+	return &fault.Error{Code: code, Msg: st.Message()}
 }
 
 func callFailed(err error) error {
@@ -125,7 +211,7 @@ func callFailed(err error) error {
 
 // buildArgs merges --json and key=value pairs into one JSON object, reading
 // the tool's params so `name=42` stays a string for a string param.
-func buildArgs(ctx context.Context, c *loki.Client, tool, rawJSON string, pairs []string) ([]byte, error) {
+func buildArgs(ctx context.Context, c caller, tool, rawJSON string, pairs []string) ([]byte, error) {
 	args := map[string]any{}
 	if rawJSON != "" {
 		if err := json.Unmarshal([]byte(rawJSON), &args); err != nil {
@@ -137,6 +223,9 @@ func buildArgs(ctx context.Context, c *loki.Client, tool, rawJSON string, pairs 
 	}
 	types := map[string]string{}
 	def, err := c.Get(ctx, tool)
+	if _, isGRPC := c.(grpcCaller); isGRPC && err != nil {
+		err = grpcFault(err)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -30,11 +30,21 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-var natsURL = regexp.MustCompile(`nats://127\.0\.0\.1:\d+`)
+var (
+	natsURL  = regexp.MustCompile(`nats://127\.0\.0\.1:\d+`)
+	grpcLine = regexp.MustCompile(`gRPC\s+(127\.0\.0\.1:\d+)`)
+)
 
 // startUp runs `loki up` on a random port and returns its NATS URL and a stop
 // function that waits for a clean exit.
 func startUp(t *testing.T, dataDir string, extra ...string) (string, func()) {
+	t.Helper()
+	url, stop, _ := startUpOut(t, dataDir, extra...)
+	return url, stop
+}
+
+// startUpOut is startUp that also returns what `loki up` printed.
+func startUpOut(t *testing.T, dataDir string, extra ...string) (string, func(), string) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var out, errOut syncBuffer
@@ -62,7 +72,7 @@ func startUp(t *testing.T, dataDir string, extra ...string) (string, func()) {
 		if err := <-done; err != nil {
 			t.Errorf("loki up: got %v, want clean exit", err)
 		}
-	}
+	}, out.String()
 }
 
 func cli(t *testing.T, args ...string) (string, error) {
@@ -124,6 +134,48 @@ func TestUpCallToolsAndRestart(t *testing.T) {
 		if err != nil || got != want {
 			t.Fatalf("after restart, %s: got %q, %v, want %s", tool, got, err, want)
 		}
+	}
+}
+
+// TestCallThroughGateway: `loki call --grpc` reaches the same tools through
+// the gateway `loki up` starts, with the same output and error codes.
+func TestCallThroughGateway(t *testing.T) {
+	dir := t.TempDir()
+	_, stop, out := startUpOut(t, dir)
+	defer stop()
+	m := grpcLine.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no gRPC address in output:\n%s", out)
+	}
+	addr := m[1]
+	tests := []struct {
+		name    string
+		args    []string
+		want    string
+		wantErr string
+	}{
+		{name: "call", args: []string{"call", "add", "a=1", "b=2"}, want: "3"},
+		{name: "string param", args: []string{"call", "slugify", "text=42 Answers"}, want: `"42-answers"`},
+		{name: "stream", args: []string{"call", "countdown", "n=2", "--stream"}, want: "{\"remaining\":2}\n{\"remaining\":1}\n\"liftoff\""},
+		{name: "bad arg", args: []string{"call", "add", "--json", `{"a":"x"}`}, wantErr: "INVALID_ARGUMENT"},
+		{name: "unknown tool", args: []string{"call", "nope"}, wantErr: "NOT_FOUND"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := cli(t, append(tc.args, "--grpc", addr)...)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("got %q, %v, want %s", got, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("got %q, %v, want %q", got, err, tc.want)
+			}
+		})
+	}
+	if _, err := cli(t, "call", "add", "a=1", "--grpc", "127.0.0.1:1", "--timeout", "2s"); err == nil || !strings.Contains(err.Error(), "UNAVAILABLE") {
+		t.Fatalf("no gateway: got %v, want UNAVAILABLE", err)
 	}
 }
 
