@@ -1,6 +1,7 @@
 package subjects
 
 import (
+	"encoding/base64"
 	"fmt"
 	"regexp"
 )
@@ -112,4 +113,18 @@ func HelObjBucket(name string) (string, error) {
 		return "", err
 	}
 	return HelObjBucketPrefix + name, nil
+}
+
+// ObjectStoreMeta returns the subject of the meta message of object name in
+// the JetStream object store named store: $O.<store>.M.<base64url(name)>,
+// as the object store format (NATS ADR-20) defines it. Hel publishes there
+// only to put back an object's previous meta after a failed upload.
+func ObjectStoreMeta(store, name string) (string, error) {
+	if err := ValidToken(store); err != nil {
+		return "", err
+	}
+	if name == "" {
+		return "", fmt.Errorf("%w: empty object name", ErrInvalidToken)
+	}
+	return "$O." + store + ".M." + base64.URLEncoding.EncodeToString([]byte(name)), nil
 }

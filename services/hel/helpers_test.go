@@ -1,0 +1,126 @@
+package hel_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/loki-iot/loki/internal/fault"
+	"github.com/loki-iot/loki/internal/natsrv"
+	"github.com/loki-iot/loki/internal/natstest"
+	"github.com/loki-iot/loki/services/hel"
+	"github.com/nats-io/nats.go"
+)
+
+func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// testConfig is the default config with files under dir and small chunks,
+// so that multi-chunk objects stay small.
+func testConfig(dir string) hel.Config {
+	cfg := hel.DefaultConfig(dir)
+	cfg.Workers, cfg.Queue = 8, 64
+	cfg.DrainTimeout = 5 * time.Second
+	cfg.Objects.ChunkSize = 16 << 10
+	cfg.Objects.Window = 4
+	return cfg
+}
+
+// startHel runs a Hel replica on its own connection to srv until the test ends.
+func startHel(t testing.TB, srv *natsrv.Server, cfg hel.Config) {
+	t.Helper()
+	stop := runHel(t, srv, cfg)
+	t.Cleanup(stop)
+}
+
+// runHel starts a replica and returns a function that stops it and checks
+// Run's error.
+func runHel(t testing.TB, srv *natsrv.Server, cfg hel.Config) func() {
+	t.Helper()
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := hel.New(cfg, nc, quietLog())
+	if err != nil {
+		nc.Close()
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+	select {
+	case <-svc.Ready():
+	case err := <-done:
+		cancel()
+		nc.Close()
+		t.Fatalf("Run: %v", err)
+	case <-time.After(20 * time.Second):
+		cancel()
+		nc.Close()
+		t.Fatal("hel not ready")
+	}
+	stopped := false
+	return func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		nc.Close()
+	}
+}
+
+type env struct {
+	srv *natsrv.Server
+	nc  *nats.Conn
+	c   *hel.Client
+	cfg hel.Config
+}
+
+// setup starts a server and one Hel replica with testConfig changed by opts.
+func setup(t testing.TB, opts ...func(*hel.Config)) *env {
+	t.Helper()
+	srv := natstest.Start(t)
+	cfg := testConfig(filepath.Join(t.TempDir(), "data"))
+	for _, o := range opts {
+		o(&cfg)
+	}
+	startHel(t, srv, cfg)
+	nc := natstest.Connect(t, srv)
+	return &env{srv: srv, nc: nc, c: hel.NewClient(nc), cfg: cfg}
+}
+
+func ctxT(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// wantCode fails unless err has code want ("" for no error).
+func wantCode(t testing.TB, err error, want fault.Code) {
+	t.Helper()
+	if got := fault.CodeOf(err); got != want {
+		t.Fatalf("got %v, want code %q", err, want)
+	}
+}
+
+// eventually polls cond until it holds or 30s pass.
+func eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: still not true after 30s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
