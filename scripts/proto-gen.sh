@@ -3,7 +3,8 @@
 # version pinned in go.mod (go tool), so output is byte-for-byte reproducible.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v protoc >/dev/null || { echo "protoc missing: apt-get install -y protobuf-compiler" >&2; exit 1; }
+command -v protoc >/dev/null && [ -f /usr/include/google/protobuf/struct.proto ] ||
+  { echo "protoc missing: apt-get install -y protobuf-compiler libprotobuf-dev" >&2; exit 1; }
 bin=$(mktemp -d)
 trap 'rm -rf "$bin"' EXIT
 go build -o "$bin/protoc-gen-go" google.golang.org/protobuf/cmd/protoc-gen-go

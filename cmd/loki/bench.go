@@ -108,7 +108,7 @@ with concurrent callers. Prints a Markdown table.`, stderr)
 		_, err := nc.RequestWithContext(ctx, subjects.BenchEcho, body)
 		return err
 	}}
-	lokiTarget := bench.Target{Name: "loki.exec.bench_add", Call: func(ctx context.Context) error {
+	lokiTarget := bench.Target{Name: "loki exec bench_add", Call: func(ctx context.Context) error {
 		res, err := client.Call(ctx, "bench_add", body)
 		if err == nil && string(res.JSON) != "3" {
 			return fmt.Errorf("bench_add returned %s, want 3", res.JSON)

@@ -195,7 +195,7 @@ func scriptMessages() (in, out protoreflect.MessageDescriptor, err error) {
 
 // echoDesc is a hand-written unary echo of google.protobuf.Struct.
 var echoDesc = grpc.ServiceDesc{
-	ServiceName: "loki.bench.v1.Echo",
+	ServiceName: "lokibench.v1.Echo",
 	HandlerType: (*any)(nil),
 	Methods: []grpc.MethodDesc{{
 		MethodName: "Echo",
