@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"encoding/json"
+	"github.com/loki-iot/loki/internal/jsonenc"
 	"math"
 	"slices"
 	"strconv"
@@ -65,7 +66,7 @@ func argsJSON(m protoreflect.Message) ([]byte, error) {
 			e.buf = append(e.buf, ',')
 		}
 		first = false
-		e.buf = appendJSONString(e.buf, string(fd.Name()))
+		e.buf = jsonenc.AppendString(e.buf, string(fd.Name()))
 		e.buf = append(e.buf, ':')
 		if err := e.field(fd, m.Get(fd), 1); err != nil {
 			return nil, err
@@ -113,7 +114,7 @@ func (e *encoder) typedStruct(s *structpb.Struct, depth int) error {
 		if i > 0 {
 			e.buf = append(e.buf, ',')
 		}
-		e.buf = appendJSONString(e.buf, k)
+		e.buf = jsonenc.AppendString(e.buf, k)
 		e.buf = append(e.buf, ':')
 		e.push(k, 0)
 		if err := e.typedValue(s.GetFields()[k], depth+1); err != nil {
@@ -132,7 +133,7 @@ func (e *encoder) typedValue(v *structpb.Value, depth int) error {
 	case *structpb.Value_NumberValue:
 		return e.number(k.NumberValue)
 	case *structpb.Value_StringValue:
-		e.buf = appendJSONString(e.buf, k.StringValue)
+		e.buf = jsonenc.AppendString(e.buf, k.StringValue)
 	case *structpb.Value_BoolValue:
 		e.buf = strconv.AppendBool(e.buf, k.BoolValue)
 	case *structpb.Value_StructValue:
@@ -193,7 +194,7 @@ func (e *encoder) field(fd protoreflect.FieldDescriptor, v protoreflect.Value, d
 	}
 	switch fd.Kind() {
 	case protoreflect.StringKind:
-		e.buf = appendJSONString(e.buf, v.String())
+		e.buf = jsonenc.AppendString(e.buf, v.String())
 	case protoreflect.BoolKind:
 		e.buf = strconv.AppendBool(e.buf, v.Bool())
 	case protoreflect.Int64Kind, protoreflect.Sint64Kind, protoreflect.Sfixed64Kind,
@@ -246,7 +247,7 @@ func (e *encoder) value(m protoreflect.Message, depth int) error {
 	case valueNumber:
 		return e.number(v.Float())
 	case valueString:
-		e.buf = appendJSONString(e.buf, v.String())
+		e.buf = jsonenc.AppendString(e.buf, v.String())
 	case valueBool:
 		e.buf = strconv.AppendBool(e.buf, v.Bool())
 	case valueStruct:
@@ -276,7 +277,7 @@ func (e *encoder) structValue(m protoreflect.Message, depth int) error {
 		if i > 0 {
 			e.buf = append(e.buf, ',')
 		}
-		e.buf = appendJSONString(e.buf, k)
+		e.buf = jsonenc.AppendString(e.buf, k)
 		e.buf = append(e.buf, ':')
 		e.push(k, 0)
 		if err := e.value(fields.Get(protoreflect.ValueOfString(k).MapKey()).Message(), depth+1); err != nil {
@@ -306,36 +307,6 @@ func (e *encoder) list(m protoreflect.Message, depth int) error {
 	}
 	e.buf = append(e.buf, ']')
 	return nil
-}
-
-const hexDigits = "0123456789abcdef"
-
-// appendJSONString appends s as a JSON string; invalid UTF-8 becomes U+FFFD.
-func appendJSONString(b []byte, s string) []byte {
-	b = append(b, '"')
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			switch {
-			case c == '"' || c == '\\':
-				b = append(b, '\\', c)
-			case c < 0x20:
-				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-			default:
-				b = append(b, c)
-			}
-			i++
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			b = append(b, `\ufffd`...)
-		} else {
-			b = append(b, s[i:i+size]...)
-		}
-		i += size
-	}
-	return append(b, '"')
 }
 
 // valueFromJSON decodes a JSON result or chunk from Loki. Empty input is

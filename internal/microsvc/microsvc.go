@@ -405,3 +405,42 @@ func (s *Service) unsubscribeControl() {
 	}
 	s.control = nil
 }
+
+// ReplyError decodes a reply from a microsvc service as a caller sees it:
+// micro error headers become a *fault.Error with the service's code and
+// message, and a no-responders status becomes UNAVAILABLE naming service and
+// subj. A successful reply yields nil.
+func ReplyError(m *nats.Msg, service, subj string) error {
+	if m.Header == nil {
+		return nil
+	}
+	if code := m.Header.Get(micro.ErrorCodeHeader); code != "" {
+		return &fault.Error{Code: fault.Code(code), Msg: m.Header.Get(micro.ErrorHeader)}
+	}
+	if m.Header.Get("Status") == "503" {
+		return noResponders(nil, service, subj)
+	}
+	return nil
+}
+
+// TransportError maps a failed NATS request on subj to a *fault.Error: no
+// responders is UNAVAILABLE naming service, a deadline or cancellation is
+// DEADLINE_EXCEEDED, an oversized request RESOURCE_EXHAUSTED, anything else
+// UNAVAILABLE.
+func TransportError(err error, service, subj string) error {
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		return noResponders(err, service, subj)
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
+		return fault.Wrap(fault.DeadlineExceeded, err, "no answer on %s before the deadline", subj)
+	case errors.Is(err, context.Canceled):
+		return fault.Wrap(fault.DeadlineExceeded, err, "call on %s cancelled", subj)
+	case errors.Is(err, nats.ErrMaxPayload):
+		return fault.Wrap(fault.ResourceExhausted, err, "request on %s is larger than a NATS message", subj)
+	}
+	return fault.Wrap(fault.Unavailable, err, "NATS: %v", err)
+}
+
+func noResponders(err error, service, subj string) error {
+	return fault.Wrap(fault.Unavailable, err, "no %s service is answering on %s (is `loki up` running?)", service, subj)
+}

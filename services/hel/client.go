@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/loki-iot/loki/internal/microsvc"
 	"io"
 	"strconv"
 	"strings"
@@ -15,7 +16,6 @@ import (
 	"github.com/loki-iot/loki/internal/fault"
 	"github.com/loki-iot/loki/subjects"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/micro"
 )
 
 // DefaultClientTimeout bounds a Client call whose context has no deadline
@@ -95,37 +95,9 @@ func (c *Client) request(ctx context.Context, subj string, a *args, body []byte)
 	setTimeoutHeader(a.h, dl)
 	resp, err := c.nc.RequestMsgWithContext(ctx, &nats.Msg{Subject: subj, Header: a.h, Data: body})
 	if err != nil {
-		return nil, transportError(err, subj)
+		return nil, microsvc.TransportError(err, subjects.HelService, subj)
 	}
-	return resp, replyError(resp, subj)
-}
-
-// replyError decodes micro error headers and no-responder status messages.
-func replyError(m *nats.Msg, subj string) error {
-	if m.Header == nil {
-		return nil
-	}
-	if code := m.Header.Get(micro.ErrorCodeHeader); code != "" {
-		return &fault.Error{Code: fault.Code(code), Msg: m.Header.Get(micro.ErrorHeader)}
-	}
-	if m.Header.Get("Status") == "503" {
-		return fault.New(fault.Unavailable, "no Hel service is answering on %s", subj)
-	}
-	return nil
-}
-
-func transportError(err error, subj string) error {
-	switch {
-	case errors.Is(err, nats.ErrNoResponders):
-		return fault.Wrap(fault.Unavailable, err, "no Hel service is answering on %s", subj)
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
-		return fault.Wrap(fault.DeadlineExceeded, err, "no answer on %s before the deadline", subj)
-	case errors.Is(err, context.Canceled):
-		return fault.Wrap(fault.DeadlineExceeded, err, "call on %s cancelled", subj)
-	case errors.Is(err, nats.ErrMaxPayload):
-		return fault.Wrap(fault.ResourceExhausted, err, "request on %s is larger than a NATS message", subj)
-	}
-	return fault.Wrap(fault.Unavailable, err, "NATS: %v", err)
+	return resp, microsvc.ReplyError(resp, subjects.HelService, subj)
 }
 
 func decodeJSON(m *nats.Msg, subj string, v any) error {
@@ -381,7 +353,7 @@ func (c *Client) startTransfer(ctx context.Context, subj string, a *args) (*tran
 	t := &transfer{nc: c.nc, inbox: c.nc.NewRespInbox(), subj: subj}
 	sub, err := c.nc.SubscribeSync(t.inbox)
 	if err != nil {
-		return nil, transportError(err, subj)
+		return nil, microsvc.TransportError(err, subjects.HelService, subj)
 	}
 	t.sub = sub
 	if dl, ok := ctx.Deadline(); ok {
@@ -389,7 +361,7 @@ func (c *Client) startTransfer(ctx context.Context, subj string, a *args) (*tran
 	}
 	if err := c.nc.PublishMsg(&nats.Msg{Subject: subj, Reply: t.inbox, Header: a.h}); err != nil {
 		_ = sub.Unsubscribe()
-		return nil, transportError(err, subj)
+		return nil, microsvc.TransportError(err, subjects.HelService, subj)
 	}
 	return t, nil
 }
@@ -401,9 +373,9 @@ func (t *transfer) close() { _ = t.sub.Unsubscribe() }
 func (t *transfer) next(ctx context.Context) (*nats.Msg, error) {
 	m, err := t.sub.NextMsgWithContext(ctx)
 	if err != nil {
-		return nil, transportError(err, t.subj)
+		return nil, microsvc.TransportError(err, subjects.HelService, t.subj)
 	}
-	if err := replyError(m, t.subj); err != nil {
+	if err := microsvc.ReplyError(m, subjects.HelService, t.subj); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -480,7 +452,7 @@ func (c *Client) PutObject(ctx context.Context, bucket, name string, r io.Reader
 			m.Data = buf[:n] // copied by PublishMsg
 			if err := c.nc.PublishMsg(m); err != nil {
 				cancel()
-				return ObjectInfo{}, transportError(err, t.subj)
+				return ObjectInfo{}, microsvc.TransportError(err, subjects.HelService, t.subj)
 			}
 		}
 		if errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF) {
@@ -496,7 +468,7 @@ func (c *Client) PutObject(ctx context.Context, bucket, name string, r io.Reader
 	eof := frameMsg(upload, t.inbox, FrameEOF, seq)
 	eof.Header.Set(HeaderSHA256, sum)
 	if err := c.nc.PublishMsg(eof); err != nil {
-		return ObjectInfo{}, transportError(err, t.subj)
+		return ObjectInfo{}, microsvc.TransportError(err, subjects.HelService, t.subj)
 	}
 	for {
 		m, err := t.next(ctx)
@@ -567,7 +539,7 @@ func (c *Client) GetObject(ctx context.Context, bucket, name string, w io.Writer
 				return ObjectInfo{}, fault.Wrap(fault.Internal, err, "write object %q: %v", name, err)
 			}
 			if err := c.nc.PublishMsg(frameMsg(ackTo, "", FrameAck, seq)); err != nil {
-				return ObjectInfo{}, transportError(err, t.subj)
+				return ObjectInfo{}, microsvc.TransportError(err, subjects.HelService, t.subj)
 			}
 		case "":
 			if n, _ := strconv.ParseUint(m.Header.Get(HeaderSeq), 10, 64); n != seq || total != info.Size {

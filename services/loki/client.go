@@ -2,7 +2,7 @@ package loki
 
 import (
 	"context"
-	"errors"
+	"github.com/loki-iot/loki/internal/microsvc"
 	"strconv"
 	"time"
 
@@ -10,7 +10,6 @@ import (
 	lokiv1 "github.com/loki-iot/loki/proto/loki/v1"
 	"github.com/loki-iot/loki/subjects"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/micro"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 )
@@ -70,11 +69,11 @@ func (c *Client) Call(ctx context.Context, tool string, args []byte) (Result, er
 	setTimeout(ctx, m)
 	resp, err := c.nc.RequestMsgWithContext(ctx, m)
 	if err != nil {
-		return Result{}, transportError(err, subj)
+		return Result{}, microsvc.TransportError(err, subjects.LokiService, subj)
 	}
 	// The execution id comes with errors too (when the tool ran), for logs.
 	res := Result{ExecutionID: resp.Header.Get(HeaderExecutionID)}
-	if err := replyError(resp, subj); err != nil {
+	if err := microsvc.ReplyError(resp, subjects.LokiService, subj); err != nil {
 		return res, err
 	}
 	res.JSON = resp.Data
@@ -92,7 +91,7 @@ func (c *Client) Stream(ctx context.Context, tool string, args []byte, onChunk f
 	inbox := c.nc.NewRespInbox()
 	sub, err := c.nc.SubscribeSync(inbox)
 	if err != nil {
-		return Result{}, transportError(err, subj)
+		return Result{}, microsvc.TransportError(err, subjects.LokiService, subj)
 	}
 	defer func() { _ = sub.Unsubscribe() }()
 	m := nats.NewMsg(subj)
@@ -101,7 +100,7 @@ func (c *Client) Stream(ctx context.Context, tool string, args []byte, onChunk f
 	m.Header.Set(HeaderStream, "1")
 	setTimeout(ctx, m)
 	if err := c.nc.PublishMsg(m); err != nil {
-		return Result{}, transportError(err, subj)
+		return Result{}, microsvc.TransportError(err, subjects.LokiService, subj)
 	}
 	cancelScript := func() { _ = c.nc.Publish(subjects.LokiCancel, []byte(inbox)) }
 	var res Result
@@ -109,12 +108,12 @@ func (c *Client) Stream(ctx context.Context, tool string, args []byte, onChunk f
 		resp, err := sub.NextMsgWithContext(ctx)
 		if err != nil {
 			cancelScript()
-			return res, transportError(err, subj)
+			return res, microsvc.TransportError(err, subjects.LokiService, subj)
 		}
 		if id := resp.Header.Get(HeaderExecutionID); id != "" {
 			res.ExecutionID = id
 		}
-		if err := replyError(resp, subj); err != nil {
+		if err := microsvc.ReplyError(resp, subjects.LokiService, subj); err != nil {
 			return res, err
 		}
 		if seqStr := resp.Header.Get(HeaderChunk); seqStr != "" {
@@ -167,9 +166,9 @@ func (c *Client) Register(ctx context.Context, tool *lokiv1.Tool) (*lokiv1.Tool,
 func (c *Client) Unregister(ctx context.Context, name string) error {
 	resp, err := c.nc.RequestWithContext(ctx, subjects.LokiToolsUnregister, []byte(name))
 	if err != nil {
-		return transportError(err, subjects.LokiToolsUnregister)
+		return microsvc.TransportError(err, subjects.LokiService, subjects.LokiToolsUnregister)
 	}
-	return replyError(resp, subjects.LokiToolsUnregister)
+	return microsvc.ReplyError(resp, subjects.LokiService, subjects.LokiToolsUnregister)
 }
 
 // Capabilities returns what the answering replica offers.
@@ -184,9 +183,9 @@ func (c *Client) Capabilities(ctx context.Context) (*lokiv1.Capabilities, error)
 func (c *Client) request(ctx context.Context, subj string, body []byte, out proto.Message) error {
 	resp, err := c.nc.RequestWithContext(ctx, subj, body)
 	if err != nil {
-		return transportError(err, subj)
+		return microsvc.TransportError(err, subjects.LokiService, subj)
 	}
-	if err := replyError(resp, subj); err != nil {
+	if err := microsvc.ReplyError(resp, subjects.LokiService, subj); err != nil {
 		return err
 	}
 	if err := protojson.Unmarshal(resp.Data, out); err != nil {
@@ -202,30 +201,4 @@ func setTimeout(ctx context.Context, m *nats.Msg) {
 			m.Header.Set(HeaderTimeout, d.String())
 		}
 	}
-}
-
-// replyError decodes micro error headers and no-responder status messages.
-func replyError(m *nats.Msg, subj string) error {
-	if m.Header == nil {
-		return nil
-	}
-	if code := m.Header.Get(micro.ErrorCodeHeader); code != "" {
-		return &fault.Error{Code: fault.Code(code), Msg: m.Header.Get(micro.ErrorHeader)}
-	}
-	if m.Header.Get("Status") == "503" {
-		return fault.New(fault.Unavailable, "no service is answering on %s (is `loki up` running?)", subj)
-	}
-	return nil
-}
-
-func transportError(err error, subj string) error {
-	switch {
-	case errors.Is(err, nats.ErrNoResponders):
-		return fault.Wrap(fault.Unavailable, err, "no Loki service is answering on %s (is `loki up` running?)", subj)
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
-		return fault.Wrap(fault.DeadlineExceeded, err, "no answer on %s before the deadline", subj)
-	case errors.Is(err, context.Canceled):
-		return fault.Wrap(fault.DeadlineExceeded, err, "call on %s cancelled", subj)
-	}
-	return fault.Wrap(fault.Unavailable, err, "NATS: %v", err)
 }

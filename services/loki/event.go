@@ -1,9 +1,9 @@
 package loki
 
 import (
+	"github.com/loki-iot/loki/internal/jsonenc"
 	"strconv"
 	"time"
-	"unicode/utf8"
 
 	lokiv1 "github.com/loki-iot/loki/proto/loki/v1"
 )
@@ -16,11 +16,11 @@ import (
 func marshalEvent(ev *lokiv1.ScriptEvent) []byte {
 	b := make([]byte, 0, 192+len(ev.GetErrorMessage()))
 	b = append(b, `{"executionId":`...)
-	b = appendJSONString(b, ev.GetExecutionId())
+	b = jsonenc.AppendString(b, ev.GetExecutionId())
 	b = append(b, `,"tool":`...)
-	b = appendJSONString(b, ev.GetTool())
+	b = jsonenc.AppendString(b, ev.GetTool())
 	b = append(b, `,"kind":`...)
-	b = appendJSONString(b, ev.GetKind())
+	b = jsonenc.AppendString(b, ev.GetKind())
 	if ev.Time != nil {
 		b = append(b, `,"time":"`...)
 		b = ev.Time.AsTime().UTC().AppendFormat(b, time.RFC3339Nano)
@@ -33,11 +33,11 @@ func marshalEvent(ev *lokiv1.ScriptEvent) []byte {
 	}
 	if ev.GetErrorCode() != "" {
 		b = append(b, `,"errorCode":`...)
-		b = appendJSONString(b, ev.GetErrorCode())
+		b = jsonenc.AppendString(b, ev.GetErrorCode())
 	}
 	if ev.GetErrorMessage() != "" {
 		b = append(b, `,"errorMessage":`...)
-		b = appendJSONString(b, ev.GetErrorMessage())
+		b = jsonenc.AppendString(b, ev.GetErrorMessage())
 	}
 	if ev.GetToolRevision() != 0 {
 		b = append(b, `,"toolRevision":"`...)
@@ -45,34 +45,4 @@ func marshalEvent(ev *lokiv1.ScriptEvent) []byte {
 		b = append(b, '"')
 	}
 	return append(b, '}')
-}
-
-const hexDigits = "0123456789abcdef"
-
-// appendJSONString appends s as a JSON string; invalid UTF-8 becomes U+FFFD.
-func appendJSONString(b []byte, s string) []byte {
-	b = append(b, '"')
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			switch {
-			case c == '"' || c == '\\':
-				b = append(b, '\\', c)
-			case c < 0x20:
-				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-			default:
-				b = append(b, c)
-			}
-			i++
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			b = append(b, `\ufffd`...)
-		} else {
-			b = append(b, s[i:i+size]...)
-		}
-		i += size
-	}
-	return append(b, '"')
 }

@@ -5,11 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/loki-iot/loki/internal/jsonenc"
 	"math"
 	"slices"
 	"strconv"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/loki-iot/loki/internal/fault"
 	lua "github.com/yuin/gopher-lua"
@@ -421,7 +421,7 @@ func (e *encoder) value(v lua.LValue, emptyArray bool) {
 		}
 		e.buf = appendNumber(e.buf, f)
 	case lua.LString:
-		e.buf = appendString(e.buf, string(x))
+		e.buf = jsonenc.AppendString(e.buf, string(x))
 	case *lua.LTable:
 		e.table(x, emptyArray)
 	default:
@@ -498,7 +498,7 @@ func (e *encoder) table(t *lua.LTable, emptyArray bool) {
 			if i > 0 {
 				e.buf = append(e.buf, ',')
 			}
-			e.buf = appendString(e.buf, k)
+			e.buf = jsonenc.AppendString(e.buf, k)
 			e.buf = append(e.buf, ':')
 			e.path = append(e.path, lua.LString(k))
 			e.value(t.RawGetString(k), false)
@@ -530,55 +530,4 @@ func appendNumber(b []byte, f float64) []byte {
 		}
 	}
 	return b
-}
-
-const hexDigits = "0123456789abcdef"
-
-// appendString appends s as a JSON string; invalid UTF-8 becomes U+FFFD.
-func appendString(b []byte, s string) []byte {
-	b = append(b, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' {
-				i++
-				continue
-			}
-			b = append(b, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				b = append(b, '\\', c)
-			case '\n':
-				b = append(b, '\\', 'n')
-			case '\r':
-				b = append(b, '\\', 'r')
-			case '\t':
-				b = append(b, '\\', 't')
-			default:
-				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			b = append(b, s[start:i]...)
-			b = append(b, `\ufffd`...)
-			i++
-			start = i
-			continue
-		}
-		if r == '\u2028' || r == '\u2029' {
-			b = append(b, s[start:i]...)
-			b = append(b, '\\', 'u', '2', '0', '2', hexDigits[r&0xf])
-			i += size
-			start = i
-			continue
-		}
-		i += size
-	}
-	b = append(b, s[start:]...)
-	return append(b, '"')
 }
