@@ -42,11 +42,7 @@ func TestExampleTools(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(runCtx) }()
-	defer func() { stop(); <-done }()
-	<-svc.Ready()
+	natstest.RunService(t, svc)
 	c := loki.NewClient(nc)
 
 	tests := []struct {

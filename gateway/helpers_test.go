@@ -161,22 +161,7 @@ func startLoki(t *testing.T, srv *natsrv.Server) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("loki Run: %v", err)
-		}
-	})
-	select {
-	case <-svc.Ready():
-	case err := <-done:
-		t.Fatalf("loki Run: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("loki not ready")
-	}
+	natstest.RunService(t, svc)
 }
 
 func listen(t *testing.T) net.Listener {

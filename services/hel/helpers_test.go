@@ -44,37 +44,15 @@ func runHel(t testing.TB, srv *natsrv.Server, cfg hel.Config) func() {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(nc.Close)
 	svc, err := hel.New(cfg, nc, quietLog())
 	if err != nil {
-		nc.Close()
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx) }()
-	select {
-	case <-svc.Ready():
-	case err := <-done:
-		cancel()
-		nc.Close()
-		t.Fatalf("Run: %v", err)
-	case <-time.After(20 * time.Second):
-		cancel()
-		nc.Close()
-		t.Fatal("hel not ready")
-	}
-	stopped := false
-	return func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		nc.Close()
-	}
+	stop := natstest.RunService(t, svc)
+	// Closing the connection too lets restart tests bring up a new server
+	// without this one reconnecting to it.
+	return func() { stop(); nc.Close() }
 }
 
 type env struct {

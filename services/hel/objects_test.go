@@ -281,11 +281,7 @@ func TestObjectsRestoreMeta(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	runCtx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(runCtx) }()
-	t.Cleanup(func() { stop(); <-done })
-	<-svc.Ready()
+	natstest.RunService(t, svc)
 	c := hel.NewClient(nc)
 	ctx := ctxT(t)
 	js, err := jetstream.New(nc)

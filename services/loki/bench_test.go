@@ -81,9 +81,6 @@ func startLokiB(b *testing.B, srv interface {
 	if err != nil {
 		b.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx) }()
-	b.Cleanup(func() { cancel(); <-done; nc.Close() })
-	<-svc.Ready()
+	b.Cleanup(nc.Close)
+	natstest.RunService(b, svc)
 }
