@@ -188,19 +188,17 @@ func fileWhat(req request) string {
 	return fmt.Sprintf("namespace %q path %q", req.namespace, req.path)
 }
 
-// needFile refuses the namespace root where a file is needed.
-func needFile(req request) error {
+// fileNS opens the request's namespace (creating it when create is set) for
+// an operation on a file: a path naming the namespace root is refused.
+func (f *fileStore) fileNS(req request, create bool) (*os.Root, error) {
 	if req.path == "." {
-		return fault.New(fault.InvalidArgument, "namespace %q: %s must name a file, not the namespace root", req.namespace, HeaderPath)
+		return nil, fault.New(fault.InvalidArgument, "namespace %q: %s must name a file, not the namespace root", req.namespace, HeaderPath)
 	}
-	return nil
+	return f.ns(req.namespace, create)
 }
 
 func (f *fileStore) read(ctx context.Context, req request, _ *microsvc.Request) ([]byte, nats.Header, error) {
-	if err := needFile(req); err != nil {
-		return nil, nil, err
-	}
-	r, err := f.ns(req.namespace, false)
+	r, err := f.fileNS(req, false)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -241,10 +239,7 @@ func (f *fileStore) read(ctx context.Context, req request, _ *microsvc.Request) 
 }
 
 func (f *fileStore) write(ctx context.Context, req request, m *microsvc.Request) ([]byte, nats.Header, error) {
-	if err := needFile(req); err != nil {
-		return nil, nil, err
-	}
-	r, err := f.ns(req.namespace, true)
+	r, err := f.fileNS(req, true)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -332,10 +327,7 @@ func syncDir(r *os.Root, dir string) error {
 }
 
 func (f *fileStore) append(ctx context.Context, req request, m *microsvc.Request) ([]byte, nats.Header, error) {
-	if err := needFile(req); err != nil {
-		return nil, nil, err
-	}
-	r, err := f.ns(req.namespace, true)
+	r, err := f.fileNS(req, true)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -393,10 +385,7 @@ func appendFile(r *os.Root, name string, data []byte) (int64, error) {
 }
 
 func (f *fileStore) remove(ctx context.Context, req request, _ *microsvc.Request) ([]byte, nats.Header, error) {
-	if err := needFile(req); err != nil {
-		return nil, nil, err
-	}
-	r, err := f.ns(req.namespace, false)
+	r, err := f.fileNS(req, false)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -418,10 +407,7 @@ func (f *fileStore) remove(ctx context.Context, req request, _ *microsvc.Request
 }
 
 func (f *fileStore) mkdir(ctx context.Context, req request, _ *microsvc.Request) ([]byte, nats.Header, error) {
-	if err := needFile(req); err != nil {
-		return nil, nil, err
-	}
-	r, err := f.ns(req.namespace, true)
+	r, err := f.fileNS(req, true)
 	if err != nil {
 		return nil, nil, err
 	}
