@@ -133,12 +133,12 @@ func TestReflectionListsEverything(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", gateway.ScriptsService, "loki.v1.Loki"} {
+	for _, want := range []string{"grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", gateway.ScriptsService, lokiv1.Loki_ServiceDesc.ServiceName} {
 		if !slices.Contains(svcs, want) {
 			t.Errorf("got services %v, want %s among them", svcs, want)
 		}
 	}
-	sd, err := r.service("loki.v1.Loki")
+	sd, err := r.service(lokiv1.Loki_ServiceDesc.ServiceName)
 	if err != nil {
 		t.Fatal(err)
 	}
