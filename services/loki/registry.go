@@ -30,18 +30,27 @@ type Registry struct {
 	tools map[string]*Compiled
 }
 
-// OpenRegistry opens the registry bucket, creating it on first use.
+// OpenRegistry opens the registry bucket, creating it on first use; an
+// existing bucket's settings are left as they are.
 func OpenRegistry(ctx context.Context, nc *nats.Conn, log *slog.Logger) (*Registry, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("registry: %w", err)
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      subjects.ToolsBucket,
-		Description: "Loki tool registry: one protojson Tool per key",
-		History:     8,
-		Storage:     jetstream.FileStorage,
-	})
+	// Open what exists: an operator may have changed the bucket (replicas in a
+	// cluster, say), and readers such as gateways need no right to change it.
+	kv, err := js.KeyValue(ctx, subjects.ToolsBucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      subjects.ToolsBucket,
+			Description: "Loki tool registry: one protojson Tool per key",
+			History:     8,
+			Storage:     jetstream.FileStorage,
+		})
+		if errors.Is(err, jetstream.ErrBucketExists) { // another replica won the race
+			kv, err = js.KeyValue(ctx, subjects.ToolsBucket)
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("registry: open bucket %s (is JetStream enabled on the server?): %w", subjects.ToolsBucket, err)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/loki-iot/loki/services/loki"
 	"github.com/loki-iot/loki/subjects"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -651,5 +652,34 @@ func TestStreamCancelStopsScript(t *testing.T) {
 				t.Fatalf("failed event: got %q, want a cancellation", ev.GetErrorMessage())
 			}
 		})
+	}
+}
+
+// TestOpenRegistryKeepsBucketSettings: a replica starting against a bucket an
+// operator configured (here: more history) does not reset it.
+func TestOpenRegistryKeepsBucketSettings(t *testing.T) {
+	srv := natstest.Start(t)
+	nc := natstest.Connect(t, srv)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: subjects.ToolsBucket, History: 20}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loki.OpenRegistry(ctx, nc, quietLog()); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctx, subjects.ToolsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := st.History(); got != 20 {
+		t.Fatalf("history: got %d, want the operator's 20", got)
 	}
 }
