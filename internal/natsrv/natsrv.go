@@ -85,6 +85,15 @@ func Start(cfg Config, log *slog.Logger) (*Server, error) {
 	if cfg.MQTTPort != 0 {
 		opts.MQTT = server.MQTTOpts{Host: cfg.Host, Port: cfg.MQTTPort}
 	}
+	if cfg.Port > 0 {
+		// nats-server only logs a failed listen and never becomes ready; say
+		// so at once instead of after ReadyTimeout.
+		l, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)))
+		if err != nil {
+			return nil, fmt.Errorf("natsrv: cannot listen on %s:%d (another NATS server or `loki up` running? pick another port): %w", cfg.Host, cfg.Port, err)
+		}
+		l.Close()
+	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("natsrv: %w", err)
