@@ -243,11 +243,13 @@ func (s *Service) serve(ep *endpoint, r *Request) {
 	start := time.Now()
 	data, hdr, err := s.call(ep, r)
 	elapsed := time.Since(start)
-	s.respond(r, data, hdr, err)
 	s.mu.Lock()
 	ep.busy--
 	s.mu.Unlock()
+	// Record before replying: a caller that asks for STATS after its reply
+	// must find its own request counted.
 	s.record(ep, elapsed, err)
+	s.respond(r, data, hdr, err)
 }
 
 // call runs the handler, turning a panic into an INTERNAL error so one bad
