@@ -179,6 +179,47 @@ func TestCallThroughGateway(t *testing.T) {
 	}
 }
 
+// TestEventsCommand: `loki events --tool add` prints add's events as
+// protojson lines and nothing of other tools.
+func TestEventsCommand(t *testing.T) {
+	url, stop := startUp(t, t.TempDir())
+	defer stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	var out, errOut syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, []string{"events", "--tool", "add", "--nats-url", url}, &out, &errOut) }()
+	for wait := time.Now().Add(10 * time.Second); !strings.Contains(errOut.String(), "listening on"); {
+		if time.Now().After(wait) {
+			t.Fatalf("events never subscribed; stderr: %s", errOut.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if _, err := cli(t, "call", "slugify", "text=x", "--nats-url", url); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli(t, "call", "add", "a=1", "--nats-url", url); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for strings.Count(out.String(), "\n") < 2 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("events: %v", err)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[0], `"kind":"started"`) || !strings.Contains(lines[1], `"kind":"completed"`) {
+		t.Fatalf("got %q, want add's started and completed events", lines)
+	}
+	if strings.Contains(out.String(), "slugify") {
+		t.Fatalf("events of another tool printed: %q", out.String())
+	}
+	if err := run(context.Background(), []string{"events", "--kind", "exploded", "--nats-url", url}, &out, &errOut); err == nil {
+		t.Fatal("an unknown event kind was accepted")
+	}
+}
+
 func TestUpRefusesBadConfig(t *testing.T) {
 	cfg := filepath.Join(t.TempDir(), "bad.toml")
 	src := "[[tools]]\nname = \"ok\"\nscript = \"return 1\"\n\n[[tools]]\nname = \"broken\"\nscript = \"return +\"\n"
