@@ -87,6 +87,7 @@ running calls and exits; a second signal exits at once.`, stderr)
 		return err
 	}
 	comps := []component{lokiComp, helComp}
+	services := []string{"loki", "hel"}
 	grpcLine := "off (--grpc-port 0)"
 	if *grpcPort != 0 {
 		gwComp, addr, err := gatewayComponent(svcCfg.Gateway, nc, log, grpcAddr(*listen, *grpcPort))
@@ -94,6 +95,7 @@ running calls and exits; a second signal exits at once.`, stderr)
 			return err
 		}
 		comps = append(comps, gwComp)
+		services = append(services, "gateway")
 		grpcLine = addr.String() + "  (grpcurl -plaintext " + addr.String() + " list)"
 	}
 	names := make([]string, 0, len(tools))
@@ -104,13 +106,13 @@ running calls and exits; a second signal exits at once.`, stderr)
 		fmt.Fprintf(stdout, `Loki is up (ready in %s)
   NATS       %s  (JetStream data in %s)
   gRPC       %s
-  services   loki, hel%s
+  services   %s
   tools      %d from %s: %s
   try        loki call add a=1 b=2
              nats req loki.exec.add '{"a":1,"b":2}'
   stop       Ctrl-C
 `, time.Since(started).Round(time.Millisecond), srv.ClientURL(), *dataDir, grpcLine,
-			map[bool]string{true: ", gateway", false: ""}[*grpcPort != 0],
+			strings.Join(services, ", "),
 			len(tools), source, strings.Join(names, ", "))
 	}, comps...)
 }
