@@ -7,11 +7,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/loki-iot/loki/internal/microsvc"
 	"io"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/loki-iot/loki/internal/microsvc"
+	"github.com/loki-iot/loki/internal/middleware"
 
 	"github.com/loki-iot/loki/internal/fault"
 	"github.com/loki-iot/loki/subjects"
@@ -92,7 +94,7 @@ func (c *Client) request(ctx context.Context, subj string, a *args, body []byte)
 		defer cancel()
 	}
 	dl, _ := ctx.Deadline()
-	setTimeoutHeader(a.h, dl)
+	middleware.SetTimeout(a.h, HeaderTimeout, dl)
 	resp, err := c.nc.RequestMsgWithContext(ctx, &nats.Msg{Subject: subj, Header: a.h, Data: body})
 	if err != nil {
 		return nil, microsvc.TransportError(err, subjects.HelService, subj)
@@ -357,7 +359,7 @@ func (c *Client) startTransfer(ctx context.Context, subj string, a *args) (*tran
 	}
 	t.sub = sub
 	if dl, ok := ctx.Deadline(); ok {
-		setTimeoutHeader(a.h, dl)
+		middleware.SetTimeout(a.h, HeaderTimeout, dl)
 	}
 	if err := c.nc.PublishMsg(&nats.Msg{Subject: subj, Reply: t.inbox, Header: a.h}); err != nil {
 		_ = sub.Unsubscribe()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/loki-iot/loki/internal/middleware"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -29,7 +30,7 @@ func DecodeRequestAll(h nats.Header, cacheKey bool) (map[string]any, error) {
 }
 
 // ParseTimeout parses a Hel-Timeout header value.
-func ParseTimeout(v string) (time.Duration, error) { return parseDuration(HeaderTimeout, v) }
+func ParseTimeout(v string) (time.Duration, error) { return middleware.ParseTimeout(HeaderTimeout, v) }
 
 // Storage encoding.
 var (

@@ -7,6 +7,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/loki-iot/loki/internal/fault"
+	"github.com/loki-iot/loki/internal/middleware"
 	"github.com/loki-iot/loki/subjects"
 	"github.com/nats-io/nats.go"
 )
@@ -197,7 +198,7 @@ func decodeRequest(h nats.Header, need field) (request, error) {
 	if v, ok, err := get(fTTL); err != nil {
 		return req, err
 	} else if ok {
-		if req.ttl, err = parseDuration(HeaderTTL, v); err != nil {
+		if req.ttl, err = middleware.ParseTimeout(HeaderTTL, v); err != nil {
 			return req, err
 		}
 	}
@@ -261,15 +262,6 @@ func decodeRequest(h nats.Header, need field) (request, error) {
 		}
 	}
 	return req, nil
-}
-
-// parseDuration reads a positive Go duration from header name.
-func parseDuration(name, v string) (time.Duration, error) {
-	d, err := time.ParseDuration(v)
-	if err != nil || d <= 0 {
-		return 0, fault.New(fault.InvalidArgument, "%s %q: want a positive duration such as \"1.5s\"", name, v)
-	}
-	return d, nil
 }
 
 // validHeaderValue refuses what a NATS header cannot carry unchanged:
@@ -406,13 +398,4 @@ func trunc(s string) string {
 		return s
 	}
 	return s[:80] + "..."
-}
-
-// setTimeoutHeader passes the remaining time before dl to the service.
-func setTimeoutHeader(h nats.Header, dl time.Time) {
-	if d := time.Until(dl); d > 0 {
-		h.Set(HeaderTimeout, d.String())
-	} else {
-		h.Set(HeaderTimeout, "1ns")
-	}
 }

@@ -26,6 +26,7 @@ import (
 
 	"github.com/loki-iot/loki/internal/fault"
 	"github.com/loki-iot/loki/internal/microsvc"
+	"github.com/loki-iot/loki/internal/middleware"
 	"github.com/loki-iot/loki/subjects"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -138,7 +139,7 @@ func (s *Service) Run(ctx context.Context) error {
 		return fmt.Errorf("hel: %w", err)
 	}
 	for _, op := range s.ops() {
-		h := withErrorLog(s.log, op.subject, withDeadline(op.timeout, s.cfg.MaxRequestTimeout, s.decode(op)))
+		h := middleware.ErrorLog(s.log, op.subject, middleware.Deadline(HeaderTimeout, op.timeout, s.cfg.MaxRequestTimeout, s.decode(op)))
 		e := microsvc.Endpoint{Name: op.name, Subject: op.subject, Handler: h, Workers: s.cfg.Workers, Queue: s.cfg.Queue}
 		if op.transfer {
 			e.Workers, e.Queue = s.cfg.Objects.Transfers, s.cfg.Objects.Transfers

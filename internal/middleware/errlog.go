@@ -1,4 +1,4 @@
-package hel
+package middleware
 
 import (
 	"context"
@@ -9,9 +9,16 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-// withErrorLog logs the details of INTERNAL errors, which callers only see
-// as "internal error", and of UNAVAILABLE ones, which point at JetStream.
-func withErrorLog(log *slog.Logger, subject string, next microsvc.Handler) microsvc.Handler {
+// Log keys of ErrorLog.
+const (
+	logKeySubject = "subject"
+	logKeyErr     = "err"
+)
+
+// ErrorLog logs the details of INTERNAL errors, which callers only see as
+// "internal error", and of UNAVAILABLE ones, which point at a dependency
+// of the service (JetStream, hardware, a remote host).
+func ErrorLog(log *slog.Logger, subject string, next microsvc.Handler) microsvc.Handler {
 	return func(ctx context.Context, r *microsvc.Request) ([]byte, nats.Header, error) {
 		data, hdr, err := next(ctx, r)
 		switch fault.CodeOf(err) {
