@@ -43,6 +43,9 @@ func BenchmarkEchoParallel(b *testing.B) {
 	if _, err := svcConn.Subscribe(subjects.BenchEcho, func(m *nats.Msg) { _ = m.Respond(m.Data) }); err != nil {
 		b.Fatal(err)
 	}
+	if err := svcConn.Flush(); err != nil {
+		b.Fatal(err)
+	}
 	body := []byte(`{"a":1,"b":2}`)
 	b.SetParallelism(16)
 	b.ResetTimer()

@@ -146,10 +146,10 @@ func (en *Engine) Run(ctx context.Context, e Exec) ([]byte, error) {
 	s := en.get()
 	s.begin(ctx, &e, start)
 	L := s.L
-	env := L.CreateTable(0, len(e.Params))
-	env.Metatable = s.envMT
+	env := L.CreateTable(0, 0)
+	env.Metatable = s.lazyMT
 	s.env = env
-	if err := s.bindParams(env); err != nil {
+	if err := s.convertParams(); err != nil {
 		s.end()
 		en.put(s)
 		return nil, err

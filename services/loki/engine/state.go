@@ -16,9 +16,20 @@ import (
 // state's own global table is never shown to a script. Instead every
 // execution runs in a fresh, empty environment table:
 //
-//	env (per execution: params, and whatever the script assigns)
-//	  └─ __index → base (per state, unreachable: safe base functions, print, emit)
-//	                 └─ __index → resolve (Go function, per state)
+//	env (per execution: whatever the script assigns)
+//	  └─ __index → args (per state, unreachable: this execution's params)
+//	                 └─ __index → base (per state, unreachable: safe base functions, print, emit)
+//	                                └─ __index → resolve (Go function, per state)
+//
+// Params are looked up in args rather than bound as globals of env, because
+// filling a fresh table cost more than the rest of a small script's run.
+// args is emptied when the execution ends. env's metatable also has
+// __newindex = assign. The first time a script assigns to a param's name, or
+// takes _G (the only way to reach env as a value: rawget, rawset, pairs,
+// next), the params are copied into env and env's metatable becomes one
+// without args or __newindex, so from then on env is exactly what it would be
+// had the params been bound as globals from the start; before that no script
+// can tell the difference.
 //
 // resolve creates, on first use within an execution, the per-execution values
 // and caches them in env: _G (env itself), params, the library tables and the
@@ -72,9 +83,15 @@ type state struct {
 	en     *Engine
 	lim    *Limits
 	base   *lua.LTable
-	envMT  *lua.LTable
-	libs   [numLibs]*lua.LTable
-	libMTs [numLibs]*lua.LTable
+	envMT  *lua.LTable // env's metatable once params are bound in env
+	lazyMT *lua.LTable // env's metatable while params are looked up in argTab
+	argTab *lua.LTable
+	// argNames are the param names argTab has held. gopher-lua keeps a key
+	// in a table's iteration index after it is deleted, so argTab is
+	// replaced once it has seen too many distinct names.
+	argNames map[string]struct{}
+	libs     [numLibs]*lua.LTable
+	libMTs   [numLibs]*lua.LTable
 
 	// The current execution; reset by end.
 	ctx     context.Context
@@ -149,6 +166,9 @@ func (en *Engine) newState() *state {
 	base.Metatable = protect(L.NewFunction(s.resolve))
 	s.base = base
 	s.envMT = protect(base)
+	s.newArgTab()
+	s.lazyMT = protect(s.argTab)
+	s.lazyMT.RawSetString("__newindex", L.NewFunction(s.assign))
 
 	str := keep(lib("string"), "byte", "char", "len", "reverse", "sub")
 	fns(str, map[string]lua.LGFunction{
@@ -190,6 +210,25 @@ func (en *Engine) newState() *state {
 	return s
 }
 
+// maxArgNames bounds the distinct param names argTab accumulates.
+const maxArgNames = 1024
+
+func (s *state) newArgTab() {
+	if s.argTab == nil {
+		s.argTab = s.L.CreateTable(0, 8)
+		s.argTab.Metatable = s.L.CreateTable(0, 1)
+	} else {
+		mt := s.argTab.Metatable
+		s.argTab = s.L.CreateTable(0, 8)
+		s.argTab.Metatable = mt
+		if s.lazyMT != nil {
+			s.lazyMT.RawSetString("__index", s.argTab)
+		}
+	}
+	s.argTab.Metatable.(*lua.LTable).RawSetString("__index", s.base)
+	s.argNames = make(map[string]struct{})
+}
+
 func (s *state) begin(ctx context.Context, e *Exec, start time.Time) {
 	s.ctx, s.start = ctx, start
 	s.tool, s.execID, s.chunk = e.Tool, e.ExecID, e.Program.chunk
@@ -201,6 +240,11 @@ func (s *state) begin(ctx context.Context, e *Exec, start time.Time) {
 // nothing of it.
 func (s *state) end() {
 	s.ctx = nil
+	for i, v := range s.argVals {
+		if v != lua.LNil {
+			s.argTab.RawSetString(s.params[i].Name, lua.LNil)
+		}
+	}
 	s.params, s.args, s.grants, s.emitFn = nil, nil, nil, nil
 	s.env, s.call = nil, nil
 	clear(s.argVals)
@@ -217,6 +261,7 @@ func (s *state) resolve(L *lua.LState) int {
 	var v lua.LValue
 	switch string(name) {
 	case "_G":
+		s.bindGlobals()
 		v = s.env
 	case "params":
 		v = s.paramsTable(L)
@@ -264,9 +309,9 @@ func (s *state) paramsTable(L *lua.LState) *lua.LTable {
 	return t
 }
 
-// bindParams converts the arguments and binds them as globals of env; the
-// converted values are kept for the params table.
-func (s *state) bindParams(env *lua.LTable) error {
+// convertParams converts the arguments for this execution's params and
+// makes them visible to the script through argTab.
+func (s *state) convertParams() error {
 	s.argVals = s.argVals[:0]
 	for _, p := range s.params {
 		var lv lua.LValue = lua.LNil
@@ -275,11 +320,56 @@ func (s *state) bindParams(env *lua.LTable) error {
 			if lv, err = toLua(s.L, v, 0); err != nil {
 				return fault.New(fault.InvalidArgument, "param %q: %s", p.Name, err)
 			}
-			env.RawSetString(p.Name, lv)
 		}
 		s.argVals = append(s.argVals, lv)
 	}
+	for _, p := range s.params {
+		if _, ok := s.argNames[p.Name]; !ok {
+			if len(s.argNames) >= maxArgNames {
+				s.newArgTab()
+			}
+			s.argNames[p.Name] = struct{}{}
+		}
+	}
+	for i, v := range s.argVals {
+		if v != lua.LNil {
+			s.argTab.RawSetString(s.params[i].Name, v)
+		}
+	}
 	return nil
+}
+
+// bindGlobals copies the params into env as globals and stops looking them
+// up in argTab, once per execution.
+func (s *state) bindGlobals() {
+	if s.env.Metatable == s.envMT {
+		return
+	}
+	for i, v := range s.argVals {
+		if v != lua.LNil {
+			s.env.RawSetString(s.params[i].Name, v)
+		}
+	}
+	s.env.Metatable = s.envMT
+}
+
+// assign is env's __newindex while params live in argTab: it runs for a
+// global name env does not hold yet. Assigning to a param's name binds the
+// params first, so the assignment replaces (or, with nil, removes) the
+// global as it would had the params been globals all along.
+func (s *state) assign(L *lua.LState) int {
+	t := L.CheckTable(1)
+	k, v := L.Get(2), L.Get(3)
+	if name, ok := k.(lua.LString); ok && t == s.env {
+		for _, p := range s.params {
+			if p.Name == string(name) {
+				s.bindGlobals()
+				break
+			}
+		}
+	}
+	t.RawSet(k, v)
+	return 0
 }
 
 // callInfo returns what modules see of the execution, built once.
