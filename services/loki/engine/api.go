@@ -84,13 +84,14 @@ func CheckParamName(name string) error {
 // Grant is one capability a tool may use: <module>[.<area>][:<scope>].
 // An empty Area allows every area of the module; an empty Scope or "*" allows
 // every scope; a Scope also covers sub-scopes below it ("board" covers
-// "board/led").
+// "board/led"). Scopes may contain dots, so that a host name is one scope
+// ("net.http:api.example.com"); a dot does not separate sub-scopes.
 type Grant struct {
 	Module, Area, Scope string
 }
 
 var grantToken = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
-var grantScope = regexp.MustCompile(`^(\*|[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*)$`)
+var grantScope = regexp.MustCompile(`^(\*|[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*)$`)
 
 // ParseGrant parses "<module>[.<area>][:<scope>]", e.g. "hel.kv:sensors".
 func ParseGrant(s string) (Grant, error) {

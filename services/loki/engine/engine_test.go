@@ -786,6 +786,8 @@ func TestGrants(t *testing.T) {
 		{name: "denied starts with code", src: `local ok, err = pcall(testmod.read, "board") return err:find("^PERMISSION_DENIED: ") ~= nil`, want: "true"},
 		{name: "denied uncaught", src: "local x = 1\nreturn testmod.read('board')", code: fault.PermissionDenied, msg: `tool "t": line 2: tool has no grant for testmod.area:board`},
 		{name: "other scope denied", grants: grants("testmod.area:other"), src: `return testmod.read("board")`, code: fault.PermissionDenied},
+		{name: "dotted scope granted", grants: grants("testmod.area:api.example.com"), src: `return testmod.read("api.example.com")`, want: `"value of api.example.com for t"`},
+		{name: "dotted scope covers no other host", grants: grants("testmod.area:example.com"), src: `return testmod.read("api.example.com")`, code: fault.PermissionDenied},
 		{name: "module table is per execution", src: `testmod.read = nil return true`, want: "true"},
 		{name: "module still there", grants: grants("testmod"), src: `return testmod.read("x")`, want: `"value of x for t"`},
 	}
