@@ -8,21 +8,25 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
 	"github.com/loki-iot/loki/gateway"
+	"github.com/loki-iot/loki/services/fenrir"
 	"github.com/loki-iot/loki/services/hel"
 	"github.com/loki-iot/loki/services/loki"
 	"github.com/loki-iot/loki/services/loki/engine"
 	"github.com/nats-io/nats.go"
 )
 
-// serviceConfig is the --service-config file: optional [loki], [hel] and
-// [gateway] tables over the defaults. Unknown keys are errors.
+// serviceConfig is the --service-config file: optional [loki], [hel],
+// [fenrir] and [gateway] tables over the defaults. Unknown keys are errors.
+// Fenrir's boards come from --board, not from here.
 type serviceConfig struct {
 	Loki    lokiSettings   `toml:"loki"`
 	Hel     hel.Config     `toml:"hel"`
+	Fenrir  fenrir.Config  `toml:"fenrir"`
 	Gateway gateway.Config `toml:"gateway"`
 }
 
@@ -37,6 +41,7 @@ func loadServiceConfig(path, dataDir string) (serviceConfig, error) {
 	cfg := serviceConfig{
 		Loki:    lokiSettings{Concurrency: def.Concurrency, Queue: def.Queue, DrainTimeout: def.DrainTimeout},
 		Hel:     hel.DefaultConfig(dataDir),
+		Fenrir:  fenrir.DefaultConfig(),
 		Gateway: gateway.DefaultConfig(),
 	}
 	if path != "" {
@@ -69,7 +74,7 @@ func (c serviceConfig) lokiConfig(nc *nats.Conn) loki.Config {
 	cfg.Concurrency, cfg.Queue, cfg.DrainTimeout = c.Loki.Concurrency, c.Loki.Queue, c.Loki.DrainTimeout
 	// Every child service's Lua module; a module whose service is not
 	// running answers UNAVAILABLE.
-	cfg.Modules = []engine.Module{hel.NewModule(nc)}
+	cfg.Modules = []engine.Module{hel.NewModule(nc), fenrir.NewModule(nc)}
 	return cfg
 }
 
@@ -147,6 +152,39 @@ func helComponent(cfg hel.Config, nc *nats.Conn, log *slog.Logger) (component, e
 		return component{}, err
 	}
 	return component{name: "hel", run: svc.Run, ready: svc.Ready()}, nil
+}
+
+// loadBoards sets the boards Fenrir serves: those of the --board file, or
+// the built-in simulated board when path is "", and validates the [fenrir]
+// settings with them.
+func (c *serviceConfig) loadBoards(path string) error {
+	if path == "" {
+		c.Fenrir.Boards = []fenrir.BoardConfig{fenrir.SimBoardConfig()}
+	} else {
+		boards, err := fenrir.LoadBoards(path)
+		if err != nil {
+			return err
+		}
+		c.Fenrir.Boards = boards
+	}
+	return c.Fenrir.Validate()
+}
+
+// boardNames lists the boards Fenrir serves, for the start-up banner.
+func (c serviceConfig) boardNames() string {
+	names := make([]string, len(c.Fenrir.Boards))
+	for i, b := range c.Fenrir.Boards {
+		names[i] = b.Name + " (" + b.Backend + ")"
+	}
+	return strings.Join(names, ", ")
+}
+
+func fenrirComponent(cfg fenrir.Config, nc *nats.Conn, log *slog.Logger) (component, error) {
+	svc, err := fenrir.New(cfg, nc, log)
+	if err != nil {
+		return component{}, err
+	}
+	return component{name: "fenrir", run: svc.Run, ready: svc.Ready()}, nil
 }
 
 // gatewayComponent listens at once, so a busy port fails start-up clearly.

@@ -257,3 +257,50 @@ func TestUsage(t *testing.T) {
 		t.Fatal("unknown command accepted")
 	}
 }
+
+// TestUpServesSimBoard: `loki up` runs Fenrir with the simulated board, so
+// the hardware example tools answer on any machine.
+func TestUpServesSimBoard(t *testing.T) {
+	url, stop, out := startUpOut(t, t.TempDir())
+	defer stop()
+	if !strings.Contains(out, "fenrir") || !strings.Contains(out, "sim (sim)") {
+		t.Fatalf("banner does not list fenrir and the sim board:\n%s", out)
+	}
+	got, err := cli(t, "call", "climate", "--nats-url", url)
+	if err != nil || !strings.Contains(got, `"temperature":`) || !strings.Contains(got, `"°C"`) {
+		t.Fatalf("call climate: got %q, %v", got, err)
+	}
+	got, err = cli(t, "call", "blink", "times=1", "interval_ms=1", "--nats-url", url)
+	if err != nil || got != `{"blinks":1,"stopped_by_button":false}` {
+		t.Fatalf("call blink: got %q, %v", got, err)
+	}
+}
+
+func TestBoardFlags(t *testing.T) {
+	bad := filepath.Join(t.TempDir(), "boards.toml")
+	if err := os.WriteFile(bad, []byte("[[boards]]\nname = \"pi\"\nbackend = \"arduino\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		args []string
+		want string
+		code int
+	}{
+		{"serve without board", []string{"serve", "fenrir", "--nats-url", "nats://127.0.0.1:1"}, "--board FILE is required", 2},
+		{"serve board and sim", []string{"serve", "fenrir", "--sim", "--board", bad}, "not both", 2},
+		{"serve bad board", []string{"serve", "fenrir", "--board", bad}, `backend "arduino"`, 0},
+		{"up bad board", []string{"up", "--board", bad, "--data-dir", t.TempDir()}, bad, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := cli(t, tc.args...)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error mentioning %q", err, tc.want)
+			}
+			if ee, ok := err.(*exitError); tc.code != 0 && (!ok || ee.code != tc.code) {
+				t.Fatalf("got %#v, want exit code %d", err, tc.code)
+			}
+		})
+	}
+}

@@ -23,12 +23,14 @@ func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("up", `Usage: loki up [flags]
 
 Runs an embedded NATS server with JetStream and every Loki service in one
-process: Loki (scripts), Hel (storage) and the gRPC gateway. Without
---config, the built-in example tools are registered. Tools, KV, objects and
+process: Loki (scripts), Hel (storage), Fenrir (hardware) and the gRPC
+gateway. Without --config, the built-in example tools are registered; without
+--board, Fenrir serves the built-in simulated board "sim". Tools, KV, objects and
 files persist in --data-dir across restarts. SIGINT or SIGTERM drains
 running calls and exits; a second signal exits at once.`, stderr)
 	config := fs.String("config", "", "tool config (TOML); default: the built-in examples")
-	serviceConfig := fs.String("service-config", "", "service settings (TOML with optional [loki], [hel], [gateway] tables)")
+	serviceConfig := fs.String("service-config", "", "service settings (TOML with optional [loki], [hel], [fenrir], [gateway] tables)")
+	board := fs.String("board", "", "Fenrir boards (TOML with [[boards]]); default: the built-in simulated board \"sim\"")
 	dataDir := fs.String("data-dir", defaultDataDir(), "directory for all data: JetStream (tools, KV, objects) and Hel's files (env LOKI_DATA_DIR)")
 	port := fs.Int("nats-port", 4222, "NATS client port (-1 picks a free port)")
 	listen := fs.String("listen", "127.0.0.1", "address the NATS server and the gRPC gateway listen on")
@@ -60,6 +62,9 @@ running calls and exits; a second signal exits at once.`, stderr)
 	if *concurrency > 0 {
 		svcCfg.Loki.Concurrency = *concurrency
 	}
+	if err := svcCfg.loadBoards(*board); err != nil {
+		return err
+	}
 
 	started := time.Now()
 	srv, err := natsrv.Start(natsrv.Config{Name: "loki", DataDir: *dataDir, Host: *listen, Port: *port}, log)
@@ -86,8 +91,12 @@ running calls and exits; a second signal exits at once.`, stderr)
 	if err != nil {
 		return err
 	}
-	comps := []component{lokiComp, helComp}
-	services := []string{"loki", "hel"}
+	fenrirComp, err := fenrirComponent(svcCfg.Fenrir, nc, log)
+	if err != nil {
+		return err
+	}
+	comps := []component{lokiComp, helComp, fenrirComp}
+	services := []string{"loki", "hel", "fenrir"}
 	grpcLine := "off (--grpc-port 0)"
 	if *grpcPort != 0 {
 		gwComp, addr, err := gatewayComponent(svcCfg.Gateway, nc, log, grpcAddr(*listen, *grpcPort))
@@ -107,25 +116,26 @@ running calls and exits; a second signal exits at once.`, stderr)
   NATS       %s  (JetStream data in %s)
   gRPC       %s
   services   %s
+  boards     %s
   tools      %d from %s: %s
   try        loki call add a=1 b=2
              nats req loki.exec.add '{"a":1,"b":2}'
   stop       Ctrl-C
 `, time.Since(started).Round(time.Millisecond), srv.ClientURL(), *dataDir, grpcLine,
-			strings.Join(services, ", "),
+			strings.Join(services, ", "), svcCfg.boardNames(),
 			len(tools), source, strings.Join(names, ", "))
 	}, comps...)
 }
 
 func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	const components = "loki, hel, gateway"
+	const components = "loki, hel, fenrir, gateway"
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 		fmt.Fprintf(stderr, "Usage: loki serve COMPONENT [flags]\n\nRuns one component against an external NATS server with JetStream.\nComponents: %s\n", components)
 		return &exitError{code: 2, err: errors.New("serve: name a component")}
 	}
 	name, args := args[0], args[1:]
 	switch name {
-	case "loki", "hel", "gateway":
+	case "loki", "hel", "fenrir", "gateway":
 	default:
 		return &exitError{code: 2, err: fmt.Errorf("serve: unknown component %q (components: %s)", name, components)}
 	}
@@ -134,8 +144,9 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 Runs one %s instance against an external NATS server with JetStream. Run as
 many as you like: instances of a service share requests through a queue group.`, name, name), stderr)
 	url := fs.String("nats-url", envOr("NATS_URL", nats.DefaultURL), "NATS server URL (env NATS_URL)")
-	serviceConfig := fs.String("service-config", "", "service settings (TOML with optional [loki], [hel], [gateway] tables)")
-	var config, dataDir, grpcListen *string
+	serviceConfig := fs.String("service-config", "", "service settings (TOML with optional [loki], [hel], [fenrir], [gateway] tables)")
+	var config, dataDir, grpcListen, board *string
+	var sim *bool
 	var concurrency *int
 	switch name {
 	case "loki":
@@ -143,6 +154,9 @@ many as you like: instances of a service share requests through a queue group.`,
 		concurrency = fs.Int("concurrency", 0, "tools running at once (default 4 per core)")
 	case "hel":
 		dataDir = fs.String("data-dir", defaultDataDir(), "directory for Hel's files (env LOKI_DATA_DIR)")
+	case "fenrir":
+		board = fs.String("board", "", "the boards this instance owns (TOML with [[boards]]; see docs/FENRIR.md)")
+		sim = fs.Bool("sim", false, "serve the built-in simulated board \"sim\" instead of --board")
 	case "gateway":
 		grpcListen = fs.String("grpc-listen", "127.0.0.1:50051", "address the gRPC gateway listens on")
 	}
@@ -161,6 +175,17 @@ many as you like: instances of a service share requests through a queue group.`,
 	svcCfg, err := loadServiceConfig(*serviceConfig, dir)
 	if err != nil {
 		return err
+	}
+	if name == "fenrir" {
+		switch {
+		case *board == "" && !*sim:
+			return &exitError{code: 2, err: errors.New("serve fenrir: --board FILE is required (or --sim for the built-in simulated board)")}
+		case *board != "" && *sim:
+			return &exitError{code: 2, err: errors.New("serve fenrir: give --board or --sim, not both")}
+		}
+		if err := svcCfg.loadBoards(*board); err != nil {
+			return err
+		}
 	}
 	var tools []*loki.Compiled
 	if config != nil && *config != "" {
@@ -187,6 +212,8 @@ many as you like: instances of a service share requests through a queue group.`,
 		if err = mustDir(dir); err == nil {
 			comp, err = helComponent(svcCfg.Hel, nc, log)
 		}
+	case "fenrir":
+		comp, err = fenrirComponent(svcCfg.Fenrir, nc, log)
 	case "gateway":
 		var addr net.Addr
 		comp, addr, err = gatewayComponent(svcCfg.Gateway, nc, log, *grpcListen)
