@@ -111,9 +111,9 @@ func wantCode(t testing.TB, err error, want fault.Code) {
 	}
 }
 
-// echoWS serves a WebSocket echo on 127.0.0.1: every message comes back
-// with the same type.
-func echoWS(t testing.TB) *httptest.Server {
+// wsServer serves WebSocket connections on 127.0.0.1 with serve, which
+// runs until the connection should end.
+func wsServer(t testing.TB, serve func(ctx context.Context, c *websocket.Conn)) *httptest.Server {
 	t.Helper()
 	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, err := websocket.Accept(w, r, nil)
@@ -121,18 +121,22 @@ func echoWS(t testing.TB) *httptest.Server {
 			return
 		}
 		defer c.CloseNow()
-		for {
-			typ, data, err := c.Read(r.Context())
-			if err != nil {
-				return
-			}
-			if err := c.Write(r.Context(), typ, data); err != nil {
-				return
-			}
-		}
+		serve(r.Context(), c)
 	}))
 	t.Cleanup(ts.Close)
 	return ts
+}
+
+// echoWS serves a WebSocket echo: every message comes back with the same type.
+func echoWS(t testing.TB) *httptest.Server {
+	return wsServer(t, func(ctx context.Context, c *websocket.Conn) {
+		for {
+			typ, data, err := c.Read(ctx)
+			if err != nil || c.Write(ctx, typ, data) != nil {
+				return
+			}
+		}
+	})
 }
 
 // wsURL turns an httptest URL into its ws:// form.

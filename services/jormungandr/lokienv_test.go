@@ -20,10 +20,11 @@ type lokiEnv struct {
 	loki *loki.Client
 }
 
-// setupLoki registers tools (TOML) and starts a replica and Loki.
-func setupLoki(t testing.TB, cfg jormungandr.Config, tools string) *lokiEnv {
+// setupLokiOn registers tools (TOML) on srv and starts a replica and Loki.
+func setupLokiOn(t testing.TB, srv *natsrv.Server, cfg jormungandr.Config, tools string) *lokiEnv {
 	t.Helper()
-	e := setup(t, cfg)
+	runService(t, srv, cfg)
+	e := &env{srv: srv, c: jormungandr.NewClient(natstest.Connect(t, srv))}
 	registerTools(t, e.srv, tools)
 	nc := natstest.Connect(t, e.srv)
 	svc, err := loki.New(loki.Config{Modules: []engine.Module{jormungandr.NewModule(nc)}}, nc, quietLog())

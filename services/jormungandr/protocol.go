@@ -140,6 +140,10 @@ func DecodeHTTPRequest(data []byte) (HTTPRequest, error) {
 	if err := decodeJSON(data, "http request", &r); err != nil {
 		return r, err
 	}
+	r.Headers, r.Hosts = nilIfEmpty(r.Headers), nilIfEmptySlice(r.Hosts)
+	if len(r.Body) == 0 {
+		r.Body = nil
+	}
 	r.Method = strings.ToUpper(r.Method)
 	if r.Method == "" {
 		r.Method = http.MethodGet
@@ -162,6 +166,7 @@ func DecodeWSConnectRequest(data []byte) (WSConnectRequest, error) {
 	if err := decodeJSON(data, "ws connect request", &r); err != nil {
 		return r, err
 	}
+	r.Headers, r.Hosts = nilIfEmpty(r.Headers), nilIfEmptySlice(r.Hosts)
 	if err := checkURL(r.URL); err != nil {
 		return r, err
 	}
@@ -177,6 +182,7 @@ func DecodeMQTTConnectRequest(data []byte) (MQTTConnectRequest, error) {
 	if err := decodeJSON(data, "mqtt connect request", &r); err != nil {
 		return r, err
 	}
+	r.Hosts = nilIfEmptySlice(r.Hosts)
 	if err := checkURL(r.Broker); err != nil {
 		return r, err
 	}
@@ -198,6 +204,9 @@ func DecodeHandleRequest(data []byte, op string) (HandleRequest, time.Duration, 
 	if err := decodeJSON(data, what, &r); err != nil {
 		return r, 0, err
 	}
+	if len(r.Data) == 0 {
+		r.Data = nil
+	}
 	if r.ID == "" || len(r.ID) > 64 || !printable(r.ID) {
 		return r, 0, fault.New(fault.InvalidArgument, "%s: id must be 1 to 64 printable characters", what)
 	}
@@ -218,6 +227,22 @@ func DecodeHandleRequest(data []byte, op string) (HandleRequest, time.Duration, 
 		wait = d
 	}
 	return r, wait, nil
+}
+
+// nilIfEmpty and nilIfEmptySlice make an empty field absent, as it
+// would be after encoding with omitempty.
+func nilIfEmpty(m map[string]string) map[string]string {
+	if len(m) == 0 {
+		return nil
+	}
+	return m
+}
+
+func nilIfEmptySlice(s []string) []string {
+	if len(s) == 0 {
+		return nil
+	}
+	return s
 }
 
 func checkURL(u string) error {

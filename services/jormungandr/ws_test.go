@@ -1,8 +1,7 @@
 package jormungandr_test
 
 import (
-	"net/http"
-	"net/http/httptest"
+	"context"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -79,16 +78,10 @@ func TestWebSocket(t *testing.T) {
 // one message: a handle opened with reconnect redials and goes on reading.
 func TestWebSocketReconnect(t *testing.T) {
 	var conns atomic.Int32
-	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := websocket.Accept(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer c.CloseNow()
+	ts := wsServer(t, func(ctx context.Context, c *websocket.Conn) {
 		n := conns.Add(1)
-		_ = c.Write(r.Context(), websocket.MessageText, []byte("hello "+strconv.Itoa(int(n))))
-	}))
-	t.Cleanup(ts.Close)
+		_ = c.Write(ctx, websocket.MessageText, []byte("hello "+strconv.Itoa(int(n))))
+	})
 	cfg := testConfig()
 	allowURL(t, &cfg, ts.URL)
 	e := setup(t, cfg)
