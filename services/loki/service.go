@@ -23,7 +23,6 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
-	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // Version is the service version reported in $SRV.INFO and Capabilities.
@@ -75,6 +74,9 @@ type Service struct {
 	ready  chan struct{}
 	// cancels holds the cancel funcs of running streaming calls by reply subject.
 	cancels sync.Map
+	// eventBufs holds *[]byte buffers events are encoded into; the NATS
+	// connection copies a message on Publish, so a buffer is reused at once.
+	eventBufs sync.Pool
 }
 
 // New validates cfg and prepares a replica; Run starts it.
@@ -102,6 +104,10 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Service, error) {
 		log:    log,
 		engine: engine.New(engine.Config{Limits: cfg.Limits, Modules: cfg.Modules}, log),
 		ready:  make(chan struct{}),
+		eventBufs: sync.Pool{New: func() any {
+			b := make([]byte, 0, 256)
+			return &b
+		}},
 	}, nil
 }
 
@@ -202,7 +208,8 @@ func (s *Service) handleExec(ctx context.Context, r *microsvc.Request) ([]byte, 
 	}
 	execID := nuid.Next()
 	hdr := nats.Header{HeaderExecutionID: []string{execID}}
-	s.publishEvent(&lokiv1.ScriptEvent{ExecutionId: execID, Tool: name, Kind: string(subjects.EventStarted), ToolRevision: tool.Def.GetRevision()}, start)
+	ev := event{execID: execID, tool: name, kind: subjects.EventStarted, time: start, toolRevision: tool.Def.GetRevision()}
+	s.publishEvent(tool, &ev)
 
 	var emit func([]byte) error
 	if r.Header().Get(HeaderStream) != "" && r.HasReply() {
@@ -225,18 +232,19 @@ func (s *Service) handleExec(ctx context.Context, r *microsvc.Request) ([]byte, 
 		Tool: name, ExecID: execID, Program: tool.Program, Params: tool.Params,
 		Returns: tool.Returns, Args: args, Grants: tool.Grants, Emit: emit,
 	})
-	elapsed := time.Since(start)
-	ev := &lokiv1.ScriptEvent{ExecutionId: execID, Tool: name, Kind: string(subjects.EventCompleted),
-		Duration: durationpb.New(elapsed), ToolRevision: tool.Def.GetRevision()}
+	ev.duration, ev.hasDuration = time.Since(start), true
+	ev.kind = subjects.EventCompleted
 	if err != nil {
 		err = s.edgeError(err, name, execID)
-		ev.Kind = string(subjects.EventFailed)
-		ev.ErrorCode = string(fault.CodeOf(err))
-		ev.ErrorMessage = fault.MessageOf(err)
-		s.publishEvent(ev, time.Now())
+		ev.kind = subjects.EventFailed
+		ev.errorCode = string(fault.CodeOf(err))
+		ev.errorMessage = fault.MessageOf(err)
+	}
+	ev.time = time.Now()
+	s.publishEvent(tool, &ev)
+	if err != nil {
 		return nil, hdr, err
 	}
-	s.publishEvent(ev, time.Now())
 	return result, hdr, nil
 }
 
@@ -258,15 +266,19 @@ func withTool(err error, tool string) error {
 	return err
 }
 
-func (s *Service) publishEvent(ev *lokiv1.ScriptEvent, at time.Time) {
-	ev.Time = timestamppb.New(at)
-	subj, err := subjects.ScriptEvent(ev.Tool, subjects.EventKind(ev.Kind))
-	if err != nil {
-		s.log.Error("event subject", "err", err)
-		return
-	}
-	if err := s.nc.Publish(subj, marshalEvent(ev)); err != nil {
+// maxPooledEventBuf keeps the buffer of an event with a long error message
+// out of the pool.
+const maxPooledEventBuf = 4 << 10
+
+func (s *Service) publishEvent(tool *Compiled, ev *event) {
+	subj := tool.events.of(ev.kind)
+	buf := s.eventBufs.Get().(*[]byte)
+	*buf = appendEvent((*buf)[:0], ev)
+	if err := s.nc.Publish(subj, *buf); err != nil {
 		s.log.Warn("publish event", "subject", subj, "err", err)
+	}
+	if cap(*buf) <= maxPooledEventBuf {
+		s.eventBufs.Put(buf)
 	}
 }
 

@@ -34,6 +34,7 @@ type Compiled struct {
 	Returns engine.Type
 	Grants  engine.Grants
 	Timeout time.Duration
+	events  eventSubjects
 }
 
 // Compile validates t and compiles its source. Every problem is reported as
@@ -51,7 +52,11 @@ func compile(t *lokiv1.Tool) (*Compiled, error) {
 	if err := subjects.ValidToolName(t.GetName()); err != nil {
 		return nil, errors.New("name must match [a-z][a-z0-9_]{0,63}")
 	}
-	c := &Compiled{Def: t, Returns: engine.Type(t.GetReturns()), Timeout: DefaultTimeout}
+	events, err := newEventSubjects(t.GetName())
+	if err != nil {
+		return nil, err
+	}
+	c := &Compiled{Def: t, Returns: engine.Type(t.GetReturns()), Timeout: DefaultTimeout, events: events}
 	if c.Returns == "" {
 		c.Returns = engine.Any
 	}
