@@ -8,7 +8,7 @@ import "embed"
 const ToolsFile = "tools.toml"
 
 // ToolFiles are every example tool config `loki up` loads, in order.
-var ToolFiles = []string{ToolsFile, "hel_tools.toml", "fenrir_tools.toml"}
+var ToolFiles = []string{ToolsFile, "hel_tools.toml", "fenrir_tools.toml", "net.toml"}
 
 // FS holds the tool configs and the scripts they reference.
 //

@@ -15,19 +15,21 @@ import (
 	"github.com/loki-iot/loki/gateway"
 	"github.com/loki-iot/loki/services/fenrir"
 	"github.com/loki-iot/loki/services/hel"
+	"github.com/loki-iot/loki/services/jormungandr"
 	"github.com/loki-iot/loki/services/loki"
 	"github.com/loki-iot/loki/services/loki/engine"
 	"github.com/nats-io/nats.go"
 )
 
 // serviceConfig is the --service-config file: optional [loki], [hel],
-// [fenrir] and [gateway] tables over the defaults. Unknown keys are errors.
+// [fenrir], [jormungandr] and [gateway] tables over the defaults. Unknown keys are errors.
 // Fenrir's boards come from --board, not from here.
 type serviceConfig struct {
-	Loki    lokiSettings   `toml:"loki"`
-	Hel     hel.Config     `toml:"hel"`
-	Fenrir  fenrir.Config  `toml:"fenrir"`
-	Gateway gateway.Config `toml:"gateway"`
+	Loki        lokiSettings       `toml:"loki"`
+	Hel         hel.Config         `toml:"hel"`
+	Fenrir      fenrir.Config      `toml:"fenrir"`
+	Jormungandr jormungandr.Config `toml:"jormungandr"`
+	Gateway     gateway.Config     `toml:"gateway"`
 }
 
 type lokiSettings struct {
@@ -39,10 +41,11 @@ type lokiSettings struct {
 func loadServiceConfig(path, dataDir string) (serviceConfig, error) {
 	def := loki.DefaultConfig()
 	cfg := serviceConfig{
-		Loki:    lokiSettings{Concurrency: def.Concurrency, Queue: def.Queue, DrainTimeout: def.DrainTimeout},
-		Hel:     hel.DefaultConfig(dataDir),
-		Fenrir:  fenrir.DefaultConfig(),
-		Gateway: gateway.DefaultConfig(),
+		Loki:        lokiSettings{Concurrency: def.Concurrency, Queue: def.Queue, DrainTimeout: def.DrainTimeout},
+		Hel:         hel.DefaultConfig(dataDir),
+		Fenrir:      fenrir.DefaultConfig(),
+		Jormungandr: jormungandr.DefaultConfig(),
+		Gateway:     gateway.DefaultConfig(),
 	}
 	if path != "" {
 		md, err := toml.DecodeFile(path, &cfg)
@@ -55,6 +58,9 @@ func loadServiceConfig(path, dataDir string) (serviceConfig, error) {
 	}
 	if err := cfg.Hel.Validate(); err != nil {
 		return cfg, fmt.Errorf("service config %s: [hel]: %w", orDefault(path), err)
+	}
+	if err := cfg.Jormungandr.Validate(); err != nil {
+		return cfg, fmt.Errorf("service config %s: [jormungandr]: %w", orDefault(path), err)
 	}
 	if err := cfg.Gateway.Validate(); err != nil {
 		return cfg, fmt.Errorf("service config %s: [gateway]: %w", orDefault(path), err)
@@ -74,7 +80,7 @@ func (c serviceConfig) lokiConfig(nc *nats.Conn) loki.Config {
 	cfg.Concurrency, cfg.Queue, cfg.DrainTimeout = c.Loki.Concurrency, c.Loki.Queue, c.Loki.DrainTimeout
 	// Every child service's Lua module; a module whose service is not
 	// running answers UNAVAILABLE.
-	cfg.Modules = []engine.Module{hel.NewModule(nc), fenrir.NewModule(nc)}
+	cfg.Modules = []engine.Module{hel.NewModule(nc), fenrir.NewModule(nc), jormungandr.NewModule(nc)}
 	return cfg
 }
 
@@ -185,6 +191,14 @@ func fenrirComponent(cfg fenrir.Config, nc *nats.Conn, log *slog.Logger) (compon
 		return component{}, err
 	}
 	return component{name: "fenrir", run: svc.Run, ready: svc.Ready()}, nil
+}
+
+func jormungandrComponent(cfg jormungandr.Config, nc *nats.Conn, log *slog.Logger) (component, error) {
+	svc, err := jormungandr.New(cfg, nc, log)
+	if err != nil {
+		return component{}, err
+	}
+	return component{name: "jormungandr", run: svc.Run, ready: svc.Ready()}, nil
 }
 
 // gatewayComponent listens at once, so a busy port fails start-up clearly.

@@ -23,7 +23,7 @@ const usage = `loki runs user-written Lua tools against hardware, networks and s
 
 Usage:
   loki up [flags]                 run NATS (embedded, with JetStream) and every service in one process
-  loki serve COMPONENT [flags]    run one component (loki, hel, fenrir, gateway) against an external NATS server
+  loki serve COMPONENT [flags]    run one component (loki, hel, fenrir, jormungandr, gateway) against an external NATS server
   loki tools [flags]              list registered tools
   loki call TOOL [key=value ...]  call a tool and print its JSON result
   loki events [flags]             print script events as they happen

@@ -49,7 +49,7 @@ func startUpOut(t *testing.T, dataDir string, extra ...string) (string, func(), 
 	ctx, cancel := context.WithCancel(context.Background())
 	var out, errOut syncBuffer
 	done := make(chan error, 1)
-	args := append([]string{"up", "--data-dir", dataDir, "--nats-port", "-1", "--grpc-port", "-1", "--log-level", "warn"}, extra...)
+	args := append([]string{"up", "--data-dir", dataDir, "--nats-port", "-1", "--grpc-port", "-1", "--mqtt-port", "-1", "--log-level", "warn"}, extra...)
 	go func() { done <- run(ctx, args, &out, &errOut) }()
 	deadline := time.Now().Add(15 * time.Second)
 	for !strings.Contains(out.String(), "Loki is up") {
@@ -258,15 +258,29 @@ func TestUsage(t *testing.T) {
 	}
 }
 
-// TestUpServesSimBoard: `loki up` runs Fenrir with the simulated board, so
-// the hardware example tools answer on any machine.
-func TestUpServesSimBoard(t *testing.T) {
+// TestUpChildren: `loki up` runs Fenrir with the simulated board and
+// Jörmungandr allowed to reach the local MQTT listener and nothing else, so
+// the hardware and MQTT example tools answer on any machine.
+func TestUpChildren(t *testing.T) {
 	url, stop, out := startUpOut(t, t.TempDir())
 	defer stop()
-	if !strings.Contains(out, "fenrir") || !strings.Contains(out, "sim (sim)") {
-		t.Fatalf("banner does not list fenrir and the sim board:\n%s", out)
+	if !strings.Contains(out, "fenrir, jormungandr") || !strings.Contains(out, "sim (sim)") {
+		t.Fatalf("banner does not list fenrir, jormungandr and the sim board:\n%s", out)
 	}
-	got, err := cli(t, "call", "climate", "--nats-url", url)
+	mqtt := regexp.MustCompile(`MQTT\s+(tcp://127\.0\.0\.1:\d+)`).FindStringSubmatch(out)
+	if mqtt == nil {
+		t.Fatalf("no MQTT listener in the banner:\n%s", out)
+	}
+	got, err := cli(t, "call", "publish_reading", "sensor=kitchen", "value=21.5", "broker="+mqtt[1], "--nats-url", url)
+	if err != nil || got != `{"topic":"loki/kitchen/reading","value":21.5}` {
+		t.Fatalf("call publish_reading: got %q, %v", got, err)
+	}
+	// The default policy allows the MQTT listener only: not even the NATS port next to it.
+	_, err = cli(t, "call", "fetch_fields", "url=http://"+strings.TrimPrefix(url, "nats://")+"/", `fields=["a"]`, "--nats-url", url)
+	if err == nil || !strings.Contains(err.Error(), "PERMISSION_DENIED") {
+		t.Fatalf("fetch from a denied host: got %v, want PERMISSION_DENIED", err)
+	}
+	got, err = cli(t, "call", "climate", "--nats-url", url)
 	if err != nil || !strings.Contains(got, `"temperature":`) || !strings.Contains(got, `"°C"`) {
 		t.Fatalf("call climate: got %q, %v", got, err)
 	}

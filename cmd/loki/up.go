@@ -23,18 +23,22 @@ func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("up", `Usage: loki up [flags]
 
 Runs an embedded NATS server with JetStream and every Loki service in one
-process: Loki (scripts), Hel (storage), Fenrir (hardware) and the gRPC
-gateway. Without --config, the built-in example tools are registered; without
---board, Fenrir serves the built-in simulated board "sim". Tools, KV, objects and
+process: Loki (scripts), Hel (storage), Fenrir (hardware), Jörmungandr
+(network) and the gRPC gateway, with an MQTT listener for devices. Without
+--config, the built-in example tools are registered; without --board, Fenrir
+serves the built-in simulated board "sim". Jörmungandr's egress policy denies
+every host but the local MQTT listener unless [jormungandr.policy] in
+--service-config allows more. Tools, KV, objects and
 files persist in --data-dir across restarts. SIGINT or SIGTERM drains
 running calls and exits; a second signal exits at once.`, stderr)
 	config := fs.String("config", "", "tool config (TOML); default: the built-in examples")
-	serviceConfig := fs.String("service-config", "", "service settings (TOML with optional [loki], [hel], [fenrir], [gateway] tables)")
+	serviceConfig := fs.String("service-config", "", "service settings (TOML with optional [loki], [hel], [fenrir], [jormungandr], [gateway] tables)")
 	board := fs.String("board", "", "Fenrir boards (TOML with [[boards]]); default: the built-in simulated board \"sim\"")
 	dataDir := fs.String("data-dir", defaultDataDir(), "directory for all data: JetStream (tools, KV, objects) and Hel's files (env LOKI_DATA_DIR)")
 	port := fs.Int("nats-port", 4222, "NATS client port (-1 picks a free port)")
 	listen := fs.String("listen", "127.0.0.1", "address the NATS server and the gRPC gateway listen on")
 	grpcPort := fs.Int("grpc-port", 50051, "gRPC gateway port (-1 picks a free port, 0 turns the gateway off)")
+	mqttPort := fs.Int("mqtt-port", 1883, "MQTT 3.1.1 listener port of the NATS server (-1 picks a free port, 0 turns it off)")
 	concurrency := fs.Int("concurrency", 0, "tools running at once (default 4 per core)")
 	newLog := logFlags(fs, stderr)
 	if err := fs.Parse(args); err != nil {
@@ -67,7 +71,7 @@ running calls and exits; a second signal exits at once.`, stderr)
 	}
 
 	started := time.Now()
-	srv, err := natsrv.Start(natsrv.Config{Name: "loki", DataDir: *dataDir, Host: *listen, Port: *port}, log)
+	srv, err := natsrv.Start(natsrv.Config{Name: "loki", DataDir: *dataDir, Host: *listen, Port: *port, MQTTPort: *mqttPort}, log)
 	if err != nil {
 		return err
 	}
@@ -95,8 +99,20 @@ running calls and exits; a second signal exits at once.`, stderr)
 	if err != nil {
 		return err
 	}
-	comps := []component{lokiComp, helComp, fenrirComp}
-	services := []string{"loki", "hel", "fenrir"}
+	mqttLine := "off (--mqtt-port 0)"
+	if addr := srv.MQTTAddr(); addr != "" {
+		// Scripts may reach the local MQTT listener, and nothing else by default.
+		if err := svcCfg.Jormungandr.Policy.AllowAddr(addr); err != nil {
+			return err
+		}
+		mqttLine = "tcp://" + addr
+	}
+	netComp, err := jormungandrComponent(svcCfg.Jormungandr, nc, log)
+	if err != nil {
+		return err
+	}
+	comps := []component{lokiComp, helComp, fenrirComp, netComp}
+	services := []string{"loki", "hel", "fenrir", "jormungandr"}
 	grpcLine := "off (--grpc-port 0)"
 	if *grpcPort != 0 {
 		gwComp, addr, err := gatewayComponent(svcCfg.Gateway, nc, log, grpcAddr(*listen, *grpcPort))
@@ -114,6 +130,7 @@ running calls and exits; a second signal exits at once.`, stderr)
 	return runComponents(ctx, func() {
 		fmt.Fprintf(stdout, `Loki is up (ready in %s)
   NATS       %s  (JetStream data in %s)
+  MQTT       %s
   gRPC       %s
   services   %s
   boards     %s
@@ -121,21 +138,21 @@ running calls and exits; a second signal exits at once.`, stderr)
   try        loki call add a=1 b=2
              nats req loki.exec.add '{"a":1,"b":2}'
   stop       Ctrl-C
-`, time.Since(started).Round(time.Millisecond), srv.ClientURL(), *dataDir, grpcLine,
+`, time.Since(started).Round(time.Millisecond), srv.ClientURL(), *dataDir, mqttLine, grpcLine,
 			strings.Join(services, ", "), svcCfg.boardNames(),
 			len(tools), source, strings.Join(names, ", "))
 	}, comps...)
 }
 
 func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	const components = "loki, hel, fenrir, gateway"
+	const components = "loki, hel, fenrir, jormungandr, gateway"
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 		fmt.Fprintf(stderr, "Usage: loki serve COMPONENT [flags]\n\nRuns one component against an external NATS server with JetStream.\nComponents: %s\n", components)
 		return &exitError{code: 2, err: errors.New("serve: name a component")}
 	}
 	name, args := args[0], args[1:]
 	switch name {
-	case "loki", "hel", "fenrir", "gateway":
+	case "loki", "hel", "fenrir", "jormungandr", "gateway":
 	default:
 		return &exitError{code: 2, err: fmt.Errorf("serve: unknown component %q (components: %s)", name, components)}
 	}
@@ -144,7 +161,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 Runs one %s instance against an external NATS server with JetStream. Run as
 many as you like: instances of a service share requests through a queue group.`, name, name), stderr)
 	url := fs.String("nats-url", envOr("NATS_URL", nats.DefaultURL), "NATS server URL (env NATS_URL)")
-	serviceConfig := fs.String("service-config", "", "service settings (TOML with optional [loki], [hel], [fenrir], [gateway] tables)")
+	serviceConfig := fs.String("service-config", "", "service settings (TOML with optional [loki], [hel], [fenrir], [jormungandr], [gateway] tables)")
 	var config, dataDir, grpcListen, board *string
 	var sim *bool
 	var concurrency *int
@@ -214,6 +231,8 @@ many as you like: instances of a service share requests through a queue group.`,
 		}
 	case "fenrir":
 		comp, err = fenrirComponent(svcCfg.Fenrir, nc, log)
+	case "jormungandr":
+		comp, err = jormungandrComponent(svcCfg.Jormungandr, nc, log)
 	case "gateway":
 		var addr net.Addr
 		comp, addr, err = gatewayComponent(svcCfg.Gateway, nc, log, *grpcListen)
