@@ -45,20 +45,13 @@ func (m *module) Name() string { return "fenrir" }
 
 // Open builds the module table for one execution.
 func (m *module) Open(L *lua.LState, c *engine.Call) lua.LValue {
-	bind := func(fns map[string]func(*lua.LState, *engine.Call) int) *lua.LTable {
-		t := L.CreateTable(0, len(fns))
-		for name, f := range fns {
-			t.RawSetString(name, L.NewFunction(func(L *lua.LState) int { return f(L, c) }))
-		}
-		return t
-	}
 	t := L.CreateTable(0, 4)
-	t.RawSetString("gpio", bind(map[string]func(*lua.LState, *engine.Call) int{
+	t.RawSetString("gpio", engine.FuncTable(L, c, map[string]engine.ModuleFunc{
 		"read": m.gpioRead, "write": m.gpioWrite, "mode": m.gpioMode, "pwm": m.gpioPWM, "wait": m.gpioWait,
 	}))
-	t.RawSetString("sensor", bind(map[string]func(*lua.LState, *engine.Call) int{"read": m.sensorRead}))
-	t.RawSetString("actuator", bind(map[string]func(*lua.LState, *engine.Call) int{"set": m.actuatorSet}))
-	t.RawSetString("board", bind(map[string]func(*lua.LState, *engine.Call) int{"list": m.boardList}))
+	t.RawSetString("sensor", engine.FuncTable(L, c, map[string]engine.ModuleFunc{"read": m.sensorRead}))
+	t.RawSetString("actuator", engine.FuncTable(L, c, map[string]engine.ModuleFunc{"set": m.actuatorSet}))
+	t.RawSetString("board", engine.FuncTable(L, c, map[string]engine.ModuleFunc{"list": m.boardList}))
 	return t
 }
 

@@ -47,23 +47,16 @@ func (m *module) Name() string { return "hel" }
 
 // Open builds the module table for one execution.
 func (m *module) Open(L *lua.LState, c *engine.Call) lua.LValue {
-	bind := func(fns map[string]func(*lua.LState, *engine.Call) int) *lua.LTable {
-		t := L.CreateTable(0, len(fns))
-		for name, f := range fns {
-			t.RawSetString(name, L.NewFunction(func(L *lua.LState) int { return f(L, c) }))
-		}
-		return t
-	}
 	hel := L.CreateTable(0, 3)
-	hel.RawSetString("kv", bind(map[string]func(*lua.LState, *engine.Call) int{
+	hel.RawSetString("kv", engine.FuncTable(L, c, map[string]engine.ModuleFunc{
 		"get": m.kvGet, "put": m.kvPut, "create": m.kvCreate, "update": m.kvUpdate,
 		"delete": m.kvDelete, "keys": m.kvKeys, "history": m.kvHistory,
 	}))
-	hel.RawSetString("files", bind(map[string]func(*lua.LState, *engine.Call) int{
+	hel.RawSetString("files", engine.FuncTable(L, c, map[string]engine.ModuleFunc{
 		"read": m.filesRead, "write": m.filesWrite, "append": m.filesAppend, "list": m.filesList,
 		"delete": m.filesDelete, "mkdir": m.filesMkdir, "stat": m.filesStat,
 	}))
-	hel.RawSetString("cache", bind(map[string]func(*lua.LState, *engine.Call) int{
+	hel.RawSetString("cache", engine.FuncTable(L, c, map[string]engine.ModuleFunc{
 		"get": m.cacheGet, "set": m.cacheSet, "delete": m.cacheDelete, "clear": m.cacheClear,
 	}))
 	return hel
