@@ -165,6 +165,10 @@ func Start(nc *nats.Conn, cfg Config, log *slog.Logger) (*Service, error) {
 	return s, nil
 }
 
+// Context is the context every handler receives: it is cancelled when the
+// service is stopped past its drain timeout.
+func (s *Service) Context() context.Context { return s.ctx }
+
 // ID is this instance's unique id, as in $SRV.INFO.
 func (s *Service) ID() string { return s.id }
 

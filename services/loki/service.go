@@ -72,6 +72,8 @@ type Service struct {
 	reg    *Registry
 	svc    *microsvc.Service
 	ready  chan struct{}
+	// deadlines bounds executions; set in Run before any call is served.
+	deadlines *deadlines
 	// cancels holds the cancel funcs of running streaming calls by reply subject.
 	cancels sync.Map
 	// eventBufs holds *[]byte buffers events are encoded into; the NATS
@@ -147,6 +149,9 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	s.svc = svc
+	dl, stopDeadlines := newDeadlines(svc.Context())
+	defer stopDeadlines()
+	s.deadlines = dl
 	endpoints := []microsvc.Endpoint{
 		{Name: "exec", Subject: subjects.LokiExecAll, Handler: s.handleExec, Workers: s.cfg.Concurrency, Queue: s.cfg.Queue},
 		{Name: "list", Subject: subjects.LokiToolsList, Handler: s.handleList},
@@ -222,7 +227,7 @@ func (s *Service) handleExec(ctx context.Context, r *microsvc.Request) ([]byte, 
 			}})
 		}
 	}
-	runCtx, cancel := context.WithTimeout(ctx, timeout)
+	runCtx, cancel := s.deadlines.withTimeout(ctx, timeout)
 	defer cancel()
 	if emit != nil {
 		s.cancels.Store(r.Reply(), cancel)
