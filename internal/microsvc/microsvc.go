@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/loki-iot/loki/internal/fault"
@@ -36,10 +37,27 @@ type Config struct {
 	QueueGroup string
 }
 
-// Request is one incoming request. It is valid until the handler returns.
+// Request is one incoming request. It and everything it returns are valid
+// until the handler returns; a worker reuses it for its next request.
 type Request struct {
 	msg *nats.Msg
 	nc  *nats.Conn
+	hdr nats.Header
+}
+
+// ReplyHeader returns an empty header the handler may fill and return as the
+// reply's header, so that answering with a header allocates none.
+func (r *Request) ReplyHeader() nats.Header {
+	if r.hdr == nil {
+		r.hdr = nats.Header{}
+	}
+	return r.hdr
+}
+
+// reset readies r, and its reply header, for m.
+func (r *Request) reset(m *nats.Msg) {
+	r.msg = m
+	clear(r.hdr)
 }
 
 // Subject is the subject the request arrived on.
@@ -112,12 +130,12 @@ type endpoint struct {
 	Endpoint
 	queueGroup string
 	sub        *nats.Subscription
-	jobs       chan *Request
+	jobs       chan *nats.Msg
 	workers    sync.WaitGroup
+	busy       atomic.Int64
 
 	// guarded by Service.mu
 	requests, errors, rejected uint64
-	busy                       int
 	lastError                  string
 	processing                 time.Duration
 }
@@ -189,17 +207,19 @@ func (s *Service) AddEndpoint(e Endpoint) error {
 	ep := &endpoint{Endpoint: e, queueGroup: s.cfg.QueueGroup}
 	cb := func(m *nats.Msg) { s.handle(ep, &Request{msg: m, nc: s.nc}) }
 	if e.Workers > 0 {
-		ep.jobs = make(chan *Request, max(e.Queue, 0))
+		ep.jobs = make(chan *nats.Msg, max(e.Queue, 0))
 		for range e.Workers {
 			ep.workers.Add(1)
 			go func() {
 				defer ep.workers.Done()
-				for r := range ep.jobs {
+				r := &Request{nc: s.nc}
+				for m := range ep.jobs {
+					r.reset(m)
 					s.serve(ep, r)
 				}
 			}()
 		}
-		cb = func(m *nats.Msg) { s.dispatch(ep, &Request{msg: m, nc: s.nc}) }
+		cb = func(m *nats.Msg) { s.dispatch(ep, m) }
 	}
 	sub, err := s.nc.QueueSubscribe(e.Subject, ep.queueGroup, cb)
 	if err != nil {
@@ -217,10 +237,10 @@ func (s *Service) AddEndpoint(e Endpoint) error {
 
 // dispatch hands r to a worker, or refuses it when every worker is busy and
 // the queue is full.
-func (s *Service) dispatch(ep *endpoint, r *Request) {
+func (s *Service) dispatch(ep *endpoint, m *nats.Msg) {
 	s.inflight.Add(1)
 	select {
-	case ep.jobs <- r:
+	case ep.jobs <- m:
 	default:
 		s.inflight.Done()
 		s.mu.Lock()
@@ -229,7 +249,7 @@ func (s *Service) dispatch(ep *endpoint, r *Request) {
 		err := fault.New(fault.ResourceExhausted, "%s is busy: %d requests running and %d queued; retry later",
 			s.cfg.Name, ep.Workers, ep.Queue)
 		s.record(ep, 0, err)
-		s.respond(r, nil, nil, err)
+		s.respond(&Request{msg: m, nc: s.nc}, nil, nil, err)
 	}
 }
 
@@ -241,18 +261,16 @@ func (s *Service) handle(ep *endpoint, r *Request) {
 // serve runs the handler and answers; it owns one inflight count.
 func (s *Service) serve(ep *endpoint, r *Request) {
 	defer s.inflight.Done()
-	s.mu.Lock()
-	ep.busy++
-	s.mu.Unlock()
+	ep.busy.Add(1)
 	start := time.Now()
 	data, hdr, err := s.call(ep, r)
 	elapsed := time.Since(start)
-	s.mu.Lock()
-	ep.busy--
-	s.mu.Unlock()
 	// Record before replying: a caller that asks for STATS after its reply
 	// must find its own request counted.
-	s.record(ep, elapsed, err)
+	s.mu.Lock()
+	ep.busy.Add(-1)
+	s.recordLocked(ep, elapsed, err)
+	s.mu.Unlock()
 	s.respond(r, data, hdr, err)
 }
 
@@ -289,6 +307,10 @@ func (s *Service) respond(r *Request, data []byte, hdr nats.Header, err error) {
 func (s *Service) record(ep *endpoint, elapsed time.Duration, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.recordLocked(ep, elapsed, err)
+}
+
+func (s *Service) recordLocked(ep *endpoint, elapsed time.Duration, err error) {
 	ep.requests++
 	ep.processing += elapsed
 	if err != nil {
@@ -344,7 +366,7 @@ func (s *Service) Stats() micro.Stats {
 			es.AverageProcessingTime = ep.processing / time.Duration(ep.requests)
 		}
 		if ep.Workers > 0 {
-			es.Data, _ = json.Marshal(PoolStats{Workers: ep.Workers, Queue: ep.Queue, Busy: ep.busy, Rejected: ep.rejected})
+			es.Data, _ = json.Marshal(PoolStats{Workers: ep.Workers, Queue: ep.Queue, Busy: int(ep.busy.Load()), Rejected: ep.rejected})
 		}
 		st.Endpoints = append(st.Endpoints, es)
 	}

@@ -145,3 +145,44 @@ func TestControlVerbs(t *testing.T) {
 		t.Fatalf("info endpoints: got %+v", info.Endpoints)
 	}
 }
+
+// TestReplyHeader: a header set on one request's ReplyHeader is sent with
+// that reply only, including an error reply, and never with the next
+// request a worker serves.
+func TestReplyHeader(t *testing.T) {
+	srv := natstest.Start(t)
+	nc := natstest.Connect(t, srv)
+	for _, workers := range []int{1, 0} {
+		svc := start(t, nc, microsvc.Endpoint{Name: "h", Subject: "svc.h", Workers: workers, Queue: 1,
+			Handler: func(ctx context.Context, r *microsvc.Request) ([]byte, nats.Header, error) {
+				if len(r.Data()) == 0 {
+					return []byte("plain"), nil, nil
+				}
+				h := r.ReplyHeader()
+				if len(h) != 0 {
+					return nil, nil, fault.New(fault.Internal, "reply header not empty: %v", h)
+				}
+				h.Set("X-Body", string(r.Data()))
+				if string(r.Data()) == "fail" {
+					return nil, h, fault.New(fault.InvalidArgument, "failed")
+				}
+				return []byte("ok"), h, nil
+			}})
+		client := natstest.Connect(t, srv)
+		for _, body := range []string{"one", "", "fail", "two", "", "three"} {
+			m, err := client.Request("svc.h", []byte(body), 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := m.Header.Get("X-Body"); got != body {
+				t.Fatalf("workers %d, body %q: got X-Body %q, want %q", workers, body, got, body)
+			}
+			if code := m.Header.Get(micro.ErrorCodeHeader); (body == "fail") != (code == string(fault.InvalidArgument)) {
+				t.Fatalf("workers %d, body %q: got error code %q", workers, body, code)
+			}
+		}
+		if err := svc.Stop(5 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

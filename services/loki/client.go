@@ -4,6 +4,8 @@ import (
 	"context"
 	"github.com/loki-iot/loki/internal/microsvc"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/loki-iot/loki/internal/fault"
@@ -34,6 +36,28 @@ const (
 // and closes the connection.
 type Client struct {
 	nc *nats.Conn
+	// execSubjects caches loki.exec.<tool> by tool, up to maxCachedSubjects.
+	execSubjects sync.Map
+	cached       atomic.Int32
+}
+
+const maxCachedSubjects = 1024
+
+// execSubject returns loki.exec.<tool>, or INVALID_ARGUMENT for a bad name.
+func (c *Client) execSubject(tool string) (string, error) {
+	if subj, ok := c.execSubjects.Load(tool); ok {
+		return subj.(string), nil
+	}
+	subj, err := subjects.ToolExec(tool)
+	if err != nil {
+		return "", fault.New(fault.InvalidArgument, "%v", err)
+	}
+	if c.cached.Load() < maxCachedSubjects {
+		if _, loaded := c.execSubjects.LoadOrStore(tool, subj); !loaded {
+			c.cached.Add(1)
+		}
+	}
+	return subj, nil
 }
 
 // NewClient returns a client on nc.
@@ -60,12 +84,11 @@ type Result struct {
 // script stops too. Failures are *fault.Error: the tool's error code and
 // message, or UNAVAILABLE when no Loki replica answers.
 func (c *Client) Call(ctx context.Context, tool string, args []byte) (Result, error) {
-	subj, err := subjects.ToolExec(tool)
+	subj, err := c.execSubject(tool)
 	if err != nil {
-		return Result{}, fault.New(fault.InvalidArgument, "%v", err)
+		return Result{}, err
 	}
-	m := nats.NewMsg(subj)
-	m.Data = args
+	m := &nats.Msg{Subject: subj, Data: args}
 	setTimeout(ctx, m)
 	resp, err := c.nc.RequestMsgWithContext(ctx, m)
 	if err != nil {
@@ -198,6 +221,9 @@ func (c *Client) request(ctx context.Context, subj string, body []byte, out prot
 func setTimeout(ctx context.Context, m *nats.Msg) {
 	if dl, ok := ctx.Deadline(); ok {
 		if d := time.Until(dl); d > 0 {
+			if m.Header == nil {
+				m.Header = nats.Header{}
+			}
 			m.Header.Set(HeaderTimeout, d.String())
 		}
 	}

@@ -76,6 +76,9 @@ type Service struct {
 	deadlines *deadlines
 	// cancels holds the cancel funcs of running streaming calls by reply subject.
 	cancels sync.Map
+	// nuids hold *nuid.NUID generators of execution ids, one per P in
+	// practice, rather than all calls sharing the package's locked one.
+	nuids sync.Pool
 	// eventBufs holds *[]byte buffers events are encoded into; the NATS
 	// connection copies a message on Publish, so a buffer is reused at once.
 	eventBufs sync.Pool
@@ -106,6 +109,7 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Service, error) {
 		log:    log,
 		engine: engine.New(engine.Config{Limits: cfg.Limits, Modules: cfg.Modules}, log),
 		ready:  make(chan struct{}),
+		nuids:  sync.Pool{New: func() any { return nuid.New() }},
 		eventBufs: sync.Pool{New: func() any {
 			b := make([]byte, 0, 256)
 			return &b
@@ -211,8 +215,9 @@ func (s *Service) handleExec(ctx context.Context, r *microsvc.Request) ([]byte, 
 		}
 		timeout = min(timeout, d)
 	}
-	execID := nuid.Next()
-	hdr := nats.Header{HeaderExecutionID: []string{execID}}
+	execID := s.newExecID()
+	hdr := r.ReplyHeader()
+	hdr[HeaderExecutionID] = []string{execID}
 	ev := event{execID: execID, tool: name, kind: subjects.EventStarted, time: start, toolRevision: tool.Def.GetRevision()}
 	s.publishEvent(tool, &ev)
 
@@ -251,6 +256,13 @@ func (s *Service) handleExec(ctx context.Context, r *microsvc.Request) ([]byte, 
 		return nil, hdr, err
 	}
 	return result, hdr, nil
+}
+
+func (s *Service) newExecID() string {
+	n := s.nuids.Get().(*nuid.NUID)
+	id := n.Next()
+	s.nuids.Put(n)
+	return id
 }
 
 // edgeError logs internal errors with the execution id and replaces them with
