@@ -79,6 +79,8 @@ type Service struct {
 	// nuids hold *nuid.NUID generators of execution ids, one per P in
 	// practice, rather than all calls sharing the package's locked one.
 	nuids sync.Pool
+	// argMaps holds the maps calls decode their arguments into.
+	argMaps sync.Pool
 	// eventBufs holds *[]byte buffers events are encoded into; the NATS
 	// connection copies a message on Publish, so a buffer is reused at once.
 	eventBufs sync.Pool
@@ -104,12 +106,13 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Service, error) {
 	}
 	log = log.With("component", "loki")
 	return &Service{
-		cfg:    cfg,
-		nc:     nc,
-		log:    log,
-		engine: engine.New(engine.Config{Limits: cfg.Limits, Modules: cfg.Modules}, log),
-		ready:  make(chan struct{}),
-		nuids:  sync.Pool{New: func() any { return nuid.New() }},
+		cfg:     cfg,
+		nc:      nc,
+		log:     log,
+		engine:  engine.New(engine.Config{Limits: cfg.Limits, Modules: cfg.Modules}, log),
+		ready:   make(chan struct{}),
+		nuids:   sync.Pool{New: func() any { return nuid.New() }},
+		argMaps: sync.Pool{New: func() any { return make(map[string]any, 8) }},
 		eventBufs: sync.Pool{New: func() any {
 			b := make([]byte, 0, 256)
 			return &b
@@ -203,10 +206,12 @@ func (s *Service) handleExec(ctx context.Context, r *microsvc.Request) ([]byte, 
 	if !ok {
 		return nil, nil, fault.New(fault.NotFound, "no tool named %q (list them with `loki tools`)", name)
 	}
-	args, err := engine.DecodeArgs(tool.Params, r.Data())
+	args, err := engine.DecodeArgsInto(s.argMaps.Get().(map[string]any), tool.Params, r.Data())
 	if err != nil {
 		return nil, nil, withTool(err, name)
 	}
+	// The engine holds args only while it runs.
+	defer s.putArgMap(args)
 	timeout := tool.Timeout
 	if h := r.Header().Get(HeaderTimeout); h != "" {
 		d, err := time.ParseDuration(h)
@@ -256,6 +261,14 @@ func (s *Service) handleExec(ctx context.Context, r *microsvc.Request) ([]byte, 
 		return nil, hdr, err
 	}
 	return result, hdr, nil
+}
+
+func (s *Service) putArgMap(m map[string]any) {
+	// A map that held a long argument list is left to the collector.
+	if len(m) <= MaxParams {
+		clear(m)
+		s.argMaps.Put(m)
+	}
 }
 
 func (s *Service) newExecID() string {

@@ -33,13 +33,21 @@ const (
 // Bodies over MaxArgsBytes, nested deeper than MaxDepth, or not a JSON object
 // are INVALID_ARGUMENT.
 func DecodeArgs(params []Param, body []byte) (map[string]any, error) {
+	return DecodeArgsInto(nil, params, body)
+}
+
+// DecodeArgsInto is DecodeArgs with the arguments decoded into dst, which
+// must be empty, when dst is not nil: a caller that is done with one call's
+// arguments may clear the map and use it for the next call's. On error, dst
+// may hold part of the body.
+func DecodeArgsInto(dst map[string]any, params []Param, body []byte) (map[string]any, error) {
 	if len(body) > MaxArgsBytes {
 		return nil, fault.New(fault.InvalidArgument, "arguments are %d bytes; the limit is %d", len(body), MaxArgsBytes)
 	}
 	body = bytes.TrimSpace(body)
 	var raw map[string]any
 	if len(body) > 0 && string(body) != "null" {
-		v, err := decodeJSON(body, MaxDepth)
+		v, err := decodeJSONInto(body, MaxDepth, dst)
 		switch {
 		case errors.Is(err, errDeep):
 			return nil, fault.New(fault.InvalidArgument, "arguments nest deeper than %d levels", MaxDepth)
@@ -68,6 +76,9 @@ func DecodeArgs(params []Param, body []byte) (map[string]any, error) {
 			unknown[0], strings.Join(names, ", "))
 	}
 	// raw was decoded for this call alone, so it becomes the result.
+	if raw == nil {
+		raw = dst
+	}
 	if raw == nil {
 		raw = make(map[string]any, len(params))
 	}

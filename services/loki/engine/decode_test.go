@@ -56,20 +56,35 @@ func TestDecodeArgs(t *testing.T) {
 		{name: "deep but allowed", body: `{"a":1,"x":` + strings.Repeat("[", 63) + strings.Repeat("]", 63) + `}`},
 		{name: "brackets in strings do not count", body: `{"a":1,"s":"` + strings.Repeat("[", 100) + `\"["}`},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			got, err := engine.DecodeArgs(decodeParams, []byte(tc.body))
-			if tc.msg != "" {
-				wantCode(t, err, fault.InvalidArgument, tc.msg)
-				return
-			}
-			if err != nil {
-				t.Fatalf("got error %v, want none", err)
-			}
-			if tc.want != nil && !reflect.DeepEqual(got, tc.want) {
-				t.Fatalf("got %v, want %v", got, tc.want)
-			}
-		})
+	// DecodeArgsInto gets one map, cleared between cases, as a caller
+	// reusing maps would.
+	reused := map[string]any{}
+	decoders := []struct {
+		name   string
+		decode func(body []byte) (map[string]any, error)
+	}{
+		{"DecodeArgs", func(body []byte) (map[string]any, error) { return engine.DecodeArgs(decodeParams, body) }},
+		{"DecodeArgsInto", func(body []byte) (map[string]any, error) {
+			clear(reused)
+			return engine.DecodeArgsInto(reused, decodeParams, body)
+		}},
+	}
+	for _, dec := range decoders {
+		for _, tc := range tests {
+			t.Run(dec.name+"/"+tc.name, func(t *testing.T) {
+				got, err := dec.decode([]byte(tc.body))
+				if tc.msg != "" {
+					wantCode(t, err, fault.InvalidArgument, tc.msg)
+					return
+				}
+				if err != nil {
+					t.Fatalf("got error %v, want none", err)
+				}
+				if tc.want != nil && !reflect.DeepEqual(got, tc.want) {
+					t.Fatalf("got %v, want %v", got, tc.want)
+				}
+			})
+		}
 	}
 	t.Run("no params, no args", func(t *testing.T) {
 		got, err := engine.DecodeArgs(nil, []byte(`{}`))

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -23,8 +25,14 @@ func FuzzDecodeArgs(f *testing.F) {
 	} {
 		f.Add([]byte(s))
 	}
+	reused := map[string]any{"stale": true}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		args, err := engine.DecodeArgs(decodeParams, body)
+		clear(reused)
+		into, intoErr := engine.DecodeArgsInto(reused, decodeParams, body)
+		if fmt.Sprint(err) != fmt.Sprint(intoErr) || !reflect.DeepEqual(args, into) {
+			t.Fatalf("DecodeArgsInto: got %v, %v; DecodeArgs: %v, %v", into, intoErr, args, err)
+		}
 		if err != nil {
 			if fault.CodeOf(err) != fault.InvalidArgument {
 				t.Fatalf("got %v, want INVALID_ARGUMENT", err)

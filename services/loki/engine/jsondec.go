@@ -15,9 +15,21 @@ import (
 // encoding/json took longer than running a small script. Nesting deeper
 // than maxDepth is errDeep.
 func decodeJSON(b []byte, maxDepth int) (any, error) {
+	return decodeJSONInto(b, maxDepth, nil)
+}
+
+// decodeJSONInto is decodeJSON, except that a top-level object is decoded
+// into top (when top is not nil) instead of a new map.
+func decodeJSONInto(b []byte, maxDepth int, top map[string]any) (any, error) {
 	d := jsonDecoder{b: b, maxDepth: maxDepth}
 	d.space()
-	v, err := d.value()
+	var v any
+	var err error
+	if top != nil && d.i < len(d.b) && d.b[d.i] == '{' {
+		v, err = d.objectInto(top)
+	} else {
+		v, err = d.value()
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -93,11 +105,14 @@ func (d *jsonDecoder) enter() error {
 }
 
 func (d *jsonDecoder) object() (any, error) {
+	return d.objectInto(make(map[string]any, 4))
+}
+
+func (d *jsonDecoder) objectInto(m map[string]any) (any, error) {
 	if err := d.enter(); err != nil {
 		return nil, err
 	}
 	d.i++ // {
-	m := make(map[string]any, 4)
 	d.space()
 	if d.i < len(d.b) && d.b[d.i] == '}' {
 		d.i++
