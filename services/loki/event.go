@@ -37,12 +37,12 @@ func appendEvent(b []byte, ev *event) []byte {
 	b = jsonenc.AppendString(b, string(ev.kind))
 	if !ev.time.IsZero() {
 		b = append(b, `,"time":"`...)
-		b = ev.time.UTC().AppendFormat(b, time.RFC3339Nano)
+		b = appendTime(b, ev.time.UTC())
 		b = append(b, '"')
 	}
 	if ev.hasDuration {
 		b = append(b, `,"duration":"`...)
-		b = strconv.AppendFloat(b, ev.duration.Seconds(), 'f', -1, 64)
+		b = appendSeconds(b, ev.duration)
 		b = append(b, `s"`...)
 	}
 	if ev.errorCode != "" {
@@ -91,4 +91,66 @@ func (es *eventSubjects) of(kind subjects.EventKind) string {
 		return es.completed
 	}
 	return es.failed
+}
+
+// appendTime appends t (in UTC) as time.RFC3339Nano does, without its
+// general layout machinery.
+func appendTime(b []byte, t time.Time) []byte {
+	year, month, day := t.Date()
+	if year < 0 || year > 9999 {
+		return t.AppendFormat(b, time.RFC3339Nano)
+	}
+	hour, minute, sec := t.Clock()
+	b = appendDigits(b, year, 4)
+	b = append(b, '-')
+	b = appendDigits(b, int(month), 2)
+	b = append(b, '-')
+	b = appendDigits(b, day, 2)
+	b = append(b, 'T')
+	b = appendDigits(b, hour, 2)
+	b = append(b, ':')
+	b = appendDigits(b, minute, 2)
+	b = append(b, ':')
+	b = appendDigits(b, sec, 2)
+	b = appendFraction(b, t.Nanosecond())
+	return append(b, 'Z')
+}
+
+// appendSeconds appends d in seconds, exactly, as protojson's Duration
+// mapping reads it ("1.5", "0.000155227"). (d.Seconds() rounds twice, and
+// its shortest decimal can have more than the nine fractional digits
+// protojson accepts.)
+func appendSeconds(b []byte, d time.Duration) []byte {
+	u := uint64(d)
+	if d < 0 {
+		b = append(b, '-')
+		u = -u
+	}
+	b = strconv.AppendUint(b, u/uint64(time.Second), 10)
+	return appendFraction(b, int(u%uint64(time.Second)))
+}
+
+// appendFraction appends ".ddddddddd" for ns nanoseconds without trailing
+// zeros, or nothing for 0.
+func appendFraction(b []byte, ns int) []byte {
+	if ns == 0 {
+		return b
+	}
+	digits := 9
+	for ns%10 == 0 {
+		ns /= 10
+		digits--
+	}
+	b = append(b, '.')
+	return appendDigits(b, ns, digits)
+}
+
+// appendDigits appends v (non-negative) zero-padded to width digits.
+func appendDigits(b []byte, v, width int) []byte {
+	var buf [9]byte
+	for i := width - 1; i >= 0; i-- {
+		buf[i] = byte('0' + v%10)
+		v /= 10
+	}
+	return append(b, buf[:width]...)
 }

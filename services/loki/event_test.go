@@ -1,6 +1,7 @@
 package loki
 
 import (
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -70,5 +71,41 @@ func BenchmarkAppendEvent(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		buf = appendEvent(buf[:0], ev)
+	}
+}
+
+// TestEventNumbers: times read exactly as time.RFC3339Nano writes them, and
+// durations decode with protojson to the exact duration.
+func TestEventNumbers(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	times := []time.Time{
+		time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), time.Date(2026, 12, 31, 23, 59, 59, 999999999, time.UTC),
+		time.Date(2026, 6, 1, 0, 0, 0, 500000000, time.UTC), time.Date(1, 1, 1, 0, 0, 0, 1, time.UTC),
+		time.Date(9999, 12, 31, 23, 59, 59, 10, time.UTC), time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(-1, 1, 1, 0, 0, 0, 0, time.UTC), time.Now().UTC(),
+	}
+	for range 10000 {
+		times = append(times, time.Unix(r.Int64N(1<<35), r.Int64N(1e9)).UTC(),
+			time.Unix(r.Int64N(1<<35), r.Int64N(1000)*1e6).UTC())
+	}
+	for _, tm := range times {
+		if got, want := string(appendTime(nil, tm)), tm.Format(time.RFC3339Nano); got != want {
+			t.Fatalf("time %v: got %s, want %s", tm, got, want)
+		}
+	}
+	durations := []time.Duration{0, 1, 999, time.Microsecond, 155227, time.Second, 3*time.Minute + 7*time.Millisecond,
+		28490532773, 1e15 + 1, 1<<63 - 1, -1, -1500 * time.Millisecond}
+	for range 3000 {
+		durations = append(durations, time.Duration(r.Int64N(1e6)), time.Duration(r.Int64N(1e12)), time.Duration(r.Int64N(1e18)))
+	}
+	for _, d := range durations {
+		b := appendEvent(nil, &event{duration: d, hasDuration: true})
+		got := &lokiv1.ScriptEvent{}
+		if err := protojson.Unmarshal(b, got); err != nil {
+			t.Fatalf("duration %d: protojson rejects %s: %v", d, b, err)
+		}
+		if !proto.Equal(got.GetDuration(), durationpb.New(d)) {
+			t.Fatalf("duration %d: got %v from %s, want %v", d, got.GetDuration(), b, durationpb.New(d))
+		}
 	}
 }
