@@ -84,10 +84,22 @@ func BenchmarkDecodeArgs(b *testing.B) {
 		{Name: "tags", Type: engine.Array},
 	}
 	body := []byte(`{"a": 1.5, "b": 2, "tags": ["x", "y"]}`)
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := engine.DecodeArgs(params, body); err != nil {
-			b.Fatal(err)
+	b.Run("new map", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := engine.DecodeArgs(params, body); err != nil {
+				b.Fatal(err)
+			}
 		}
-	}
+	})
+	b.Run("reused map", func(b *testing.B) {
+		m := map[string]any{}
+		b.ReportAllocs()
+		for b.Loop() {
+			clear(m)
+			if _, err := engine.DecodeArgsInto(m, params, body); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
