@@ -36,6 +36,9 @@ type lokiSettings struct {
 	Concurrency  int           `toml:"concurrency"`
 	Queue        int           `toml:"queue"`
 	DrainTimeout time.Duration `toml:"drain_timeout"`
+	// MemoryLimitMiB: the process heap past which running scripts are
+	// stopped (0: loki.DefaultMemoryLimit).
+	MemoryLimitMiB int `toml:"memory_limit_mib"`
 }
 
 func loadServiceConfig(path, dataDir string) (serviceConfig, error) {
@@ -55,6 +58,9 @@ func loadServiceConfig(path, dataDir string) (serviceConfig, error) {
 		if und := md.Undecoded(); len(und) > 0 {
 			return cfg, fmt.Errorf("service config %s: unknown key %q", path, und[0].String())
 		}
+	}
+	if cfg.Loki.MemoryLimitMiB < 0 {
+		return cfg, fmt.Errorf("service config %s: [loki]: memory_limit_mib = %d: must not be negative", orDefault(path), cfg.Loki.MemoryLimitMiB)
 	}
 	if err := cfg.Hel.Validate(); err != nil {
 		return cfg, fmt.Errorf("service config %s: [hel]: %w", orDefault(path), err)
@@ -78,6 +84,7 @@ func orDefault(path string) string {
 func (c serviceConfig) lokiConfig(nc *nats.Conn) loki.Config {
 	cfg := loki.DefaultConfig()
 	cfg.Concurrency, cfg.Queue, cfg.DrainTimeout = c.Loki.Concurrency, c.Loki.Queue, c.Loki.DrainTimeout
+	cfg.MemoryLimit = uint64(c.Loki.MemoryLimitMiB) << 20
 	// Every child service's Lua module; a module whose service is not
 	// running answers UNAVAILABLE.
 	cfg.Modules = []engine.Module{hel.NewModule(nc), fenrir.NewModule(nc), jormungandr.NewModule(nc)}

@@ -95,6 +95,24 @@ func (d *deadlines) parentDone() {
 	}
 }
 
+// endAll ends every running context with err and returns how many there
+// were. Contexts made later are not affected.
+func (d *deadlines) endAll(err error) int {
+	d.mu.Lock()
+	ended := d.heap
+	for _, c := range ended {
+		c.idx = -1
+	}
+	d.heap = nil
+	d.armed = time.Time{}
+	d.timer.Stop()
+	d.mu.Unlock()
+	for _, c := range ended {
+		c.end(err)
+	}
+	return len(ended)
+}
+
 // remove takes c out of the heap; d.mu is held.
 func (d *deadlines) remove(c *execCtx) {
 	i := c.idx

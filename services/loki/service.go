@@ -39,6 +39,13 @@ type Config struct {
 	DrainTimeout time.Duration
 	// Limits bound each execution.
 	Limits engine.Limits
+	// MemoryLimit is the heap size of the replica's process, in bytes, past
+	// which every running script is stopped with RESOURCE_EXHAUSTED and new
+	// calls are refused until it is back under (see memoryGuard); 0 means
+	// DefaultMemoryLimit. MemoryCheck is how often the heap is sampled;
+	// 0 means 20ms.
+	MemoryLimit uint64
+	MemoryCheck time.Duration
 	// Modules are the Lua modules of the child services available to scripts.
 	Modules []engine.Module
 }
@@ -58,6 +65,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("queue %d: must not be negative", c.Queue)
 	case c.DrainTimeout <= 0:
 		return fmt.Errorf("drain timeout %s: must be positive", c.DrainTimeout)
+	case c.MemoryCheck < 0:
+		return fmt.Errorf("memory check interval %s: must not be negative", c.MemoryCheck)
 	}
 	return nil
 }
@@ -74,6 +83,7 @@ type Service struct {
 	ready  chan struct{}
 	// deadlines bounds executions; set in Run before any call is served.
 	deadlines *deadlines
+	mem       *memoryGuard
 	// cancels holds the cancel funcs of running streaming calls by reply subject.
 	cancels sync.Map
 	// nuids hold *nuid.NUID generators of execution ids, one per P in
@@ -101,6 +111,12 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Service, error) {
 	if cfg.Limits == (engine.Limits{}) {
 		cfg.Limits = def.Limits
 	}
+	if cfg.MemoryLimit == 0 {
+		cfg.MemoryLimit = DefaultMemoryLimit()
+	}
+	if cfg.MemoryCheck == 0 {
+		cfg.MemoryCheck = 20 * time.Millisecond
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("loki config: %w", err)
 	}
@@ -110,6 +126,7 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Service, error) {
 		nc:      nc,
 		log:     log,
 		engine:  engine.New(engine.Config{Limits: cfg.Limits, Modules: cfg.Modules}, log),
+		mem:     newMemoryGuard(cfg.MemoryLimit, cfg.MemoryCheck, log),
 		ready:   make(chan struct{}),
 		nuids:   sync.Pool{New: func() any { return nuid.New() }},
 		argMaps: sync.Pool{New: func() any { return make(map[string]any, 8) }},
@@ -159,6 +176,9 @@ func (s *Service) Run(ctx context.Context) error {
 	dl, stopDeadlines := newDeadlines(svc.Context())
 	defer stopDeadlines()
 	s.deadlines = dl
+	guardCtx, stopGuard := context.WithCancel(context.Background())
+	defer stopGuard()
+	go s.mem.run(guardCtx, dl)
 	endpoints := []microsvc.Endpoint{
 		{Name: "exec", Subject: subjects.LokiExecAll, Handler: s.handleExec, Workers: s.cfg.Concurrency, Queue: s.cfg.Queue},
 		{Name: "list", Subject: subjects.LokiToolsList, Handler: s.handleList},
@@ -189,7 +209,7 @@ func (s *Service) Run(ctx context.Context) error {
 		_ = svc.Stop(s.cfg.DrainTimeout)
 		return fmt.Errorf("loki: flush subscriptions: %w", err)
 	}
-	s.log.Info("serving", "id", svc.ID(), "tools", len(reg.List()), "concurrency", s.cfg.Concurrency)
+	s.log.Info("serving", "id", svc.ID(), "tools", len(reg.List()), "concurrency", s.cfg.Concurrency, "memory_limit_mib", s.cfg.MemoryLimit>>20)
 	close(s.ready)
 	<-ctx.Done()
 	s.log.Info("draining", "timeout", s.cfg.DrainTimeout)
@@ -205,6 +225,9 @@ func (s *Service) handleExec(ctx context.Context, r *microsvc.Request) ([]byte, 
 	tool, ok := s.reg.Get(name)
 	if !ok {
 		return nil, nil, fault.New(fault.NotFound, "no tool named %q (list them with `loki tools`)", name)
+	}
+	if s.mem.over.Load() {
+		return nil, nil, fault.New(fault.ResourceExhausted, "tool %q: this replica is over its memory limit and is not taking calls; retry shortly", name)
 	}
 	args, err := engine.DecodeArgsInto(s.argMaps.Get().(map[string]any), tool.Params, r.Data())
 	if err != nil {

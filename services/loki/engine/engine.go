@@ -203,8 +203,23 @@ func (en *Engine) put(s *state) {
 	}
 }
 
+// ErrMemoryLimit ends an execution's context when the replica's memory
+// guard stops running scripts; Run reports it as RESOURCE_EXHAUSTED. It
+// matches context.Canceled too, for code that only knows the standard
+// reasons a context ends.
+var ErrMemoryLimit error = memoryLimitError{}
+
+type memoryLimitError struct{}
+
+func (memoryLimitError) Error() string        { return "stopped: the replica passed its memory limit" }
+func (memoryLimitError) Is(target error) bool { return target == context.Canceled }
+
 // deadlineFault phrases the end of ctx for the caller.
 func deadlineFault(ctx context.Context, tool string, start time.Time) *fault.Error {
+	if errors.Is(ctx.Err(), ErrMemoryLimit) {
+		return fault.New(fault.ResourceExhausted, "tool %q was stopped after %s: the replica's memory passed its limit while it ran (memory_limit_mib)",
+			tool, roundTimeout(time.Since(start)))
+	}
 	if dl, ok := ctx.Deadline(); ok && errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		return fault.New(fault.DeadlineExceeded, "tool %q exceeded its %s timeout", tool, roundTimeout(dl.Sub(start)))
 	}
