@@ -194,6 +194,23 @@ func (s *Service) identity() micro.ServiceIdentity {
 	return micro.ServiceIdentity{Name: s.cfg.Name, ID: s.id, Version: s.cfg.Version, Metadata: s.cfg.Metadata}
 }
 
+// AddEndpoints adds every endpoint and flushes, so that once it returns the
+// server has the subscriptions and the endpoints answer. On failure it
+// stops the service, waiting up to drain, and returns the error.
+func (s *Service) AddEndpoints(drain time.Duration, es ...Endpoint) error {
+	for _, e := range es {
+		if err := s.AddEndpoint(e); err != nil {
+			_ = s.Stop(drain)
+			return err
+		}
+	}
+	if err := s.nc.FlushTimeout(10 * time.Second); err != nil {
+		_ = s.Stop(drain)
+		return fmt.Errorf("microsvc: flush subscriptions: %w", err)
+	}
+	return nil
+}
+
 // AddEndpoint subscribes e in the service's queue group.
 func (s *Service) AddEndpoint(e Endpoint) error {
 	if e.Name == "" || e.Subject == "" || e.Handler == nil {

@@ -3,6 +3,7 @@ package middleware
 import (
 	"context"
 	"log/slog"
+	"slices"
 
 	"github.com/loki-iot/loki/internal/fault"
 	"github.com/loki-iot/loki/internal/microsvc"
@@ -15,14 +16,16 @@ const (
 	logKeyErr     = "err"
 )
 
-// ErrorLog logs the details of INTERNAL errors, which callers only see as
-// "internal error", and of UNAVAILABLE ones, which point at a dependency
-// of the service (JetStream, hardware, a remote host).
-func ErrorLog(log *slog.Logger, subject string, next microsvc.Handler) microsvc.Handler {
+// ErrorLog logs the details of errors with one of codes — by default
+// INTERNAL, which callers only see as "internal error", and UNAVAILABLE,
+// which points at a dependency of the service (JetStream, hardware).
+func ErrorLog(log *slog.Logger, subject string, next microsvc.Handler, codes ...fault.Code) microsvc.Handler {
+	if len(codes) == 0 {
+		codes = []fault.Code{fault.Internal, fault.Unavailable}
+	}
 	return func(ctx context.Context, r *microsvc.Request) ([]byte, nats.Header, error) {
 		data, hdr, err := next(ctx, r)
-		switch fault.CodeOf(err) {
-		case fault.Internal, fault.Unavailable:
+		if err != nil && slices.Contains(codes, fault.CodeOf(err)) {
 			log.Error("request failed", logKeySubject, subject, logKeyErr, err)
 		}
 		return data, hdr, err

@@ -114,6 +114,7 @@ func (s *Service) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("fenrir: %w", err)
 	}
+	var endpoints []microsvc.Endpoint
 	for _, d := range devices {
 		for _, o := range s.ops(d) {
 			subj, err := subjects.FenrirOp(d.cfg.Name, o.op)
@@ -125,21 +126,17 @@ func (s *Service) Run(ctx context.Context) (err error) {
 			if o.op == subjects.FenrirGPIOWait {
 				timeout = s.cfg.MaxEdgeWait
 			}
-			h := middleware.ErrorLog(s.log, subj, middleware.Deadline(HeaderTimeout, timeout, s.cfg.MaxRequestTimeout, o.handler))
-			e := microsvc.Endpoint{
-				Name: d.cfg.Name + "_" + strings.ReplaceAll(o.op, ".", "_"), Subject: subj, Handler: h,
+			endpoints = append(endpoints, microsvc.Endpoint{
+				Name:    d.cfg.Name + "_" + strings.ReplaceAll(o.op, ".", "_"),
+				Subject: subj,
+				Handler: middleware.ErrorLog(s.log, subj, middleware.Deadline(HeaderTimeout, timeout, s.cfg.MaxRequestTimeout, o.handler)),
 				Workers: s.cfg.Workers, Queue: s.cfg.Queue,
 				Metadata: map[string]string{"board": d.cfg.Name},
-			}
-			if err := svc.AddEndpoint(e); err != nil {
-				_ = svc.Stop(s.cfg.DrainTimeout)
-				return fmt.Errorf("fenrir: %w", err)
-			}
+			})
 		}
 	}
-	if err := s.nc.FlushTimeout(10 * time.Second); err != nil {
-		_ = svc.Stop(s.cfg.DrainTimeout)
-		return fmt.Errorf("fenrir: flush subscriptions: %w", err)
+	if err := svc.AddEndpoints(s.cfg.DrainTimeout, endpoints...); err != nil {
+		return fmt.Errorf("fenrir: %w", err)
 	}
 	close(s.ready)
 	for _, d := range devices {

@@ -138,22 +138,17 @@ func (s *Service) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("hel: %w", err)
 	}
+	var endpoints []microsvc.Endpoint
 	for _, op := range s.ops() {
 		h := middleware.ErrorLog(s.log, op.subject, middleware.Deadline(HeaderTimeout, op.timeout, s.cfg.MaxRequestTimeout, s.decode(op)))
 		e := microsvc.Endpoint{Name: op.name, Subject: op.subject, Handler: h, Workers: s.cfg.Workers, Queue: s.cfg.Queue}
 		if op.transfer {
 			e.Workers, e.Queue = s.cfg.Objects.Transfers, s.cfg.Objects.Transfers
 		}
-		if err := svc.AddEndpoint(e); err != nil {
-			_ = svc.Stop(s.cfg.DrainTimeout)
-			return fmt.Errorf("hel: %w", err)
-		}
+		endpoints = append(endpoints, e)
 	}
-	// Ready promises the endpoints answer: make sure the server has the
-	// subscriptions before saying so.
-	if err := s.nc.FlushTimeout(10 * time.Second); err != nil {
-		_ = svc.Stop(s.cfg.DrainTimeout)
-		return fmt.Errorf("hel: flush subscriptions: %w", err)
+	if err := svc.AddEndpoints(s.cfg.DrainTimeout, endpoints...); err != nil {
+		return fmt.Errorf("hel: %w", err)
 	}
 	close(s.ready)
 	s.log.Info("hel serving", "files_root", s.cfg.Files.Root)

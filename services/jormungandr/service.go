@@ -157,17 +157,15 @@ func (s *Service) Run(ctx context.Context) error {
 		_ = svc.Stop(s.cfg.DrainTimeout)
 		return err
 	}
-	for _, e := range endpoints {
-		e.Handler = withErrorLog(s.log, e.Subject, middleware.Deadline(HeaderTimeout, s.cfg.RequestTimeout, s.cfg.MaxRequestTimeout, e.Handler))
+	for i, e := range endpoints {
+		// UNAVAILABLE here is mostly a remote host that is down: the
+		// caller's business, not the operator's.
+		e.Handler = middleware.ErrorLog(s.log, e.Subject, middleware.Deadline(HeaderTimeout, s.cfg.RequestTimeout, s.cfg.MaxRequestTimeout, e.Handler), fault.Internal)
 		e.Workers, e.Queue = s.cfg.Workers, s.cfg.Queue
-		if err := svc.AddEndpoint(e); err != nil {
-			_ = svc.Stop(s.cfg.DrainTimeout)
-			return fmt.Errorf("jormungandr: %w", err)
-		}
+		endpoints[i] = e
 	}
-	if err := s.nc.FlushTimeout(10 * time.Second); err != nil {
-		_ = svc.Stop(s.cfg.DrainTimeout)
-		return fmt.Errorf("jormungandr: flush subscriptions: %w", err)
+	if err := svc.AddEndpoints(s.cfg.DrainTimeout, endpoints...); err != nil {
+		return fmt.Errorf("jormungandr: %w", err)
 	}
 	janitor, stopJanitor := context.WithCancel(ctx)
 	done := make(chan struct{})
@@ -218,19 +216,5 @@ func (s *Service) expireIdle(ctx context.Context) {
 				go c.close()
 			}
 		}
-	}
-}
-
-// withErrorLog logs the details of INTERNAL errors, which callers only see
-// as "internal error". Unlike middleware.ErrorLog it leaves UNAVAILABLE
-// alone: here that is a remote host being down, the caller's news, not the
-// operator's.
-func withErrorLog(log *slog.Logger, subject string, next microsvc.Handler) microsvc.Handler {
-	return func(ctx context.Context, r *microsvc.Request) ([]byte, nats.Header, error) {
-		data, hdr, err := next(ctx, r)
-		if fault.CodeOf(err) == fault.Internal {
-			log.Error("request failed", logKeySubject, subject, logKeyErr, err)
-		}
-		return data, hdr, err
 	}
 }

@@ -187,11 +187,8 @@ func (s *Service) Run(ctx context.Context) error {
 		{Name: "register", Subject: subjects.LokiToolsRegister, Handler: s.handleRegister},
 		{Name: "unregister", Subject: subjects.LokiToolsUnregister, Handler: s.handleUnregister},
 	}
-	for _, e := range endpoints {
-		if err := svc.AddEndpoint(e); err != nil {
-			_ = svc.Stop(s.cfg.DrainTimeout)
-			return err
-		}
+	if err := svc.AddEndpoints(s.cfg.DrainTimeout, endpoints...); err != nil {
+		return err
 	}
 	// Cancellation goes to every replica (no queue group); only the one
 	// running the call finds it in its map.
