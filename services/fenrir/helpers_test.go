@@ -1,14 +1,13 @@
 package fenrir_test
 
 import (
-	"context"
 	"io"
 	"log/slog"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/loki-iot/loki/internal/fault"
+	"github.com/loki-iot/loki/internal/lokitest"
 	"github.com/loki-iot/loki/internal/natsrv"
 	"github.com/loki-iot/loki/internal/natstest"
 	"github.com/loki-iot/loki/services/fenrir"
@@ -106,16 +105,8 @@ func startFenrir(t testing.TB, srv *natsrv.Server, cfg fenrir.Config) {
 	natstest.RunService(t, svc)
 }
 
-func ctxT(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-// wantCode fails unless err has code want ("" for no error).
-func wantCode(t testing.TB, err error, want fault.Code) {
-	t.Helper()
-	if got := fault.CodeOf(err); got != want {
-		t.Fatalf("got %v, want code %q", err, want)
-	}
-}
+// Shared with the other services' tests.
+var (
+	ctxT     = lokitest.Context
+	wantCode = lokitest.WantCode
+)

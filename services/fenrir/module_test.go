@@ -1,20 +1,15 @@
 package fenrir_test
 
 import (
-	"context"
-	"encoding/json"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
-	"testing/fstest"
-	"time"
 
 	"github.com/loki-iot/loki/internal/fault"
-	"github.com/loki-iot/loki/internal/natstest"
+	"github.com/loki-iot/loki/internal/lokitest"
 	"github.com/loki-iot/loki/services/fenrir"
 	"github.com/loki-iot/loki/services/loki"
-	"github.com/loki-iot/loki/services/loki/engine"
 	"periph.io/x/conn/v3/gpio"
 )
 
@@ -28,44 +23,13 @@ type lokiEnv struct {
 func setupLoki(t testing.TB, tools []*loki.Compiled) *lokiEnv {
 	t.Helper()
 	e := setup(t)
-	reg, err := loki.OpenRegistry(context.Background(), e.nc, quietLog())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := reg.Put(context.Background(), tools...); err != nil {
-		t.Fatal(err)
-	}
-	nc := natstest.Connect(t, e.srv)
-	svc, err := loki.New(loki.Config{Modules: []engine.Module{fenrir.NewModule(nc)}}, nc, quietLog())
-	if err != nil {
-		t.Fatal(err)
-	}
-	natstest.RunService(t, svc)
-	return &lokiEnv{env: e, loki: loki.NewClient(e.nc)}
-}
-
-func parseTools(t testing.TB, src string) []*loki.Compiled {
-	t.Helper()
-	tools, err := loki.ParseTools("test.toml", []byte(src), fstest.MapFS{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tools
+	lokitest.Register(t, e.srv, tools)
+	return &lokiEnv{env: e, loki: lokitest.Start(t, e.srv, fenrir.NewModule)}
 }
 
 func (e *lokiEnv) call(t testing.TB, tool, args string) (any, error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	res, err := e.loki.Call(ctx, tool, []byte(args))
-	if err != nil {
-		return nil, err
-	}
-	var v any
-	if err := json.Unmarshal(res.JSON, &v); err != nil {
-		t.Fatalf("result %s: %v", res.JSON, err)
-	}
-	return v, nil
+	return lokitest.Call(t, e.loki, tool, args)
 }
 
 // tool is a TOML tool that runs script with grants and takes optional
@@ -105,7 +69,7 @@ return fenrir.gpio.read(board, pin)`) +
 		tool("sensor_only", `"fenrir.sensor:sim"`, `return fenrir.actuator.set(board, "led", "on")`) +
 		tool("any_board", `"fenrir:*"`, `return fenrir.gpio.read(board, pin)`) +
 		tool("caught", `"fenrir:sim"`, `local ok, err = pcall(fenrir.gpio.write, board, pin, 1) return {ok = ok, err = err}`)
-	e := setupLoki(t, parseTools(t, src))
+	e := setupLoki(t, lokitest.Parse(t, src))
 
 	tests := []struct {
 		name, tool, args string

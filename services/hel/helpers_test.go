@@ -1,7 +1,6 @@
 package hel_test
 
 import (
-	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -9,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/loki-iot/loki/internal/fault"
+	"github.com/loki-iot/loki/internal/lokitest"
 	"github.com/loki-iot/loki/internal/natsrv"
 	"github.com/loki-iot/loki/internal/natstest"
 	"github.com/loki-iot/loki/services/hel"
@@ -75,19 +74,11 @@ func setup(t testing.TB, opts ...func(*hel.Config)) *env {
 	return &env{srv: srv, nc: nc, c: hel.NewClient(nc), cfg: cfg}
 }
 
-func ctxT(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-// wantCode fails unless err has code want ("" for no error).
-func wantCode(t testing.TB, err error, want fault.Code) {
-	t.Helper()
-	if got := fault.CodeOf(err); got != want {
-		t.Fatalf("got %v, want code %q", err, want)
-	}
-}
+// Shared with the other services' tests.
+var (
+	ctxT     = lokitest.Context
+	wantCode = lokitest.WantCode
+)
 
 // eventually polls cond until it holds or 30s pass.
 func eventually(t testing.TB, what string, cond func() bool) {

@@ -1,55 +1,26 @@
 package hel_test
 
 import (
-	"context"
 	"encoding/json"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
 	"testing"
-	"testing/fstest"
 	"time"
 
 	"github.com/loki-iot/loki/internal/fault"
+	"github.com/loki-iot/loki/internal/lokitest"
 	"github.com/loki-iot/loki/internal/natsrv"
-	"github.com/loki-iot/loki/internal/natstest"
 	"github.com/loki-iot/loki/services/hel"
 	"github.com/loki-iot/loki/services/loki"
-	"github.com/loki-iot/loki/services/loki/engine"
 	"github.com/loki-iot/loki/subjects"
-	"github.com/nats-io/nats.go"
 )
 
 // startLoki runs a Loki replica with the hel module until the test ends.
-func startLoki(t testing.TB, srv *natsrv.Server) {
+func startLoki(t testing.TB, srv *natsrv.Server) *loki.Client {
 	t.Helper()
-	nc := natstest.Connect(t, srv)
-	svc, err := loki.New(loki.Config{Modules: []engine.Module{hel.NewModule(nc)}}, nc, quietLog())
-	if err != nil {
-		t.Fatal(err)
-	}
-	natstest.RunService(t, svc)
-}
-
-func registerTools(t testing.TB, nc *nats.Conn, tools []*loki.Compiled) {
-	t.Helper()
-	reg, err := loki.OpenRegistry(context.Background(), nc, quietLog())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := reg.Put(context.Background(), tools...); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func parseTools(t testing.TB, src string) []*loki.Compiled {
-	t.Helper()
-	tools, err := loki.ParseTools("test.toml", []byte(src), fstest.MapFS{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tools
+	return lokitest.Start(t, srv, hel.NewModule)
 }
 
 // lokiEnv is a server with Hel, Loki with the hel module, and tools.
@@ -62,24 +33,13 @@ func setupLoki(t testing.TB, tools string) *lokiEnv {
 	t.Helper()
 	e := setup(t)
 	// Register before Loki starts so its first registry load has them.
-	registerTools(t, e.nc, parseTools(t, tools))
-	startLoki(t, e.srv)
-	return &lokiEnv{env: e, loki: loki.NewClient(e.nc)}
+	lokitest.Register(t, e.srv, lokitest.Parse(t, tools))
+	return &lokiEnv{env: e, loki: startLoki(t, e.srv)}
 }
 
 func (e *lokiEnv) call(t testing.TB, tool, args string) (any, error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	res, err := e.loki.Call(ctx, tool, []byte(args))
-	if err != nil {
-		return nil, err
-	}
-	var v any
-	if err := json.Unmarshal(res.JSON, &v); err != nil {
-		t.Fatalf("result %s: %v", res.JSON, err)
-	}
-	return v, nil
+	return lokitest.Call(t, e.loki, tool, args)
 }
 
 const moduleTools = `
@@ -402,10 +362,10 @@ func TestExampleTools(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := setup(t)
-	registerTools(t, e.nc, tools)
+	lokitest.Register(t, e.srv, tools)
 	startLoki(t, e.srv)
-	startLoki(t, e.srv) // two replicas: the counter must hold under real concurrency
-	le := &lokiEnv{env: e, loki: loki.NewClient(e.nc)}
+	// Two replicas: the counter must hold under real concurrency.
+	le := &lokiEnv{env: e, loki: startLoki(t, e.srv)}
 
 	t.Run("count", func(t *testing.T) {
 		const workers, each = 4, 10

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
-	"github.com/loki-iot/loki/internal/fault"
+	"github.com/loki-iot/loki/internal/lokitest"
 	"github.com/loki-iot/loki/internal/natsrv"
 	"github.com/loki-iot/loki/internal/natstest"
 	"github.com/loki-iot/loki/services/jormungandr"
@@ -97,19 +97,11 @@ func setup(t testing.TB, cfg jormungandr.Config) *env {
 	return &env{srv: srv, c: jormungandr.NewClient(natstest.Connect(t, srv))}
 }
 
-func ctxT(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-// wantCode fails unless err has code want ("" for no error).
-func wantCode(t testing.TB, err error, want fault.Code) {
-	t.Helper()
-	if got := fault.CodeOf(err); got != want {
-		t.Fatalf("got %v, want code %q", err, want)
-	}
-}
+// Shared with the other services' tests.
+var (
+	ctxT     = lokitest.Context
+	wantCode = lokitest.WantCode
+)
 
 // wsServer serves WebSocket connections on 127.0.0.1 with serve, which
 // runs until the connection should end.
