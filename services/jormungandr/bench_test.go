@@ -1,6 +1,8 @@
 package jormungandr_test
 
 import (
+	"io"
+	"net/http"
 	"testing"
 
 	"github.com/loki-iot/loki/services/jormungandr"
@@ -18,6 +20,21 @@ func BenchmarkHTTPGet(b *testing.B) {
 		if _, err := e.c.HTTP(ctx, req, 0); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkDirectHTTPGet is the baseline for BenchmarkHTTPGet: the same GET
+// with net/http straight from the benchmark, no NATS and no policy.
+func BenchmarkDirectHTTPGet(b *testing.B) {
+	ts := echoHTTP(b)
+	c := &http.Client{Transport: &http.Transport{}}
+	for b.Loop() {
+		resp, err := c.Get(ts.URL + "/x")
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
 	}
 }
 
