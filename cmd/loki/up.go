@@ -156,10 +156,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	default:
 		return &exitError{code: 2, err: fmt.Errorf("serve: unknown component %q (components: %s)", name, components)}
 	}
-	fs := newFlags("serve "+name, fmt.Sprintf(`Usage: loki serve %s --nats-url URL [flags]
-
-Runs one %s instance against an external NATS server with JetStream. Run as
-many as you like: instances of a service share requests through a queue group.`, name, name), stderr)
+	fs := newFlags("serve "+name, fmt.Sprintf("Usage: loki serve %s --nats-url URL [flags]\n\n%s", name, serveHelp[name]), stderr)
 	url := fs.String("nats-url", envOr("NATS_URL", nats.DefaultURL), "NATS server URL (env NATS_URL)")
 	serviceConfig := fs.String("service-config", "", "service settings (TOML with optional [loki], [hel], [fenrir], [jormungandr], [gateway] tables)")
 	var config, dataDir, grpcListen, board *string
@@ -244,6 +241,26 @@ many as you like: instances of a service share requests through a queue group.`,
 		return err
 	}
 	return runComponents(ctx, func() { log.Info("ready", "component", name, "nats", nc.ConnectedUrl()) }, comp)
+}
+
+// serveHelp says what running one more instance of each component does.
+var serveHelp = map[string]string{
+	"loki": `Runs one Loki replica (the script service) against an external NATS server
+with JetStream. Run as many as you like: replicas share calls through a queue
+group and tools through the JetStream KV registry.`,
+	"hel": `Runs one Hel replica (storage: KV, objects, files, cache) against an external
+NATS server with JetStream. Replicas share requests through a queue group; KV,
+objects and the cache live in JetStream, files on each replica's --data-dir.`,
+	"fenrir": `Runs one Fenrir instance (hardware) for the boards wired to this host. Each
+board is owned by one instance: subjects carry the board name, and an instance
+refuses to start when another already serves one of its boards. Run one per
+host, each with its own --board file.`,
+	"jormungandr": `Runs one Jörmungandr replica (network: HTTP, WebSocket, MQTT) against an
+external NATS server. Replicas share requests through a queue group; calls on a
+WebSocket or MQTT handle go to the replica holding it. The egress policy comes
+from [jormungandr.policy] in --service-config and denies everything by default.`,
+	"gateway": `Runs one gRPC gateway against an external NATS server. Gateways hold no
+state: run as many as you like behind a load balancer.`,
 }
 
 // loadToolsFlag loads --config, or the built-in examples when path is empty.
