@@ -118,7 +118,7 @@ func TestMalformedRequests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, body := range []string{`{"pin":5}`, `{"bogus":1}`, `[1]`, `{"pin":"aux"} {}`, `{`, strings.Repeat(" ", fenrir.MaxRequestBytes+1)} {
+	for _, body := range []string{`{"pin":1.5}`, `{"pin":true}`, `{"level":"high"}`, `{"bogus":1}`, `[1]`, `{"pin":"aux"} {}`, `{`, strings.Repeat(" ", fenrir.MaxRequestBytes+1)} {
 		resp, err := e.nc.Request(subj, []byte(body), 10*time.Second)
 		if err != nil {
 			t.Fatal(err)
@@ -127,6 +127,34 @@ func TestMalformedRequests(t *testing.T) {
 		if fault.CodeOf(err) != fault.InvalidArgument {
 			t.Errorf("body %.40q: got %v, want INVALID_ARGUMENT", body, err)
 		}
+	}
+}
+
+// TestPinAsNumberOnTheWire: nats req users write {"pin": 5} as naturally
+// as {"pin": "5"}.
+func TestPinAsNumberOnTheWire(t *testing.T) {
+	e := setup(t)
+	subj, err := subjects.FenrirOp("sim", subjects.FenrirGPIOWrite)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := e.nc.Request(subj, []byte(`{"pin":5,"level":1}`), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := microsvc.ReplyError(resp, subjects.FenrirService, subj); err != nil {
+		t.Fatal(err)
+	}
+	if l := e.sim.fake(t, "aux").Read(); l != gpio.High {
+		t.Fatalf("aux (pin 5) is %v after writing 1 to pin 5, want High", l)
+	}
+	resp, err = e.nc.Request(subj, []byte(`{"pin":5,"level":"high"}`), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = microsvc.ReplyError(resp, subjects.FenrirService, subj)
+	if fault.CodeOf(err) != fault.InvalidArgument || !strings.Contains(err.Error(), `field "level": want a whole number, got a JSON string`) {
+		t.Fatalf("level as a word: got %v, want a clear INVALID_ARGUMENT", err)
 	}
 }
 
