@@ -224,11 +224,11 @@ func (s *Service) handleExec(ctx context.Context, r *microsvc.Request) ([]byte, 
 		return nil, nil, fault.New(fault.NotFound, "no tool named %q (list them with `loki tools`)", name)
 	}
 	if s.mem.over.Load() {
-		return nil, nil, fault.New(fault.ResourceExhausted, "tool %q: this replica is over its memory limit and is not taking calls; retry shortly", name)
+		return nil, nil, s.refused(tool, name, start, fault.New(fault.ResourceExhausted, "tool %q: this replica is over its memory limit and is not taking calls; retry shortly", name))
 	}
 	args, err := engine.DecodeArgsInto(s.argMaps.Get().(map[string]any), tool.Params, r.Data())
 	if err != nil {
-		return nil, nil, withTool(err, name)
+		return nil, nil, s.refused(tool, name, start, withTool(err, name))
 	}
 	// The engine holds args only while it runs.
 	defer s.putArgMap(args)
@@ -236,7 +236,7 @@ func (s *Service) handleExec(ctx context.Context, r *microsvc.Request) ([]byte, 
 	if h := r.Header().Get(HeaderTimeout); h != "" {
 		d, err := time.ParseDuration(h)
 		if err != nil || d <= 0 {
-			return nil, nil, fault.New(fault.InvalidArgument, "header %s: %q is not a positive duration", HeaderTimeout, h)
+			return nil, nil, s.refused(tool, name, start, fault.New(fault.InvalidArgument, "header %s: %q is not a positive duration", HeaderTimeout, h))
 		}
 		timeout = min(timeout, d)
 	}
@@ -281,6 +281,20 @@ func (s *Service) handleExec(ctx context.Context, r *microsvc.Request) ([]byte, 
 		return nil, hdr, err
 	}
 	return result, hdr, nil
+}
+
+// refused publishes the failed event of a call to a registered tool that
+// was refused before it started (bad arguments, no memory), so automation
+// sees every failed call of the tool, and returns err. It has no started
+// event: nothing ran.
+func (s *Service) refused(tool *Compiled, name string, start time.Time, err error) error {
+	ev := event{
+		execID: s.newExecID(), tool: name, kind: subjects.EventFailed, time: time.Now(),
+		toolRevision: tool.Def.GetRevision(), duration: time.Since(start), hasDuration: true,
+		errorCode: string(fault.CodeOf(err)), errorMessage: fault.MessageOf(err),
+	}
+	s.publishEvent(tool, &ev)
+	return err
 }
 
 func (s *Service) putArgMap(m map[string]any) {

@@ -298,6 +298,15 @@ func TestEvents(t *testing.T) {
 	if failed.GetErrorCode() != string(fault.ScriptError) || !strings.Contains(failed.GetErrorMessage(), "kaboom") {
 		t.Fatalf("failed event: got %v", failed)
 	}
+	// A call refused before it starts (a mistyped argument) still tells
+	// automation it failed, with no started event: nothing ran.
+	if _, err := call(t, c, "add", `{"a":"one"}`); fault.CodeOf(err) != fault.InvalidArgument {
+		t.Fatalf("add with a string: got %v, want INVALID_ARGUMENT", err)
+	}
+	refused := waitEvent(t, events, subjects.EventFailed)
+	if refused.GetTool() != "add" || refused.GetErrorCode() != string(fault.InvalidArgument) || refused.GetExecutionId() == "" {
+		t.Fatalf("refused call's event: got %v", refused)
+	}
 }
 
 func TestStreamEmit(t *testing.T) {
