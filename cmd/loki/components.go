@@ -85,10 +85,24 @@ func (c serviceConfig) lokiConfig(nc *nats.Conn) loki.Config {
 	cfg := loki.DefaultConfig()
 	cfg.Concurrency, cfg.Queue, cfg.DrainTimeout = c.Loki.Concurrency, c.Loki.Queue, c.Loki.DrainTimeout
 	cfg.MemoryLimit = uint64(c.Loki.MemoryLimitMiB) << 20
-	// Every child service's Lua module; a module whose service is not
-	// running answers UNAVAILABLE.
-	cfg.Modules = []engine.Module{hel.NewModule(nc), fenrir.NewModule(nc), jormungandr.NewModule(nc)}
+	cfg.Modules = modules(nc)
 	return cfg
+}
+
+// modules are every child service's Lua module; a module whose service is
+// not running answers UNAVAILABLE. With a nil nc they serve only for their
+// names, to check tools' grants before anything starts.
+func modules(nc *nats.Conn) []engine.Module {
+	return []engine.Module{hel.NewModule(nc), fenrir.NewModule(nc), jormungandr.NewModule(nc)}
+}
+
+// checkGrants refuses tools whose grants name no module.
+func checkGrants(tools []*loki.Compiled) error {
+	var names []string
+	for _, m := range modules(nil) {
+		names = append(names, m.Name())
+	}
+	return loki.CheckGrantModules(tools, names)
 }
 
 // component is one service run by `loki up` or `loki serve`.

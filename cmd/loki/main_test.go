@@ -290,9 +290,13 @@ func TestUpChildren(t *testing.T) {
 	}
 }
 
-func TestBoardFlags(t *testing.T) {
+func TestStartRefusesBadInput(t *testing.T) {
 	bad := filepath.Join(t.TempDir(), "boards.toml")
 	if err := os.WriteFile(bad, []byte("[[boards]]\nname = \"pi\"\nbackend = \"arduino\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	typo := filepath.Join(t.TempDir(), "tools.toml")
+	if err := os.WriteFile(typo, []byte("[[tools]]\nname = \"x\"\nreturns = \"any\"\ngrants = [\"hell.kv:a\"]\nscript = \"return 1\"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
@@ -305,6 +309,7 @@ func TestBoardFlags(t *testing.T) {
 		{"serve board and sim", []string{"serve", "fenrir", "--sim", "--board", bad}, "not both", 2},
 		{"serve bad board", []string{"serve", "fenrir", "--board", bad}, `backend "arduino"`, 0},
 		{"up bad board", []string{"up", "--board", bad, "--data-dir", t.TempDir()}, bad, 0},
+		{"up grant of no module", []string{"up", "--config", typo, "--data-dir", t.TempDir()}, `grant "hell.kv:a": no module "hell"`, 0},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -266,8 +266,14 @@ state: run as many as you like behind a load balancer.`,
 // loadToolsFlag loads --config, or the built-in examples when path is empty.
 func loadToolsFlag(path string) ([]*loki.Compiled, string, error) {
 	if path != "" {
-		tools, err := loki.LoadTools(path)
-		return tools, path, err
+		tools, err := loki.LoadTools(path) // its errors name the file
+		if err != nil {
+			return nil, "", err
+		}
+		if err := checkGrants(tools); err != nil {
+			return nil, "", fmt.Errorf("%s: %w", path, err)
+		}
+		return tools, path, nil
 	}
 	var all []*loki.Compiled
 	for _, name := range examples.ToolFiles {
@@ -281,7 +287,7 @@ func loadToolsFlag(path string) ([]*loki.Compiled, string, error) {
 		}
 		all = append(all, tools...)
 	}
-	return all, "built-in examples", nil
+	return all, "built-in examples", checkGrants(all)
 }
 
 func register(ctx context.Context, nc *nats.Conn, log *slog.Logger, tools []*loki.Compiled) error {

@@ -608,6 +608,8 @@ func TestRegisterAndUnregisterOverNATS(t *testing.T) {
 		{name: "syntax error", tool: &lokiv1.Tool{Name: "broken", Source: "return +"}, want: `tool "broken"`},
 		{name: "bad param type", tool: &lokiv1.Tool{Name: "bad", Source: "return 1", Params: []*lokiv1.Param{{Name: "a", Type: "float"}}}, want: `type "float"`},
 		{name: "bad name", tool: &lokiv1.Tool{Name: "Bad Name", Source: "return 1"}, want: "name must match"},
+		// This replica has no modules, so any grant names an unknown one.
+		{name: "grant of no module", tool: &lokiv1.Tool{Name: "typo", Source: "return 1", Grants: []string{"hell.kv:x"}}, want: `no module "hell"`},
 	}
 	for _, tc := range bad {
 		t.Run(tc.name, func(t *testing.T) {

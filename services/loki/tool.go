@@ -3,6 +3,8 @@ package loki
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	lokiv1 "github.com/loki-iot/loki/proto/loki/v1"
@@ -35,6 +37,21 @@ type Compiled struct {
 	Grants  engine.Grants
 	Timeout time.Duration
 	events  eventSubjects
+}
+
+// CheckGrantModules returns an error wrapping ErrInvalidTool for the first
+// grant of tools that names none of modules: a typo such as "hell.kv:x"
+// would otherwise load and fail only when the script runs.
+func CheckGrantModules(tools []*Compiled, modules []string) error {
+	for _, t := range tools {
+		for _, g := range t.Grants {
+			if !slices.Contains(modules, g.Module) {
+				return fmt.Errorf("%w: tool %q: grant %q: no module %q (modules: %s)",
+					ErrInvalidTool, t.Def.GetName(), g.String(), g.Module, strings.Join(modules, ", "))
+			}
+		}
+	}
+	return nil
 }
 
 // Compile validates t and compiles its source. Every problem is reported as
