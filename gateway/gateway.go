@@ -33,8 +33,8 @@ import (
 
 // refreshInterval is how often the gateway compares its per-tool RPCs with
 // the registry and its health status with the NATS connection. The registry
-// itself is pushed to the gateway by a KV watch; this only bounds how late
-// the methods follow it.
+// is pushed to the gateway by a KV watch, and each change rebuilds the RPCs
+// at once; the interval is a backstop.
 const refreshInterval = 100 * time.Millisecond
 
 // ErrServed is returned by Serve when called more than once.
@@ -166,6 +166,8 @@ func (g *Gateway) Serve(ctx context.Context, lis net.Listener) error {
 			case <-bg.Done():
 				return
 			case <-t.C:
+				g.refresh(reg)
+			case <-reg.Changed():
 				g.refresh(reg)
 			}
 		}

@@ -134,7 +134,7 @@ type env struct {
 }
 
 // start runs everything with the test tools until the test ends.
-func start(t *testing.T, cfg gateway.Config) *env {
+func start(t testing.TB, cfg gateway.Config) *env {
 	t.Helper()
 	srv := natstest.Start(t)
 	nc := natstest.Connect(t, srv)
@@ -155,7 +155,7 @@ func start(t *testing.T, cfg gateway.Config) *env {
 	return e
 }
 
-func startLoki(t *testing.T, srv *natsrv.Server) {
+func startLoki(t testing.TB, srv *natsrv.Server) {
 	t.Helper()
 	svc, err := loki.New(loki.Config{}, natstest.Connect(t, srv), quietLog())
 	if err != nil {
@@ -164,7 +164,7 @@ func startLoki(t *testing.T, srv *natsrv.Server) {
 	natstest.RunService(t, svc)
 }
 
-func listen(t *testing.T) net.Listener {
+func listen(t testing.TB) net.Listener {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -174,7 +174,7 @@ func listen(t *testing.T) net.Listener {
 	return lis
 }
 
-func (e *env) startGateway(t *testing.T, cfg gateway.Config) {
+func (e *env) startGateway(t testing.TB, cfg gateway.Config) {
 	t.Helper()
 	gw, err := gateway.New(cfg, e.gwConn, quietLog())
 	if err != nil {
@@ -197,7 +197,7 @@ func (e *env) startGateway(t *testing.T, cfg gateway.Config) {
 }
 
 // stop shuts the gateway down and checks Serve's result; safe to repeat.
-func (e *env) stop(t *testing.T) {
+func (e *env) stop(t testing.TB) {
 	t.Helper()
 	if e.done == nil {
 		return
@@ -215,7 +215,7 @@ func (e *env) stop(t *testing.T) {
 }
 
 // dial returns a plaintext client closed at cleanup.
-func (e *env) dial(t *testing.T, opts ...client.Option) *client.Client {
+func (e *env) dial(t testing.TB, opts ...client.Option) *client.Client {
 	t.Helper()
 	c, err := client.Dial(e.addr, append([]client.Option{client.WithInsecure()}, opts...)...)
 	if err != nil {
@@ -225,14 +225,14 @@ func (e *env) dial(t *testing.T, opts ...client.Option) *client.Client {
 	return c
 }
 
-func ctxT(t *testing.T) context.Context {
+func ctxT(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	t.Cleanup(cancel)
 	return ctx
 }
 
 // subscribeEvents watches loki.events.<tool>.<kind> directly on NATS.
-func subscribeEvents(t *testing.T, nc *nats.Conn, tool string, kind subjects.EventKind) *nats.Subscription {
+func subscribeEvents(t testing.TB, nc *nats.Conn, tool string, kind subjects.EventKind) *nats.Subscription {
 	t.Helper()
 	subj, err := subjects.ScriptEvent(tool, kind)
 	if err != nil {
@@ -250,7 +250,7 @@ func subscribeEvents(t *testing.T, nc *nats.Conn, tool string, kind subjects.Eve
 }
 
 // nextEvent waits up to within for the next event on sub.
-func nextEvent(t *testing.T, sub *nats.Subscription, within time.Duration) *lokiv1.ScriptEvent {
+func nextEvent(t testing.TB, sub *nats.Subscription, within time.Duration) *lokiv1.ScriptEvent {
 	t.Helper()
 	m, err := sub.NextMsg(within)
 	if err != nil {
@@ -264,7 +264,7 @@ func nextEvent(t *testing.T, sub *nats.Subscription, within time.Duration) *loki
 }
 
 // checkCode fails unless err has gRPC code want (codes.OK: err is nil).
-func checkCode(t *testing.T, err error, want codes.Code) {
+func checkCode(t testing.TB, err error, want codes.Code) {
 	t.Helper()
 	if got := status.Code(err); got != want {
 		t.Fatalf("got code %v (%v), want %v", got, err, want)

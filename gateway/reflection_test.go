@@ -33,7 +33,7 @@ type reflector struct {
 	files map[string]*descriptorpb.FileDescriptorProto
 }
 
-func newReflector(t *testing.T, conn grpc.ClientConnInterface) *reflector {
+func newReflector(t testing.TB, conn grpc.ClientConnInterface) *reflector {
 	t.Helper()
 	stream, err := reflectionv1.NewServerReflectionClient(conn).ServerReflectionInfo(ctxT(t))
 	if err != nil {

@@ -28,6 +28,8 @@ type Registry struct {
 
 	mu    sync.RWMutex
 	tools map[string]*Compiled
+
+	changed chan struct{} // one pending signal; see Changed
 }
 
 // OpenRegistry opens the registry bucket, creating it on first use; an
@@ -54,7 +56,20 @@ func OpenRegistry(ctx context.Context, nc *nats.Conn, log *slog.Logger) (*Regist
 	if err != nil {
 		return nil, fmt.Errorf("registry: open bucket %s (is JetStream enabled on the server?): %w", subjects.ToolsBucket, err)
 	}
-	return &Registry{kv: kv, log: log, tools: map[string]*Compiled{}}, nil
+	return &Registry{kv: kv, log: log, tools: map[string]*Compiled{}, changed: make(chan struct{}, 1)}, nil
+}
+
+// Changed receives a value after the watch has applied changes to the
+// tools (several changes may share one value). It has room for one
+// consumer: whoever follows the registry, such as the gateway rebuilding
+// its per-tool RPCs.
+func (r *Registry) Changed() <-chan struct{} { return r.changed }
+
+func (r *Registry) signal() {
+	select {
+	case r.changed <- struct{}{}:
+	default:
+	}
 }
 
 // Put stores every tool. Tools must come from Compile or LoadTools, so they
@@ -150,6 +165,7 @@ func (r *Registry) Watch(ctx context.Context, ready func()) error {
 				continue
 			}
 			r.apply(e)
+			r.signal()
 		}
 	}
 }
