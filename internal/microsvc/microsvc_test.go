@@ -21,10 +21,10 @@ func start(t *testing.T, nc *nats.Conn, eps ...microsvc.Endpoint) *microsvc.Serv
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, e := range eps {
-		if err := svc.AddEndpoint(e); err != nil {
-			t.Fatal(err)
-		}
+	// AddEndpoints flushes: the server has every subscription, the
+	// control verbs' included, before a test sends its first request.
+	if err := svc.AddEndpoints(time.Second, eps...); err != nil {
+		t.Fatal(err)
 	}
 	return svc
 }

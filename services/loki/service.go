@@ -265,7 +265,7 @@ func (s *Service) handleExec(ctx context.Context, r *microsvc.Request) ([]byte, 
 	}
 	result, err := s.engine.Run(runCtx, engine.Exec{
 		Tool: name, ExecID: execID, Program: tool.Program, Params: tool.Params,
-		Returns: tool.Returns, Args: args, Grants: tool.Grants, Emit: emit,
+		Returns: tool.Returns, Args: args, Grants: tool.Grants, Emit: emit, Timeout: timeout,
 	})
 	ev.duration, ev.hasDuration = time.Since(start), true
 	ev.kind = subjects.EventCompleted

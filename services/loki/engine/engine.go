@@ -117,6 +117,11 @@ type Exec struct {
 	// Only names listed in Params are bound.
 	Args   map[string]any
 	Grants Grants
+	// Timeout, when set, is the timeout the caller put on ctx; messages of
+	// DEADLINE_EXCEEDED name it. Without it they name the time from the
+	// start of Run to ctx's deadline, which a busy machine makes a little
+	// shorter than what was configured.
+	Timeout time.Duration
 	// Emit receives the JSON of each emit(value), in order, on the goroutine
 	// calling Run; the slice is not reused. A non-nil error aborts the
 	// script. nil means emit() values are discarded (but still size-checked).
@@ -140,7 +145,7 @@ func (en *Engine) Run(ctx context.Context, e Exec) ([]byte, error) {
 	}
 	start := time.Now()
 	if ctx.Err() != nil {
-		return nil, deadlineFault(ctx, e.Tool, start)
+		return nil, deadlineFault(ctx, e.Tool, start, e.Timeout)
 	}
 
 	s := en.get()
@@ -215,13 +220,16 @@ func (memoryLimitError) Error() string        { return "stopped: the replica pas
 func (memoryLimitError) Is(target error) bool { return target == context.Canceled }
 
 // deadlineFault phrases the end of ctx for the caller.
-func deadlineFault(ctx context.Context, tool string, start time.Time) *fault.Error {
+func deadlineFault(ctx context.Context, tool string, start time.Time, timeout time.Duration) *fault.Error {
 	if errors.Is(ctx.Err(), ErrMemoryLimit) {
 		return fault.New(fault.ResourceExhausted, "tool %q was stopped after %s: the replica's memory passed its limit while it ran (memory_limit_mib)",
 			tool, roundTimeout(time.Since(start)))
 	}
 	if dl, ok := ctx.Deadline(); ok && errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return fault.New(fault.DeadlineExceeded, "tool %q exceeded its %s timeout", tool, roundTimeout(dl.Sub(start)))
+		if timeout <= 0 {
+			timeout = dl.Sub(start)
+		}
+		return fault.New(fault.DeadlineExceeded, "tool %q exceeded its %s timeout", tool, roundTimeout(timeout))
 	}
 	return fault.New(fault.DeadlineExceeded, "tool %q was canceled after %s", tool, roundTimeout(time.Since(start)))
 }
@@ -252,7 +260,7 @@ func roundTimeout(d time.Duration) time.Duration {
 // interrupted by the context, or in which Go code panicked, are discarded.
 func (s *state) mapError(err error) (*fault.Error, bool) {
 	if s.ctx.Err() != nil {
-		return deadlineFault(s.ctx, s.tool, s.start), false
+		return deadlineFault(s.ctx, s.tool, s.start, s.timeout), false
 	}
 	var ae *lua.ApiError
 	if !errors.As(err, &ae) {

@@ -44,7 +44,7 @@ func run(t testing.TB, en *engine.Engine, src string, o runOpts) ([]byte, error)
 	defer cancel()
 	return en.Run(ctx, engine.Exec{
 		Tool: "t", ExecID: "x1", Program: p, Params: o.params, Returns: o.returns,
-		Args: o.args, Grants: o.grants, Emit: o.emit,
+		Args: o.args, Grants: o.grants, Emit: o.emit, Timeout: o.timeout,
 	})
 }
 

@@ -96,6 +96,7 @@ type state struct {
 	// The current execution; reset by end.
 	ctx     context.Context
 	start   time.Time
+	timeout time.Duration // Exec.Timeout
 	tool    string
 	execID  string
 	chunk   string
@@ -230,7 +231,7 @@ func (s *state) newArgTab() {
 }
 
 func (s *state) begin(ctx context.Context, e *Exec, start time.Time) {
-	s.ctx, s.start = ctx, start
+	s.ctx, s.start, s.timeout = ctx, start, e.Timeout
 	s.tool, s.execID, s.chunk = e.Tool, e.ExecID, e.Program.chunk
 	s.returns, s.params, s.args, s.grants, s.emitFn = e.Returns, e.Params, e.Args, e.Grants, e.Emit
 	s.emits = 0
