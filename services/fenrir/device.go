@@ -49,11 +49,12 @@ type pin struct {
 	// read such a pin but not drive or reconfigure it.
 	wiredTo string
 
-	mu   sync.Mutex
-	mode string
-	pull string
-	duty float64 // > 0 while outputting PWM
-	hz   float64
+	mu      sync.Mutex
+	mode    string
+	pull    string
+	noEdges error   // why the line cannot detect edges; nil when it can
+	duty    float64 // > 0 while outputting PWM
+	hz      float64
 
 	wait chan struct{} // a one-slot semaphore: one edge waiter at a time
 }
@@ -109,14 +110,20 @@ func openDevice(cfg BoardConfig, board Board) (*device, error) {
 }
 
 // setMode configures the line; the caller holds p.mu (or owns p). Inputs
-// detect both edges, so gpio.wait works on every input.
+// detect both edges, so gpio.wait works on every input — unless the host
+// cannot detect edges on that line (not every GPIO driver can), in which
+// case the pin is still a readable input and gpio.wait says why it cannot
+// wait.
 func (p *pin) setMode(mode, pull string) error {
 	var err error
+	p.noEdges = nil
 	if mode == ModeOut {
 		err = p.io.Out(gpio.Low)
 		pull = PullNone
-	} else {
-		err = p.io.In(pulls[pull], gpio.BothEdges)
+	} else if err = p.io.In(pulls[pull], gpio.BothEdges); err != nil {
+		if plain := p.io.In(pulls[pull], gpio.NoEdge); plain == nil {
+			p.noEdges, err = err, nil
+		}
 	}
 	if err != nil {
 		return err
@@ -315,10 +322,13 @@ func (d *device) waitEdge(ctx context.Context, ref, edge string, timeout time.Du
 		return Edge{}, fault.New(fault.InvalidArgument, "board %q: pin %q: edge %q must be %q, %q or %q", d.cfg.Name, p.cfg.Name, edge, EdgeRising, EdgeFalling, EdgeBoth)
 	}
 	p.mu.Lock()
-	mode := p.mode
+	mode, noEdges := p.mode, p.noEdges
 	p.mu.Unlock()
 	if mode != ModeIn {
 		return Edge{}, fault.New(fault.FailedPrecondition, "board %q: pin %q is an output: edges are seen on inputs", d.cfg.Name, p.cfg.Name)
+	}
+	if noEdges != nil {
+		return Edge{}, fault.New(fault.FailedPrecondition, "board %q: pin %q: this host cannot detect edges on line %s: %v", d.cfg.Name, p.cfg.Name, p.cfg.Line, noEdges)
 	}
 	deadline := time.Now().Add(timeout)
 	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {

@@ -440,3 +440,43 @@ func TestConfigRefusesNoBoards(t *testing.T) {
 		t.Fatalf("got %v, want ErrConfig", err)
 	}
 }
+
+// noEdgeBoard is a sim board whose lines cannot detect edges, as some
+// hosts' GPIO drivers cannot.
+type noEdgeBoard struct{ *fenrir.SimBoard }
+
+type noEdgePin struct{ gpio.PinIO }
+
+func (p noEdgePin) In(pull gpio.Pull, edge gpio.Edge) error {
+	if edge != gpio.NoEdge {
+		return errors.New("edge detection not supported")
+	}
+	return p.PinIO.In(pull, edge)
+}
+
+func (b noEdgeBoard) Pin(pc fenrir.PinConfig) (gpio.PinIO, error) {
+	p, err := b.SimBoard.Pin(pc)
+	return noEdgePin{p}, err
+}
+
+// TestNoEdgeDetection: a line that cannot detect edges is still a readable
+// input; waiting on it says why it cannot, instead of Fenrir refusing to
+// start.
+func TestNoEdgeDetection(t *testing.T) {
+	srv := natstest.Start(t)
+	cfg := testConfig(nil, simConfig())
+	cfg.OpenBoard = func(bc fenrir.BoardConfig) (fenrir.Board, error) {
+		return noEdgeBoard{fenrir.NewSimBoard(bc)}, nil
+	}
+	startFenrir(t, srv, cfg)
+	c := fenrir.NewClient(natstest.Connect(t, srv))
+	ctx := ctxT(t)
+	if st, err := c.Read(ctx, "sim", "button"); err != nil || st.Level != 1 {
+		t.Fatalf("read button: got %+v %v, want level 1", st, err)
+	}
+	_, err := c.WaitEdge(ctx, "sim", "button", fenrir.EdgeFalling, time.Second)
+	wantCode(t, err, fault.FailedPrecondition)
+	if !strings.Contains(err.Error(), "cannot detect edges on line GPIO23") {
+		t.Fatalf("got %q, want it to name the line", err)
+	}
+}
