@@ -75,11 +75,3 @@ func FenrirOp(board, op string) (string, error) {
 	}
 	return "", fmt.Errorf("%w: unknown fenrir operation %q", ErrInvalidToken, op)
 }
-
-// FenrirBoardAll matches every subject of board: fenrir.<board>.>.
-func FenrirBoardAll(board string) (string, error) {
-	if err := ValidFenrirName(board); err != nil {
-		return "", err
-	}
-	return FenrirPrefix + "." + board + ".>", nil
-}

@@ -27,7 +27,4 @@ func TestFenrirOp(t *testing.T) {
 			}
 		})
 	}
-	if got, err := subjects.FenrirBoardAll("sim"); err != nil || got != "fenrir.sim.>" {
-		t.Fatalf("FenrirBoardAll: got %q, %v", got, err)
-	}
 }

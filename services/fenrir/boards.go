@@ -91,9 +91,6 @@ type ActuatorConfig struct {
 	PWMHz float64 `toml:"pwm_hz"`
 }
 
-// SimBoardName is the name of the built-in simulated board.
-const SimBoardName = "sim"
-
 //go:embed sim_board.toml
 var simBoardTOML []byte
 

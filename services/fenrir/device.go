@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -60,13 +59,13 @@ type pin struct {
 }
 
 type actuator struct {
-	cfg    ActuatorConfig
-	pin    *pin
-	dir    *pin // motors only
-	mu     sync.Mutex
-	on     bool
-	level  float64
-	revers bool
+	cfg      ActuatorConfig
+	pin      *pin
+	dir      *pin // motors only
+	mu       sync.Mutex
+	on       bool
+	level    float64
+	reversed bool
 }
 
 // openDevice opens every pin of cfg on board and sets its configured mode.
@@ -357,7 +356,7 @@ func (d *device) waitEdge(ctx context.Context, ref, edge string, timeout time.Du
 func (d *device) readSensor(name string) (Reading, error) {
 	s, ok := d.sensors[name]
 	if !ok {
-		return Reading{}, fault.New(fault.NotFound, "board %q has no sensor %q (sensors: %s)", d.cfg.Name, trunc(name), d.names(d.sensors))
+		return Reading{}, fault.New(fault.NotFound, "board %q has no sensor %q (sensors: %s)", d.cfg.Name, trunc(name), d.sensorNames())
 	}
 	r := Reading{Sensor: s.Name, Kind: s.Kind, Unit: units[s.Kind]}
 	if s.Kind == KindMotion {
@@ -411,12 +410,11 @@ func (d *device) sense(addr uint16, e *physic.Env) error {
 	return dev.Sense(e)
 }
 
-func (d *device) names(m map[string]*SensorConfig) string {
-	names := make([]string, 0, len(m))
-	for n := range m {
-		names = append(names, n)
+func (d *device) sensorNames() string {
+	names := make([]string, len(d.cfg.Sensors))
+	for i, s := range d.cfg.Sensors {
+		names[i] = s.Name
 	}
-	slices.Sort(names)
 	return strings.Join(names, ", ")
 }
 
@@ -445,7 +443,7 @@ func (a *actuator) state() ActuatorState {
 	s := ActuatorState{Name: a.cfg.Name, Kind: a.cfg.Kind, On: a.on, Level: a.level}
 	if a.cfg.Kind == KindMotor {
 		s.Direction = "forward"
-		if a.revers {
+		if a.reversed {
 			s.Direction = "reverse"
 		}
 	}
@@ -475,7 +473,7 @@ func (d *device) setActuator(name string, value any) (ActuatorState, error) {
 		a.dir.mu.Lock()
 		defer a.dir.mu.Unlock()
 		if level == 0 {
-			reverse = a.revers // stopping keeps the direction
+			reverse = a.reversed // stopping keeps the direction
 		}
 		if err := a.dir.io.Out(gpio.Level(reverse)); err != nil {
 			return ActuatorState{}, d.hwError(err, "actuator %q: direction pin %q", a.cfg.Name, a.dir.cfg.Name)
@@ -484,7 +482,7 @@ func (d *device) setActuator(name string, value any) (ActuatorState, error) {
 	if err := a.pin.drive(level, a.cfg.PWMHz); err != nil {
 		return ActuatorState{}, d.hwError(err, "actuator %q: pin %q", a.cfg.Name, a.pin.cfg.Name)
 	}
-	a.on, a.level, a.revers = level > 0, level, reverse
+	a.on, a.level, a.reversed = level > 0, level, reverse
 	return a.state(), nil
 }
 
@@ -493,9 +491,9 @@ func (d *device) setActuator(name string, value any) (ActuatorState, error) {
 func (a *actuator) target(value any) (level float64, reverse bool, err error) {
 	onOff := func(on bool) (float64, bool, error) {
 		if on {
-			return 1, a.revers, nil
+			return 1, a.reversed, nil
 		}
-		return 0, a.revers, nil
+		return 0, a.reversed, nil
 	}
 	switch v := value.(type) {
 	case nil:
@@ -534,7 +532,7 @@ func (a *actuator) target(value any) (level float64, reverse bool, err error) {
 		if a.cfg.Kind != KindMotor {
 			return 0, false, errors.New("only a motor takes {speed=, direction=}")
 		}
-		return motorTarget(v, a.revers)
+		return motorTarget(v, a.reversed)
 	}
 	return 0, false, fmt.Errorf("value of type %T is not understood", value)
 }

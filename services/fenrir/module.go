@@ -2,9 +2,9 @@ package fenrir
 
 import (
 	"encoding/json"
-	"fmt"
 	"math"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/loki-iot/loki/internal/fault"
@@ -18,13 +18,15 @@ import (
 // fenrir:<board>/<pin-or-name> one pin, sensor or actuator; an area
 // narrows a grant to one kind of call (fenrir.sensor:<board>).
 const (
-	grantModule   = "fenrir"
-	areaGPIO      = "gpio"
-	areaSensor    = "sensor"
-	areaActuator  = "actuator"
-	areaBoard     = "board"
-	maxLuaValueSz = 1 << 10
+	grantModule  = "fenrir"
+	areaGPIO     = "gpio"
+	areaSensor   = "sensor"
+	areaActuator = "actuator"
+	areaBoard    = "board"
 )
+
+// maxActuatorValueBytes caps the JSON of an actuator value from a script.
+const maxActuatorValueBytes = 1 << 10
 
 // module is the Lua module "fenrir": a client of Fenrir over NATS.
 type module struct {
@@ -56,13 +58,10 @@ func (m *module) Open(L *lua.LState, c *engine.Call) lua.LValue {
 }
 
 // fail raises err in L; it does not return.
-func fail(L *lua.LState, err error) int {
-	engine.RaiseError(L, err)
-	return 0
-}
+var fail = engine.RaiseError
 
 func badArg(L *lua.LState, fn string, n int, format string, args ...any) int {
-	return fail(L, fault.New(fault.InvalidArgument, "fenrir.%s: argument #%d: %s", fn, n, fmt.Sprintf(format, args...)))
+	return engine.ArgError(L, "fenrir", fn, n, format, args...)
 }
 
 // boardArg returns argument n, a board name.
@@ -174,7 +173,7 @@ func (m *module) check(L *lua.LState, c *engine.Call, area, board, ref string) {
 // alias lookup can matter.
 func (m *module) hasPinGrants(c *engine.Call, board string) bool {
 	for _, g := range c.Grants {
-		if g.Module == grantModule && (g.Area == "" || g.Area == areaGPIO) && len(g.Scope) > len(board)+1 && g.Scope[:len(board)+1] == board+"/" {
+		if g.Module == grantModule && (g.Area == "" || g.Area == areaGPIO) && strings.HasPrefix(g.Scope, board+"/") {
 			return true
 		}
 	}
@@ -294,7 +293,7 @@ func (m *module) actuatorSet(L *lua.LState, c *engine.Call) int {
 	if lv == lua.LNil {
 		return badArg(L, "actuator.set", 3, "value is required (\"on\", \"off\", \"toggle\", a boolean, a number or {speed=, direction=})")
 	}
-	b, err := engine.MarshalLua(lv, maxLuaValueSz)
+	b, err := engine.MarshalLua(lv, maxActuatorValueBytes)
 	if err != nil {
 		return badArg(L, "actuator.set", 3, "value: %s", fault.MessageOf(err))
 	}

@@ -1,7 +1,6 @@
 package fenrir
 
 import (
-	"errors"
 	"fmt"
 	"sync"
 
@@ -66,5 +65,5 @@ func (b *PeriphBoard) Close() error {
 	}
 	err := b.bus.Close()
 	b.bus = nil
-	return errors.Join(err)
+	return err
 }

@@ -2,7 +2,6 @@ package hel
 
 import (
 	"encoding/json"
-	"fmt"
 	"math"
 	"time"
 
@@ -63,13 +62,10 @@ func (m *module) Open(L *lua.LState, c *engine.Call) lua.LValue {
 }
 
 // fail raises err in L; it does not return.
-func fail(L *lua.LState, err error) int {
-	engine.RaiseError(L, err)
-	return 0
-}
+var fail = engine.RaiseError
 
 func badArg(L *lua.LState, fn string, n int, format string, args ...any) int {
-	return fail(L, fault.New(fault.InvalidArgument, "hel.%s: argument #%d: %s", fn, n, fmt.Sprintf(format, args...)))
+	return engine.ArgError(L, "hel", fn, n, format, args...)
 }
 
 // str returns argument n, which must be a string.

@@ -90,13 +90,11 @@ func (x *execution) closeAll() {
 	}
 }
 
-func fail(L *lua.LState, err error) int {
-	engine.RaiseError(L, err)
-	return 0
-}
+// fail raises err in L; it does not return.
+var fail = engine.RaiseError
 
 func badArg(L *lua.LState, fn string, n int, format string, args ...any) int {
-	return fail(L, fault.New(fault.InvalidArgument, "net.%s: argument #%d: %s", fn, n, fmt.Sprintf(format, args...)))
+	return engine.ArgError(L, "net", fn, n, format, args...)
 }
 
 func badField(L *lua.LState, fn, field, format string, args ...any) int {

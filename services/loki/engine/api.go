@@ -182,8 +182,16 @@ type Module interface {
 }
 
 // RaiseError raises err in L as a Lua error whose message is "CODE: message"
-// (see fault.Error), catchable with pcall.
-func RaiseError(L *lua.LState, err error) {
+// (see fault.Error), catchable with pcall. It does not return; the int lets
+// a module function end with `return engine.RaiseError(L, err)`.
+func RaiseError(L *lua.LState, err error) int {
 	// Level 0: no "chunk:line:" prefix, so the message starts with the code.
 	L.Error(lua.LString(string(fault.CodeOf(err))+": "+fault.MessageOf(err)), 0)
+	return 0
+}
+
+// ArgError raises INVALID_ARGUMENT "<module>.<fn>: argument #n: <message>"
+// in L, the way every module names a bad argument. It does not return.
+func ArgError(L *lua.LState, module, fn string, n int, format string, args ...any) int {
+	return RaiseError(L, fault.New(fault.InvalidArgument, "%s.%s: argument #%d: %s", module, fn, n, fmt.Sprintf(format, args...)))
 }
