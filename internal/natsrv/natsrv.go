@@ -85,14 +85,17 @@ func Start(cfg Config, log *slog.Logger) (*Server, error) {
 	if cfg.MQTTPort != 0 {
 		opts.MQTT = server.MQTTOpts{Host: cfg.Host, Port: cfg.MQTTPort}
 	}
+	// nats-server only logs a failed listen and never becomes ready; say so
+	// at once instead of after ReadyTimeout.
 	if cfg.Port > 0 {
-		// nats-server only logs a failed listen and never becomes ready; say
-		// so at once instead of after ReadyTimeout.
-		l, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)))
-		if err != nil {
+		if err := checkFree(cfg.Host, cfg.Port); err != nil {
 			return nil, fmt.Errorf("natsrv: cannot listen on %s:%d (another NATS server or `loki up` running? pick another port): %w", cfg.Host, cfg.Port, err)
 		}
-		l.Close()
+	}
+	if cfg.MQTTPort > 0 {
+		if err := checkFree(cfg.Host, cfg.MQTTPort); err != nil {
+			return nil, fmt.Errorf("natsrv: cannot listen for MQTT on %s:%d (another MQTT broker or `loki up` running? pick another port, or 0 for none): %w", cfg.Host, cfg.MQTTPort, err)
+		}
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
@@ -118,6 +121,15 @@ func (s *Server) MQTTAddr() string {
 		return ""
 	}
 	return net.JoinHostPort(s.cfg.Host, strconv.Itoa(s.cfg.MQTTPort))
+}
+
+// checkFree reports whether host:port can be listened on now.
+func checkFree(host string, port int) error {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+	if err != nil {
+		return err
+	}
+	return l.Close()
 }
 
 func freePort(host string) (int, error) {

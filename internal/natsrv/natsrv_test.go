@@ -22,6 +22,11 @@ func TestStartRefusesBusyPort(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "cannot listen") {
 		t.Fatalf("got %v, want a 'cannot listen' error", err)
 	}
+	// A busy MQTT port is said at once too, not after the ready timeout.
+	_, err = natsrv.Start(natsrv.Config{DataDir: t.TempDir(), Port: -1, MQTTPort: port}, nil)
+	if err == nil || !strings.Contains(err.Error(), "cannot listen for MQTT") {
+		t.Fatalf("busy MQTT port: got %v, want a 'cannot listen for MQTT' error", err)
+	}
 }
 
 func TestStartServesJetStreamAndMQTT(t *testing.T) {
