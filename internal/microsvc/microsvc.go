@@ -133,6 +133,9 @@ type endpoint struct {
 	jobs       chan *nats.Msg
 	workers    sync.WaitGroup
 	busy       atomic.Int64
+	// admitted counts requests handed to the workers and not yet answered:
+	// at most Workers + Queue.
+	admitted atomic.Int64
 
 	// guarded by Service.mu
 	requests, errors, rejected uint64
@@ -224,7 +227,9 @@ func (s *Service) AddEndpoint(e Endpoint) error {
 	ep := &endpoint{Endpoint: e, queueGroup: s.cfg.QueueGroup}
 	cb := func(m *nats.Msg) { s.handle(ep, &Request{msg: m, nc: s.nc}) }
 	if e.Workers > 0 {
-		ep.jobs = make(chan *nats.Msg, max(e.Queue, 0))
+		// Room for every admitted request, so dispatch never blocks and an
+		// idle worker that is not yet waiting on the channel costs no refusal.
+		ep.jobs = make(chan *nats.Msg, e.Workers+max(e.Queue, 0))
 		for range e.Workers {
 			ep.workers.Add(1)
 			go func() {
@@ -233,6 +238,7 @@ func (s *Service) AddEndpoint(e Endpoint) error {
 				for m := range ep.jobs {
 					r.reset(m)
 					s.serve(ep, r)
+					ep.admitted.Add(-1)
 				}
 			}()
 		}
@@ -255,19 +261,19 @@ func (s *Service) AddEndpoint(e Endpoint) error {
 // dispatch hands r to a worker, or refuses it when every worker is busy and
 // the queue is full.
 func (s *Service) dispatch(ep *endpoint, m *nats.Msg) {
-	s.inflight.Add(1)
-	select {
-	case ep.jobs <- m:
-	default:
-		s.inflight.Done()
-		s.mu.Lock()
-		ep.rejected++
-		s.mu.Unlock()
-		err := fault.New(fault.ResourceExhausted, "%s is busy: %d requests running and %d queued; retry later",
-			s.cfg.Name, ep.Workers, ep.Queue)
-		s.record(ep, 0, err)
-		s.respond(&Request{msg: m, nc: s.nc}, nil, nil, err)
+	if ep.admitted.Add(1) <= int64(ep.Workers+max(ep.Queue, 0)) {
+		s.inflight.Add(1)
+		ep.jobs <- m
+		return
 	}
+	ep.admitted.Add(-1)
+	s.mu.Lock()
+	ep.rejected++
+	s.mu.Unlock()
+	err := fault.New(fault.ResourceExhausted, "%s is busy: %d requests running and %d queued; retry later",
+		s.cfg.Name, ep.Workers, ep.Queue)
+	s.record(ep, 0, err)
+	s.respond(&Request{msg: m, nc: s.nc}, nil, nil, err)
 }
 
 func (s *Service) handle(ep *endpoint, r *Request) {

@@ -186,3 +186,24 @@ func TestReplyHeader(t *testing.T) {
 		}
 	}
 }
+
+// TestIdleWorkerTakesRequest: with one worker and no queue, requests sent
+// one after another are all served: a worker that has answered and not yet
+// gone back to waiting still counts as free.
+func TestIdleWorkerTakesRequest(t *testing.T) {
+	srv := natstest.Start(t)
+	nc := natstest.Connect(t, srv)
+	svc := start(t, nc, microsvc.Endpoint{Name: "one", Subject: "svc.one", Workers: 1, Queue: 0,
+		Handler: func(_ context.Context, r *microsvc.Request) ([]byte, nats.Header, error) { return r.Data(), nil, nil }})
+	defer svc.Stop(time.Second)
+	client := natstest.Connect(t, srv)
+	for i := range 500 {
+		m, err := client.Request("svc.one", []byte("x"), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if code := m.Header.Get(micro.ErrorCodeHeader); code != "" {
+			t.Fatalf("request %d of 500, sent after the previous was answered: refused with %s", i+1, code)
+		}
+	}
+}
