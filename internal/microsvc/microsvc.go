@@ -238,7 +238,6 @@ func (s *Service) AddEndpoint(e Endpoint) error {
 				for m := range ep.jobs {
 					r.reset(m)
 					s.serve(ep, r)
-					ep.admitted.Add(-1)
 				}
 			}()
 		}
@@ -294,6 +293,11 @@ func (s *Service) serve(ep *endpoint, r *Request) {
 	ep.busy.Add(-1)
 	s.recordLocked(ep, elapsed, err)
 	s.mu.Unlock()
+	if ep.jobs != nil {
+		// Free the slot before answering: a caller that sends its next
+		// request on this reply finds the worker free.
+		ep.admitted.Add(-1)
+	}
 	s.respond(r, data, hdr, err)
 }
 
