@@ -6,12 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"flag"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/loki-iot/loki/client"
+	"github.com/loki-iot/loki/internal/auth"
 	"github.com/loki-iot/loki/internal/fault"
 	lokiv1 "github.com/loki-iot/loki/proto/loki/v1"
 	"github.com/loki-iot/loki/services/loki"
@@ -22,28 +25,77 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 )
 
-func natsURLFlag(fs interface {
-	String(string, string, string) *string
-}) *string {
-	return fs.String("nats-url", envOr("NATS_URL", nats.DefaultURL), "NATS server URL (env NATS_URL)")
+// natsFlags are the flags of every command that connects to NATS.
+type natsFlags struct {
+	url, creds *string
+	role       subjects.Role
 }
 
-func dialClient(url string) (*nats.Conn, error) {
-	nc, err := nats.Connect(url, nats.Name("loki-cli"), nats.Timeout(3*time.Second))
+// addNATSFlags registers --nats-url and --creds. Without --creds (or
+// LOKI_CREDS), the command uses the local credential of role that `loki up`
+// keeps in the data dir, when there is one.
+func addNATSFlags(fs *flag.FlagSet, role subjects.Role) *natsFlags {
+	return &natsFlags{
+		url: fs.String("nats-url", envOr("NATS_URL", nats.DefaultURL), "NATS server URL; nats://user:pass@host or nats://token@host work too (env NATS_URL)"),
+		creds: fs.String("creds", os.Getenv("LOKI_CREDS"), fmt.Sprintf(
+			"credential file: an nkey seed from `loki auth add` or a NATS .creds file (env LOKI_CREDS; default: %s if it exists)",
+			localCreds(role))),
+		role: role,
+	}
+}
+
+// localCreds is where `loki up` keeps the seed of the built-in identity of role.
+func localCreds(role subjects.Role) string {
+	return auth.SeedFile(filepath.Join(defaultDataDir(), "auth"), string(role))
+}
+
+// options returns the connection options for the chosen credential.
+func (f *natsFlags) options() ([]nats.Option, error) {
+	path := *f.creds
+	if path == "" {
+		if _, err := os.Stat(localCreds(f.role)); err != nil {
+			return nil, nil // no local credential: connect without one
+		}
+		path = localCreds(f.role)
+	}
+	return auth.ConnectOptions(path)
+}
+
+// dial connects as a short-lived client (a CLI command).
+func (f *natsFlags) dial() (*nats.Conn, error) {
+	opts, err := f.options()
 	if err != nil {
-		return nil, fault.Wrap(fault.Unavailable, err, "cannot reach NATS at %s (is `loki up` running?): %v", url, err)
+		return nil, fault.Wrap(fault.Unauthenticated, err, "%v", err)
+	}
+	opts = append([]nats.Option{nats.Name("loki-cli"), nats.Timeout(3 * time.Second)}, opts...)
+	nc, err := nats.Connect(*f.url, opts...)
+	if err != nil {
+		if errors.Is(err, nats.ErrAuthorization) || strings.Contains(strings.ToLower(err.Error()), "authorization") {
+			return nil, fault.Wrap(fault.Unauthenticated, err, "NATS at %s refused the credential (%s): %v", *f.url, f.describe(), err)
+		}
+		return nil, fault.Wrap(fault.Unavailable, err, "cannot reach NATS at %s (is `loki up` running?): %v", *f.url, err)
 	}
 	return nc, nil
 }
 
+func (f *natsFlags) describe() string {
+	if *f.creds != "" {
+		return *f.creds
+	}
+	if _, err := os.Stat(localCreds(f.role)); err == nil {
+		return localCreds(f.role)
+	}
+	return "none: pass --creds FILE"
+}
+
 func cmdTools(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("tools", "Usage: loki tools [flags]\n\nLists the registered tools with their params and return type.", stderr)
-	url := natsURLFlag(fs)
+	nf := addNATSFlags(fs, subjects.RoleClient)
 	asJSON := fs.Bool("json", false, "print the full definitions as JSON")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	nc, err := dialClient(*url)
+	nc, err := nf.dial()
 	if err != nil {
 		return err
 	}
@@ -82,7 +134,7 @@ Calls a tool and prints its JSON result. Values are taken as the param's
 declared type: strings as written, other types as JSON (n=3, on=true,
 tags='["a","b"]'). --json passes the whole argument object instead.
 On failure, prints the error code and message and exits 1.`, stderr)
-	url := natsURLFlag(fs)
+	nf := addNATSFlags(fs, subjects.RoleClient)
 	rawJSON := fs.String("json", "", "arguments as one JSON object, merged under key=value pairs")
 	timeout := fs.Duration("timeout", 30*time.Second, "give up after this long (also bounds the script)")
 	stream := fs.Bool("stream", false, "print each emit() chunk as it arrives, before the result")
@@ -116,7 +168,7 @@ On failure, prints the error code and message and exits 1.`, stderr)
 		defer gc.Close()
 		c = grpcCaller{gc}
 	} else {
-		nc, err := dialClient(*url)
+		nc, err := nf.dial()
 		if err != nil {
 			return err
 		}
@@ -257,7 +309,7 @@ func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs := newFlags("events", `Usage: loki events [flags]
 
 Prints script events (started, completed, failed) as JSON lines until interrupted.`, stderr)
-	url := natsURLFlag(fs)
+	nf := addNATSFlags(fs, subjects.RoleClient)
 	tool := fs.String("tool", "", "only events of this tool")
 	kind := fs.String("kind", "", "only events of this kind: started, completed or failed")
 	if err := fs.Parse(args); err != nil {
@@ -267,7 +319,7 @@ Prints script events (started, completed, failed) as JSON lines until interrupte
 	if err != nil {
 		return fmt.Errorf("events: %w", err)
 	}
-	nc, err := dialClient(*url)
+	nc, err := nf.dial()
 	if err != nil {
 		return err
 	}

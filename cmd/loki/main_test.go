@@ -46,6 +46,9 @@ func startUp(t *testing.T, dataDir string, extra ...string) (string, func()) {
 // startUpOut is startUp that also returns what `loki up` printed.
 func startUpOut(t *testing.T, dataDir string, extra ...string) (string, func(), string) {
 	t.Helper()
+	// The CLI finds the local credential in the default data dir, as after
+	// a plain `loki up`.
+	t.Setenv("LOKI_DATA_DIR", dataDir)
 	ctx, cancel := context.WithCancel(context.Background())
 	var out, errOut syncBuffer
 	done := make(chan error, 1)

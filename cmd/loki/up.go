@@ -14,8 +14,10 @@ import (
 	"time"
 
 	"github.com/loki-iot/loki/examples"
+	"github.com/loki-iot/loki/internal/auth"
 	"github.com/loki-iot/loki/internal/natsrv"
 	"github.com/loki-iot/loki/services/loki"
+	"github.com/loki-iot/loki/subjects"
 	"github.com/nats-io/nats.go"
 )
 
@@ -71,16 +73,39 @@ running calls and exits; a second signal exits at once.`, stderr)
 	}
 
 	started := time.Now()
-	srv, err := natsrv.Start(natsrv.Config{Name: "loki", DataDir: *dataDir, Host: *listen, Port: *port, MQTTPort: *mqttPort}, log)
+	authDir := filepath.Join(*dataDir, "auth")
+	authority, err := auth.Open(authDir)
+	if err != nil {
+		return err
+	}
+	defer authority.Close()
+	nkeyUsers, users, err := authority.ServerUsers()
+	if err != nil {
+		return err
+	}
+	srv, err := natsrv.Start(natsrv.Config{Name: "loki", DataDir: *dataDir, Host: *listen, Port: *port, MQTTPort: *mqttPort,
+		Nkeys: nkeyUsers, Users: users, SyncAlways: true}, log)
 	if err != nil {
 		return err
 	}
 	defer srv.Shutdown()
-	nc, err := srv.Connect("loki-up")
-	if err != nil {
-		return fmt.Errorf("connect to embedded NATS: %w", err)
+	authority.OnChange(srv.SetUsers)
+	// Each component connects in-process with its own identity, so it holds
+	// only the permissions subjects.RolePermissions gives its role.
+	conns := map[subjects.Role]*nats.Conn{}
+	for _, role := range subjects.ComponentRoles {
+		opts, err := auth.ConnectOptions(auth.SeedFile(authDir, string(role)))
+		if err != nil {
+			return err
+		}
+		nc, err := srv.Connect(string(role), opts...)
+		if err != nil {
+			return fmt.Errorf("connect to embedded NATS as %s: %w", role, err)
+		}
+		defer nc.Close()
+		conns[role] = nc
 	}
-	defer nc.Close()
+	nc := conns[subjects.RoleLoki]
 
 	// Register before the services start, so the tools are in the registry's
 	// first snapshot and callable the moment "Loki is up" is printed.
@@ -91,11 +116,11 @@ running calls and exits; a second signal exits at once.`, stderr)
 	if err != nil {
 		return err
 	}
-	helComp, err := helComponent(svcCfg.Hel, nc, log)
+	helComp, err := helComponent(svcCfg.Hel, conns[subjects.RoleHel], log)
 	if err != nil {
 		return err
 	}
-	fenrirComp, err := fenrirComponent(svcCfg.Fenrir, nc, log)
+	fenrirComp, err := fenrirComponent(svcCfg.Fenrir, conns[subjects.RoleFenrir], log)
 	if err != nil {
 		return err
 	}
@@ -107,15 +132,17 @@ running calls and exits; a second signal exits at once.`, stderr)
 		}
 		mqttLine = "tcp://" + addr
 	}
-	netComp, err := jormungandrComponent(svcCfg.Jormungandr, nc, log)
+	netComp, err := jormungandrComponent(svcCfg.Jormungandr, conns[subjects.RoleJormungandr], log)
 	if err != nil {
 		return err
 	}
-	comps := []component{lokiComp, helComp, fenrirComp, netComp}
+	authSvc := auth.NewService(authority, conns[subjects.RoleAuth], log)
+	comps := []component{lokiComp, helComp, fenrirComp, netComp,
+		{name: "auth", run: authSvc.Run, ready: authSvc.Ready()}}
 	services := []string{"loki", "hel", "fenrir", "jormungandr"}
 	grpcLine := "off (--grpc-port 0)"
 	if *grpcPort != 0 {
-		gwComp, addr, err := gatewayComponent(svcCfg.Gateway, nc, log, grpcAddr(*listen, *grpcPort))
+		gwComp, addr, err := gatewayComponent(svcCfg.Gateway, conns[subjects.RoleGateway], log, grpcAddr(*listen, *grpcPort))
 		if err != nil {
 			return err
 		}
@@ -135,12 +162,14 @@ running calls and exits; a second signal exits at once.`, stderr)
   services   %s
   boards     %s
   tools      %d from %s: %s
+  auth       identities in %s (loki auth list)
   try        loki call add a=1 b=2
+  nats CLI   %s
              nats req loki.exec.add '{"a":1,"b":2}'
   stop       Ctrl-C
 `, time.Since(started).Round(time.Millisecond), srv.ClientURL(), *dataDir, mqttLine, grpcLine,
 			strings.Join(services, ", "), svcCfg.boardNames(),
-			len(tools), source, strings.Join(names, ", "))
+			len(tools), source, strings.Join(names, ", "), authDir, natsContextCommand(authority, srv.ClientURL(), "loki", subjects.RoleClient))
 	}, comps...)
 }
 
@@ -157,7 +186,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return &exitError{code: 2, err: fmt.Errorf("serve: unknown component %q (components: %s)", name, components)}
 	}
 	fs := newFlags("serve "+name, fmt.Sprintf("Usage: loki serve %s --nats-url URL [flags]\n\n%s", name, serveHelp[name]), stderr)
-	url := fs.String("nats-url", envOr("NATS_URL", nats.DefaultURL), "NATS server URL (env NATS_URL)")
+	nf := addNATSFlags(fs, subjects.Role(name))
 	serviceConfig := fs.String("service-config", "", "service settings (TOML with optional [loki], [hel], [fenrir], [jormungandr], [gateway] tables)")
 	var config, dataDir, grpcListen, board *string
 	var sim *bool
@@ -207,7 +236,11 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 	}
-	nc, err := natsrv.Dial(*url, name, log)
+	credOpts, err := nf.options()
+	if err != nil {
+		return err
+	}
+	nc, err := natsrv.Dial(*nf.url, name, log, credOpts...)
 	if err != nil {
 		return err
 	}
@@ -316,4 +349,16 @@ func defaultDataDir() string {
 		return filepath.Join(home, ".local", "share", "loki")
 	}
 	return "loki-data"
+}
+
+// natsContextCommand is the nats CLI command that saves (and selects) a
+// context named ctxName for the built-in identity of role.
+func natsContextCommand(a *auth.Authority, url, ctxName string, role subjects.Role) string {
+	id, err := a.Get(string(role))
+	if err != nil {
+		return ""
+	}
+	inbox, _ := subjects.Inbox(id.PublicKey)
+	return fmt.Sprintf("nats context save %s --server %s --nkey %s --inbox-prefix %s --select",
+		ctxName, url, auth.SeedFile(a.Dir(), string(role)), inbox)
 }

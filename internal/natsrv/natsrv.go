@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -31,12 +32,38 @@ type Config struct {
 	MaxPayload int32
 	// ReadyTimeout bounds start-up. Default 10s.
 	ReadyTimeout time.Duration
+	// Nkeys and Users turn authentication on: with either set, every client
+	// (in-process, TCP or MQTT) must be one of them. With neither, the
+	// server accepts anyone: tests of a single component only.
+	Nkeys []*server.NkeyUser
+	Users []*server.User
+	// SyncInterval is how often JetStream fsyncs its files; SyncAlways
+	// fsyncs every write before it is acknowledged (see docs/SECURITY.md,
+	// durability). Zero keeps the server default (2 minutes).
+	SyncInterval time.Duration
+	SyncAlways   bool
+	// TLS turns on TLS for the client port and the MQTT listener.
+	TLS *TLSConfig
 }
+
+// TLSConfig is the server's certificate and, optionally, the CA that
+// client certificates must be signed by. Paths are used as given.
+type TLSConfig struct {
+	CertFile, KeyFile string
+	// ClientCAFile, when set, requires and verifies client certificates.
+	ClientCAFile string
+}
+
+// AuthEnabled reports whether clients must authenticate.
+func (c Config) AuthEnabled() bool { return len(c.Nkeys) > 0 || len(c.Users) > 0 }
 
 // Server is a running embedded nats-server.
 type Server struct {
 	ns  *server.Server
 	cfg Config
+
+	mu   sync.Mutex // serialises reloads of opts
+	opts *server.Options
 }
 
 // ErrNotReady is returned when the server does not accept connections in time.
@@ -73,6 +100,22 @@ func Start(cfg Config, log *slog.Logger) (*Server, error) {
 		StoreDir:   storeDir,
 		MaxPayload: cfg.MaxPayload,
 		NoSigs:     true, // signals are handled once, in main
+		Nkeys:      cfg.Nkeys,
+		Users:      cfg.Users,
+		SyncAlways: cfg.SyncAlways,
+	}
+	if cfg.SyncInterval > 0 {
+		opts.SyncInterval = cfg.SyncInterval
+	}
+	if cfg.TLS != nil {
+		tc, err := server.GenTLSConfig(&server.TLSConfigOpts{
+			CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile,
+			CaFile: cfg.TLS.ClientCAFile, Verify: cfg.TLS.ClientCAFile != "",
+		})
+		if err != nil {
+			return nil, fmt.Errorf("natsrv: TLS: %w", err)
+		}
+		opts.TLSConfig, opts.TLSVerify, opts.TLSTimeout = tc, cfg.TLS.ClientCAFile != "", 2
 	}
 	if cfg.MQTTPort == -1 {
 		// The server has no accessor for a random MQTT port, so pick one.
@@ -84,6 +127,9 @@ func Start(cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	if cfg.MQTTPort != 0 {
 		opts.MQTT = server.MQTTOpts{Host: cfg.Host, Port: cfg.MQTTPort}
+		if opts.TLSConfig != nil {
+			opts.MQTT.TLSConfig, opts.MQTT.TLSTimeout = opts.TLSConfig, 2
+		}
 	}
 	// nats-server only logs a failed listen and never becomes ready; say so
 	// at once instead of after ReadyTimeout.
@@ -109,7 +155,22 @@ func Start(cfg Config, log *slog.Logger) (*Server, error) {
 		ns.Shutdown()
 		return nil, fmt.Errorf("%w within %s (is port %d in use?)", ErrNotReady, cfg.ReadyTimeout, cfg.Port)
 	}
-	return &Server{ns: ns, cfg: cfg}, nil
+	return &Server{ns: ns, cfg: cfg, opts: opts.Clone()}, nil
+}
+
+// SetUsers replaces the server's users without a restart. Connections of
+// users that are gone, or whose credentials no longer match, are closed;
+// the others keep running with their new permissions.
+func (s *Server) SetUsers(nkeys []*server.NkeyUser, users []*server.User) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	next := s.opts.Clone()
+	next.Nkeys, next.Users = nkeys, users
+	if err := s.ns.ReloadOptions(next); err != nil {
+		return fmt.Errorf("natsrv: reload users: %w", err)
+	}
+	s.opts = next
+	return nil
 }
 
 // ClientURL is the nats:// URL clients on this machine connect to.

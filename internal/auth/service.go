@@ -1,0 +1,122 @@
+package auth
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/loki-iot/loki/internal/fault"
+	"github.com/loki-iot/loki/internal/microsvc"
+	"github.com/loki-iot/loki/subjects"
+	"github.com/nats-io/nats.go"
+)
+
+// Version is the identity service's micro version.
+const Version = "0.1.0"
+
+// AddRequest is the body of subjects.AuthAdd: a client or admin identity
+// (Name, Role), or a device identity (DeviceID).
+type AddRequest struct {
+	Name     string        `json:"name,omitempty"`
+	Role     subjects.Role `json:"role,omitempty"`
+	DeviceID string        `json:"device_id,omitempty"`
+}
+
+// NameRequest is the body of subjects.AuthRevoke.
+type NameRequest struct {
+	Name string `json:"name"`
+}
+
+// Service serves an Authority on NATS for `loki auth`, to admins only (the
+// bus permissions let nobody else publish on subjects.AuthAll).
+type Service struct {
+	a     *Authority
+	nc    *nats.Conn
+	log   *slog.Logger
+	ready chan struct{}
+}
+
+// NewService returns the identity service of a over nc.
+func NewService(a *Authority, nc *nats.Conn, log *slog.Logger) *Service {
+	return &Service{a: a, nc: nc, log: log.With("component", "auth"), ready: make(chan struct{})}
+}
+
+// Ready is closed once the service serves.
+func (s *Service) Ready() <-chan struct{} { return s.ready }
+
+// Run serves until ctx ends, then drains.
+func (s *Service) Run(ctx context.Context) error {
+	svc, err := microsvc.Start(s.nc, microsvc.Config{
+		Name: subjects.AuthService, Version: Version,
+		Description: "Loki's bus identities: add, list, revoke",
+	}, s.log)
+	if err != nil {
+		return fmt.Errorf("auth: %w", err)
+	}
+	const drain = 5 * time.Second
+	if err := svc.AddEndpoints(drain,
+		microsvc.Endpoint{Name: "add", Subject: subjects.AuthAdd, Handler: s.add},
+		microsvc.Endpoint{Name: "list", Subject: subjects.AuthList, Handler: s.list},
+		microsvc.Endpoint{Name: "revoke", Subject: subjects.AuthRevoke, Handler: s.revoke},
+	); err != nil {
+		return fmt.Errorf("auth: %w", err)
+	}
+	close(s.ready)
+	<-ctx.Done()
+	return svc.Stop(drain)
+}
+
+func (s *Service) add(_ context.Context, r *microsvc.Request) ([]byte, nats.Header, error) {
+	var req AddRequest
+	if err := json.Unmarshal(r.Data(), &req); err != nil {
+		return nil, nil, fault.New(fault.InvalidArgument, "add: want {\"name\":..., \"role\":...} or {\"device_id\":...}: %v", err)
+	}
+	var cred Credential
+	var err error
+	if req.DeviceID != "" {
+		cred, err = s.a.AddDevice(req.DeviceID)
+	} else {
+		cred, err = s.a.Add(req.Name, req.Role)
+	}
+	if err != nil {
+		return nil, nil, Fault(err)
+	}
+	s.log.Info("identity added", "name", cred.Identity.Name, "role", cred.Identity.Role)
+	b, err := json.Marshal(cred)
+	return b, nil, err
+}
+
+func (s *Service) list(context.Context, *microsvc.Request) ([]byte, nats.Header, error) {
+	b, err := json.Marshal(s.a.List())
+	return b, nil, err
+}
+
+func (s *Service) revoke(_ context.Context, r *microsvc.Request) ([]byte, nats.Header, error) {
+	var req NameRequest
+	if err := json.Unmarshal(r.Data(), &req); err != nil || req.Name == "" {
+		return nil, nil, fault.New(fault.InvalidArgument, "revoke: want {\"name\":...}")
+	}
+	if err := s.a.Revoke(req.Name); err != nil {
+		return nil, nil, Fault(err)
+	}
+	s.log.Info("identity revoked", "name", req.Name)
+	return []byte("{}"), nil, nil
+}
+
+// Fault maps the package's errors to codes, for every edge.
+func Fault(err error) error {
+	switch {
+	case errors.Is(err, ErrExists):
+		return fault.Wrap(fault.AlreadyExists, err, "%v", err)
+	case errors.Is(err, ErrNotFound):
+		return fault.Wrap(fault.NotFound, err, "%v", err)
+	case errors.Is(err, ErrInvalid), errors.Is(err, subjects.ErrInvalidToken):
+		return fault.Wrap(fault.InvalidArgument, err, "%v", err)
+	case errors.Is(err, ErrBuiltIn), errors.Is(err, ErrLocked):
+		return fault.Wrap(fault.FailedPrecondition, err, "%v", err)
+	}
+	return err
+}

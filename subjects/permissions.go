@@ -1,0 +1,333 @@
+package subjects
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+
+	"github.com/nats-io/nats.go/micro"
+)
+
+// Permissions are what one identity may publish and subscribe to, as NATS
+// subject patterns. They are built here, from the same constants and
+// functions the components use, so that a renamed subject cannot leave a
+// stale permission behind. An empty Allow list allows nothing.
+type Permissions struct {
+	PubAllow, PubDeny []string
+	SubAllow, SubDeny []string
+	// MQTTOnly restricts the identity to the MQTT listener.
+	MQTTOnly bool
+}
+
+// Role names what an identity is for. Component roles are held by the
+// services themselves; client and admin by people and programs; device by
+// one Jotunheim device; script-mqtt by one tool's MQTT connection to the
+// local listener.
+type Role string
+
+// The roles.
+const (
+	RoleAdmin       Role = "admin"
+	RoleClient      Role = "client"
+	RoleLoki        Role = "loki"
+	RoleHel         Role = "hel"
+	RoleFenrir      Role = "fenrir"
+	RoleJormungandr Role = "jormungandr"
+	RoleGateway     Role = "gateway"
+	RoleAuth        Role = "auth"
+	RoleDevice      Role = "device"
+	RoleScriptMQTT  Role = "script-mqtt"
+)
+
+// ComponentRoles are the roles `loki up` holds one identity of each for.
+var ComponentRoles = []Role{RoleLoki, RoleHel, RoleFenrir, RoleJormungandr, RoleGateway, RoleAuth}
+
+// PersonRoles are the roles `loki auth add` issues.
+var PersonRoles = []Role{RoleClient, RoleAdmin}
+
+// Valid reports whether r is a known role.
+func (r Role) Valid() bool {
+	switch r {
+	case RoleAdmin, RoleClient, RoleLoki, RoleHel, RoleFenrir, RoleJormungandr, RoleGateway, RoleAuth, RoleDevice, RoleScriptMQTT:
+		return true
+	}
+	return false
+}
+
+// InboxRoot prefixes every reply inbox. Each identity subscribes only under
+// its own _INBOX.<public key>, so no identity but an admin can read another
+// caller's replies.
+const InboxRoot = "_INBOX"
+
+// Inbox returns the inbox prefix of the identity whose public key (or
+// name) is id: _INBOX.<id>. Connections set it with nats.CustomInboxPrefix.
+func Inbox(id string) (string, error) {
+	if err := ValidToken(id); err != nil {
+		return "", err
+	}
+	return InboxRoot + "." + id, nil
+}
+
+// Identity-related subjects: the identity service that `loki up` runs for
+// `loki auth`.
+const (
+	// AuthService is the NATS micro service name of the identity service.
+	AuthService = "auth"
+	// AuthPrefix prefixes every identity service subject.
+	AuthPrefix = "loki.auth"
+	// AuthAll matches every identity service subject.
+	AuthAll = AuthPrefix + ".>"
+	// AuthAdd creates an identity and answers with its credential.
+	AuthAdd = AuthPrefix + ".add"
+	// AuthList answers with every identity (never a secret).
+	AuthList = AuthPrefix + ".list"
+	// AuthRevoke deletes an identity and closes its connections.
+	AuthRevoke = AuthPrefix + ".revoke"
+)
+
+// Device topics (MQTT) and subjects (NATS) of the Jotunheim device protocol.
+const (
+	// DevicePrefix is the first token of every device subject, and the first
+	// level of every device topic.
+	DevicePrefix = "jotunheim"
+)
+
+// deviceID is the shape of a device id: a NATS token, an MQTT topic level
+// and a Home Assistant id.
+var deviceID = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// ValidDeviceID returns an error unless id can name a device: 1 to 64 of
+// [A-Za-z0-9_-].
+func ValidDeviceID(id string) error {
+	if !deviceID.MatchString(id) {
+		return fmt.Errorf("%w: device id %q must be 1 to 64 of [A-Za-z0-9_-]", ErrInvalidToken, id)
+	}
+	return nil
+}
+
+// DeviceTree returns the subject pattern of everything a device owns,
+// jotunheim.<id>.> (MQTT topic jotunheim/<id>/#).
+func DeviceTree(id string) (string, error) {
+	if err := ValidDeviceID(id); err != nil {
+		return "", err
+	}
+	return DevicePrefix + "." + id + ".>", nil
+}
+
+// JetStream names the server uses that no component owns.
+var (
+	// MQTTStreams are the streams the MQTT listener keeps its sessions,
+	// retained and QoS 1/2 messages in; only the server itself touches them.
+	MQTTStreams = []string{"$MQTT_msgs", "$MQTT_rmsgs", "$MQTT_sess", "$MQTT_qos2in", "$MQTT_out"}
+)
+
+// jsAPI is the JetStream API prefix.
+const jsAPI = "$JS.API"
+
+// jsStreamRead is what a component needs to read a stream named stream:
+// info, message get, direct get, consumers (watches), acks and flow control.
+func jsStreamRead(stream string) []string {
+	return []string{
+		jsAPI + ".STREAM.INFO." + stream,
+		jsAPI + ".STREAM.MSG.GET." + stream,
+		jsAPI + ".DIRECT.GET." + stream,
+		jsAPI + ".DIRECT.GET." + stream + ".>",
+		jsAPI + ".CONSUMER.CREATE." + stream,
+		jsAPI + ".CONSUMER.CREATE." + stream + ".>",
+		jsAPI + ".CONSUMER.DURABLE.CREATE." + stream + ".>",
+		jsAPI + ".CONSUMER.INFO." + stream + ".>",
+		jsAPI + ".CONSUMER.DELETE." + stream + ".>",
+		jsAPI + ".CONSUMER.MSG.NEXT." + stream + ".>",
+		jsAPI + ".CONSUMER.NAMES." + stream,
+		jsAPI + ".CONSUMER.LIST." + stream,
+		"$JS.ACK." + stream + ".>",
+		"$JS.FC." + stream + ".>",
+	}
+}
+
+// jsStreamUse is what the owner of a stream needs: reading it, creating it
+// and updating its settings. It never includes delete or purge.
+func jsStreamUse(stream string) []string {
+	return append(jsStreamRead(stream), jsAPI+".STREAM.CREATE."+stream, jsAPI+".STREAM.UPDATE."+stream)
+}
+
+// jsStreamAll is every JetStream API call on the stream named stream,
+// delete and purge included; it is what a component is denied on a stream
+// it does not own.
+func jsStreamAll(stream string) []string {
+	return append(jsStreamUse(stream),
+		jsAPI+".STREAM.DELETE."+stream,
+		jsAPI+".STREAM.PURGE."+stream,
+		jsAPI+".STREAM.MSG.DELETE."+stream,
+		jsAPI+".STREAM.SNAPSHOT."+stream,
+		jsAPI+".STREAM.RESTORE."+stream,
+	)
+}
+
+// kvStream is the stream behind JetStream KV bucket b; objStream behind object store b.
+func kvStream(b string) string  { return "KV_" + b }
+func objStream(b string) string { return "OBJ_" + b }
+
+// jsAccountInfo is the account info call every JetStream client makes.
+const jsAccountInfo = jsAPI + ".INFO"
+
+// srvSubs are the $SRV subjects a micro service named name answers on.
+func srvSubs(name string) []string {
+	var s []string
+	for _, v := range []micro.Verb{micro.PingVerb, micro.InfoVerb, micro.StatsVerb} {
+		all, _ := micro.ControlSubject(v, "", "")
+		byName, _ := micro.ControlSubject(v, name, "")
+		s = append(s, all, byName, byName+".*")
+	}
+	return s
+}
+
+// srvAll matches every $SRV request, for identities that may ask every
+// service for its status.
+var srvAll = micro.APIPrefix + ".>"
+
+// RolePermissions returns the permissions of an identity with role r whose
+// inbox token (public key or name) is inbox. RoleDevice takes the device id
+// as scope; RoleScriptMQTT the MQTT topic filters its grant names.
+func RolePermissions(r Role, inbox string, scope ...string) (Permissions, error) {
+	myInbox := ""
+	if r != RoleDevice && r != RoleScriptMQTT {
+		in, err := Inbox(inbox)
+		if err != nil {
+			return Permissions{}, err
+		}
+		myInbox = in + ".>"
+	}
+	// Every service replies to requests, including streamed chunks and
+	// $SRV requests of any caller: publishing to inboxes reveals nothing.
+	replies := InboxRoot + ".>"
+	toolsKV := kvStream(ToolsBucket)
+	switch r {
+	case RoleAdmin:
+		return Permissions{PubAllow: []string{">"}, SubAllow: []string{">"}}, nil
+	case RoleClient:
+		return Permissions{
+			PubAllow: []string{LokiExecAll, LokiToolsList, LokiToolsGet, LokiCapabilities, LokiCancel, srvAll},
+			SubAllow: []string{LokiEventsAll, myInbox},
+		}, nil
+	case RoleLoki:
+		pub := []string{LokiEventsAll, replies, HelAll, FenrirAll, JormungandrAll, jsAccountInfo, "$KV." + ToolsBucket + ".>"}
+		pub = append(pub, jsStreamUse(toolsKV)...)
+		sub := []string{LokiExecAll, LokiToolsList, LokiToolsGet, LokiToolsRegister, LokiToolsUnregister,
+			LokiCapabilities, LokiCancel, myInbox}
+		return Permissions{PubAllow: pub, SubAllow: append(sub, srvSubs(LokiService)...)}, nil
+	case RoleHel:
+		// Hel's bucket names are user-chosen (hel_kv_<name>, ...) and a NATS
+		// permission cannot match part of a token, so Hel is allowed every
+		// stream but those it must not touch: the tool registry and the MQTT
+		// listener's. It may purge: deleting an object purges its chunks.
+		pub := []string{replies, jsAccountInfo, "$KV.*.>", "$O.*.>",
+			jsAPI + ".STREAM.PURGE.*"}
+		pub = append(pub, jsStreamUse("*")...)
+		deny := []string{"$KV." + ToolsBucket + ".>"}
+		for _, s := range append([]string{toolsKV}, MQTTStreams...) {
+			deny = append(deny, jsStreamAll(s)...)
+		}
+		return Permissions{PubAllow: pub, PubDeny: deny,
+			SubAllow: append([]string{HelAll, myInbox}, srvSubs(HelService)...)}, nil
+	case RoleFenrir:
+		// Fenrir asks fenrir.<board>.board.list at start-up to find another
+		// owner of its boards.
+		return Permissions{PubAllow: []string{replies, FenrirAll},
+			SubAllow: append([]string{FenrirAll, myInbox}, srvSubs(FenrirService)...)}, nil
+	case RoleJormungandr:
+		return Permissions{PubAllow: []string{replies},
+			SubAllow: append([]string{JormungandrAll, myInbox}, srvSubs(JormungandrService)...)}, nil
+	case RoleGateway:
+		// The gateway watches the registry (read only) to serve one RPC per tool.
+		pub := []string{LokiExecAll, LokiToolsList, LokiToolsGet, LokiToolsRegister, LokiToolsUnregister,
+			LokiCapabilities, LokiCancel, srvAll, jsAccountInfo}
+		return Permissions{
+			PubAllow: append(pub, jsStreamRead(toolsKV)...),
+			SubAllow: []string{LokiEventsAll, myInbox},
+		}, nil
+	case RoleAuth:
+		return Permissions{PubAllow: []string{replies},
+			SubAllow: append([]string{AuthAll, myInbox}, srvSubs(AuthService)...)}, nil
+	case RoleDevice:
+		if len(scope) != 1 {
+			return Permissions{}, fmt.Errorf("%w: a device identity needs exactly one device id", ErrInvalidToken)
+		}
+		tree, err := DeviceTree(scope[0])
+		if err != nil {
+			return Permissions{}, err
+		}
+		return Permissions{PubAllow: []string{tree}, SubAllow: []string{tree}, MQTTOnly: true}, nil
+	case RoleScriptMQTT:
+		if len(scope) == 0 {
+			return Permissions{}, fmt.Errorf("%w: a script MQTT identity needs at least one topic filter", ErrInvalidToken)
+		}
+		var subs []string
+		for _, f := range scope {
+			s, err := MQTTFilterSubjects(f)
+			if err != nil {
+				return Permissions{}, err
+			}
+			subs = append(subs, s...)
+		}
+		deny := internalTrees()
+		return Permissions{PubAllow: subs, PubDeny: deny, SubAllow: subs, SubDeny: deny, MQTTOnly: true}, nil
+	}
+	return Permissions{}, fmt.Errorf("%w: unknown role %q", ErrInvalidToken, r)
+}
+
+// InternalRoots are the first tokens of the subjects Loki's components,
+// devices and inboxes use. No MQTT topic grant may reach them.
+var InternalRoots = []string{"loki", HelPrefix, FenrirPrefix, JormungandrPrefix, DevicePrefix, InboxRoot, "_loki_bench"}
+
+func internalTrees() []string {
+	var d []string
+	for _, r := range InternalRoots {
+		d = append(d, r, r+".>")
+	}
+	return d
+}
+
+// MQTTFilterSubjects returns the NATS subjects an MQTT topic filter covers,
+// mapped the way the NATS server's MQTT listener maps topics: '/' to '.',
+// '.' to "//", '+' to '*' and '#' to '>'. A trailing '#' also matches its
+// parent level, as in MQTT, so "a/#" gives "a" and "a.>". A filter that
+// starts with '$', is empty, or holds a wildcard inside a level is refused:
+// no grant may reach the server's internal subjects.
+func MQTTFilterSubjects(filter string) ([]string, error) {
+	if filter == "" || strings.HasPrefix(filter, "$") || strings.ContainsAny(filter, " \t\r\n\x00") {
+		return nil, fmt.Errorf("%w: MQTT topic filter %q", ErrInvalidToken, filter)
+	}
+	levels := strings.Split(filter, "/")
+	for _, r := range InternalRoots {
+		if levels[0] == r {
+			return nil, fmt.Errorf("%w: MQTT topic filter %q: topics under %q/ belong to Loki itself", ErrInvalidToken, filter, r)
+		}
+	}
+	toks := make([]string, 0, len(levels))
+	for i, l := range levels {
+		switch {
+		case l == "#":
+			if i != len(levels)-1 {
+				return nil, fmt.Errorf("%w: MQTT topic filter %q: '#' must be the last level", ErrInvalidToken, filter)
+			}
+			if i == 0 {
+				return nil, fmt.Errorf("%w: MQTT topic filter %q would cover every topic", ErrInvalidToken, filter)
+			}
+			parent := strings.Join(toks, ".")
+			return []string{parent, parent + ".>"}, nil
+		case l == "+":
+			toks = append(toks, "*")
+		case l == "":
+			return nil, fmt.Errorf("%w: MQTT topic filter %q has an empty level", ErrInvalidToken, filter)
+		case strings.ContainsAny(l, "+#*>"):
+			return nil, fmt.Errorf("%w: MQTT topic filter %q: wildcard inside level %q", ErrInvalidToken, filter, l)
+		default:
+			toks = append(toks, strings.ReplaceAll(l, ".", "//"))
+		}
+	}
+	if toks[0] == "*" && len(toks) == 1 {
+		return nil, fmt.Errorf("%w: MQTT topic filter %q would cover every one-level topic", ErrInvalidToken, filter)
+	}
+	return []string{strings.Join(toks, ".")}, nil
+}
