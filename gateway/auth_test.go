@@ -76,6 +76,10 @@ func TestAuth(t *testing.T) {
 		{name: "health guarded", cfg: gateway.Config{Tokens: []string{"s3cret"}, AuthHealthAndReflection: true}, call: health, wantCode: codes.Unauthenticated},
 		{name: "reflection guarded", cfg: gateway.Config{Tokens: []string{"s3cret"}, AuthHealthAndReflection: true}, call: reflect, wantCode: codes.Unauthenticated},
 		{name: "guarded health with token", cfg: gateway.Config{Tokens: []string{"s3cret"}, AuthHealthAndReflection: true}, token: "s3cret", call: health},
+		{name: "guarded reflection with client token", cfg: gateway.Config{Tokens: []string{"s3cret"}, AuthHealthAndReflection: true}, token: "s3cret", call: reflect},
+		{name: "guarded health with admin token", cfg: gateway.Config{AdminTokens: []string{"adm1n"}, AuthHealthAndReflection: true}, token: "adm1n", call: health},
+		{name: "guarded health with no token, admin tokens only", cfg: gateway.Config{AdminTokens: []string{"adm1n"}, AuthHealthAndReflection: true}, call: health, wantCode: codes.Unauthenticated},
+		{name: "health open with admin tokens only", cfg: gateway.Config{AdminTokens: []string{"adm1n"}}, call: health},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -3,17 +3,25 @@ package gateway
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
+	"unicode"
 )
 
 // Config configures the gateway. It is decoded from TOML; zero durations
 // take DefaultConfig's values in New.
 type Config struct {
-	// Tokens are the accepted bearer tokens. With none, calls need no token;
-	// with some, a call without one of them ("authorization: Bearer <token>")
-	// is refused with UNAUTHENTICATED.
-	Tokens []string `toml:"tokens"`
+	// Tokens are the bearer tokens of the client role: a caller holding one
+	// may do over gRPC what a client identity may do over NATS (call, list
+	// and get tools, read capabilities, watch events, ask for status).
+	// AdminTokens are those of the admin role, which may also register and
+	// unregister tools. With neither, calls need no token and every caller
+	// has the client role; with either, a call without one of them
+	// ("authorization: Bearer <token>") is refused with UNAUTHENTICATED.
+	// A token may be in one list only.
+	Tokens      []string `toml:"tokens"`
+	AdminTokens []string `toml:"admin_tokens"`
 	// TLSCertFile and TLSKeyFile (PEM) turn on TLS; both or neither.
 	TLSCertFile string `toml:"tls_cert_file"`
 	TLSKeyFile  string `toml:"tls_key_file"`
@@ -44,12 +52,16 @@ func DefaultConfig() Config {
 // Validate reports the first unusable setting. It does not read the TLS
 // files; New does.
 func (c Config) Validate() error {
-	for i, t := range c.Tokens {
-		if t == "" {
-			return fmt.Errorf("tokens[%d]: empty token", i)
-		}
-		if strings.IndexFunc(t, func(r rune) bool { return r <= ' ' || r == 0x7f }) >= 0 {
-			return fmt.Errorf("tokens[%d]: a token may not contain spaces or control characters", i)
+	if err := validTokens("tokens", c.Tokens); err != nil {
+		return err
+	}
+	if err := validTokens("admin_tokens", c.AdminTokens); err != nil {
+		return err
+	}
+	for i, a := range c.AdminTokens {
+		if j := slices.Index(c.Tokens, a); j >= 0 {
+			// The token itself is a secret: name its places, not its value.
+			return fmt.Errorf("admin_tokens[%d]: the same token is tokens[%d]; a token has one role", i, j)
 		}
 	}
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
@@ -63,6 +75,22 @@ func (c Config) Validate() error {
 	}
 	return nil
 }
+
+// validTokens checks the tokens of the list named field.
+func validTokens(field string, tokens []string) error {
+	for i, t := range tokens {
+		if t == "" {
+			return fmt.Errorf("%s[%d]: empty token", field, i)
+		}
+		if strings.IndexFunc(t, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0 {
+			return fmt.Errorf("%s[%d]: a token may not contain spaces or control characters", field, i)
+		}
+	}
+	return nil
+}
+
+// hasTokens reports whether any token is configured, of either role.
+func (c Config) hasTokens() bool { return len(c.Tokens)+len(c.AdminTokens) > 0 }
 
 // withDefaults fills zero durations from DefaultConfig.
 func (c Config) withDefaults() Config {

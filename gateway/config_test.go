@@ -22,8 +22,21 @@ func TestConfigValidate(t *testing.T) {
 			c.Tokens = []string{"a", "b"}
 			c.TLSCertFile, c.TLSKeyFile = "c.pem", "k.pem"
 		}},
-		{name: "empty token", edit: func(c *gateway.Config) { c.Tokens = []string{"a", ""} }, wantErr: "tokens[1]"},
+		{name: "client and admin tokens", edit: func(c *gateway.Config) {
+			c.Tokens = []string{"a", "b"}
+			c.AdminTokens = []string{"c"}
+		}},
+		{name: "admin tokens only", edit: func(c *gateway.Config) { c.AdminTokens = []string{"c"} }},
+		{name: "empty token", edit: func(c *gateway.Config) { c.Tokens = []string{"a", ""} }, wantErr: "tokens[1]: empty"},
 		{name: "token with space", edit: func(c *gateway.Config) { c.Tokens = []string{"a b"} }, wantErr: "tokens[0]"},
+		{name: "token with tab", edit: func(c *gateway.Config) { c.Tokens = []string{"a\tb"} }, wantErr: "tokens[0]"},
+		{name: "token with no-break space", edit: func(c *gateway.Config) { c.Tokens = []string{"a\u00a0b"} }, wantErr: "tokens[0]"},
+		{name: "empty admin token", edit: func(c *gateway.Config) { c.AdminTokens = []string{"a", ""} }, wantErr: "admin_tokens[1]: empty"},
+		{name: "admin token with space", edit: func(c *gateway.Config) { c.AdminTokens = []string{" a"} }, wantErr: "admin_tokens[0]"},
+		{name: "token in both lists", edit: func(c *gateway.Config) {
+			c.Tokens = []string{"a", "b"}
+			c.AdminTokens = []string{"c", "b"}
+		}, wantErr: "admin_tokens[1]: the same token is tokens[1]"},
 		{name: "cert without key", edit: func(c *gateway.Config) { c.TLSCertFile = "c.pem" }, wantErr: "tls_key_file"},
 		{name: "key without cert", edit: func(c *gateway.Config) { c.TLSKeyFile = "k.pem" }, wantErr: "tls_cert_file"},
 		{name: "zero window", edit: func(c *gateway.Config) { c.StatusWindow = 0 }, wantErr: "status_window"},
@@ -48,6 +61,7 @@ func TestConfigValidate(t *testing.T) {
 func TestConfigTOML(t *testing.T) {
 	const src = `
 tokens = ["s3cret"]
+admin_tokens = ["adm1n", "adm2n"]
 tls_cert_file = "cert.pem"
 tls_key_file = "key.pem"
 auth_health_and_reflection = true
@@ -62,12 +76,25 @@ shutdown_timeout = "3s"
 	if len(md.Undecoded()) > 0 {
 		t.Fatalf("undecoded keys %v", md.Undecoded())
 	}
-	want := gateway.Config{Tokens: []string{"s3cret"}, TLSCertFile: "cert.pem", TLSKeyFile: "key.pem",
+	want := gateway.Config{Tokens: []string{"s3cret"}, AdminTokens: []string{"adm1n", "adm2n"}, TLSCertFile: "cert.pem", TLSKeyFile: "key.pem",
 		AuthHealthAndReflection: true, StatusWindow: 500 * time.Millisecond, ShutdownTimeout: 3 * time.Second}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("got %+v, want %+v", cfg, want)
 	}
 	if err := cfg.Validate(); err != nil {
 		t.Error(err)
+	}
+}
+
+func TestConfigErrorsHideTokens(t *testing.T) {
+	c := gateway.DefaultConfig()
+	c.Tokens = []string{"shared-s3cret"}
+	c.AdminTokens = []string{"shared-s3cret"}
+	err := c.Validate()
+	if err == nil {
+		t.Fatal("got nil, want an error")
+	}
+	if strings.Contains(err.Error(), "shared-s3cret") {
+		t.Errorf("got %q, want an error that does not show the token", err)
 	}
 }

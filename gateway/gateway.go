@@ -82,7 +82,10 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Gateway, error) {
 	}
 	g.scripts.Store(empty)
 
-	auth := newAuthenticator(cfg, log)
+	auth, err := newAuthenticator(cfg, log)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
 	rec := recoverer{log: log}
 	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(rec.unary, auth.unary),
@@ -102,7 +105,7 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Gateway, error) {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(&tls.Config{
 			Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12,
 		})))
-	} else if len(cfg.Tokens) > 0 {
+	} else if cfg.hasTokens() {
 		log.Warn("bearer tokens are configured without TLS: they cross the network in clear text")
 	}
 	g.srv = grpc.NewServer(opts...)
@@ -118,6 +121,15 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Gateway, error) {
 	}
 	reflectionv1.RegisterServerReflectionServer(g.srv, reflection.NewServerV1(refl))
 	reflectionv1alpha.RegisterServerReflectionServer(g.srv, reflection.NewServer(refl))
+	// Every method needs a known role: a method missing from the table
+	// would be open to every token.
+	for svc, info := range g.srv.GetServiceInfo() {
+		for _, m := range info.Methods {
+			if _, ok := accessOf("/" + svc + "/" + m.Name); !ok {
+				return nil, fmt.Errorf("gateway: no role rule for /%s/%s", svc, m.Name)
+			}
+		}
+	}
 	return g, nil
 }
 
@@ -176,7 +188,11 @@ func (g *Gateway) Serve(ctx context.Context, lis net.Listener) error {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- g.srv.Serve(lis) }()
 	g.log.Info("serving gRPC", keyAddr, lis.Addr().String(), "tls", g.cfg.TLSCertFile != "",
-		"tokens", len(g.cfg.Tokens), "tools", len(reg.List()))
+		"tokens", len(g.cfg.Tokens), "admin_tokens", len(g.cfg.AdminTokens), "tools", len(reg.List()))
+	if !g.cfg.hasTokens() && !isLoopback(lis.Addr()) {
+		g.log.Warn("no tokens configured on a non-loopback address: anyone who can reach it may call, list and watch tools "+
+			"(the client role); set tokens and admin_tokens", keyAddr, lis.Addr().String())
+	}
 	close(g.ready)
 	select {
 	case <-ctx.Done():
@@ -198,6 +214,24 @@ func (g *Gateway) Serve(ctx context.Context, lis net.Listener) error {
 	}
 	<-serveErr
 	return nil
+}
+
+// isLoopback reports whether addr is reachable from this host only: a
+// loopback IP or a Unix socket. An unspecified address (0.0.0.0, ::) is
+// every interface, so not loopback.
+func isLoopback(addr net.Addr) bool {
+	switch a := addr.(type) {
+	case *net.TCPAddr:
+		return a.IP.IsLoopback()
+	case *net.UnixAddr:
+		return true
+	}
+	host, _, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // watchRegistry keeps reg in step with the KV bucket until ctx is done,

@@ -82,8 +82,9 @@ func TestExecuteTimeoutField(t *testing.T) {
 }
 
 func TestRegistryRPCs(t *testing.T) {
-	e := start(t, gateway.Config{})
-	c := e.dial(t)
+	// Registering needs the admin role (TestRoles has who may).
+	e := start(t, gateway.Config{AdminTokens: []string{"adm1n"}})
+	c := e.dial(t, client.WithToken("adm1n"))
 	ctx := ctxT(t)
 
 	tools, err := c.List(ctx)

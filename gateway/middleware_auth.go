@@ -4,35 +4,52 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"fmt"
 	"log/slog"
 	"strings"
 
 	"github.com/loki-iot/loki/internal/fault"
+	"github.com/loki-iot/loki/subjects"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 )
 
-// authenticator checks bearer tokens. It compares SHA-256 digests of the
-// presented and configured tokens in constant time, and checks every
-// configured token, so neither a token's length nor its position in the
-// list shows in the timing.
+// authenticator checks bearer tokens and the rights of their roles. It
+// compares SHA-256 digests of the presented and configured tokens in
+// constant time, and checks every configured token of both roles, so
+// neither a token's length nor its position or list shows in the timing.
 type authenticator struct {
-	digests []([sha256.Size]byte)
+	tokens []tokenDigest
 	// exempt reports methods that need no token (health and reflection,
 	// unless configured otherwise).
 	exempt func(fullMethod string) bool
+	// rights are the accesses each role's NATS permissions allow.
+	rights map[subjects.Role]map[*busAccess]bool
 	log    *slog.Logger
 }
 
-func newAuthenticator(cfg Config, log *slog.Logger) *authenticator {
-	a := &authenticator{log: log, exempt: func(string) bool { return false }}
+// tokenDigest is a configured token's digest and the role it grants.
+type tokenDigest struct {
+	sum  [sha256.Size]byte
+	role subjects.Role
+}
+
+func newAuthenticator(cfg Config, log *slog.Logger) (*authenticator, error) {
+	rights, err := roleRights(subjects.RoleClient, subjects.RoleAdmin)
+	if err != nil {
+		return nil, err
+	}
+	a := &authenticator{log: log, rights: rights, exempt: func(string) bool { return false }}
 	for _, t := range cfg.Tokens {
-		a.digests = append(a.digests, sha256.Sum256([]byte(t)))
+		a.tokens = append(a.tokens, tokenDigest{sum: sha256.Sum256([]byte(t)), role: subjects.RoleClient})
+	}
+	for _, t := range cfg.AdminTokens {
+		a.tokens = append(a.tokens, tokenDigest{sum: sha256.Sum256([]byte(t)), role: subjects.RoleAdmin})
 	}
 	if !cfg.AuthHealthAndReflection {
 		a.exempt = isHealthOrReflection
 	}
-	return a
+	return a, nil
 }
 
 // isHealthOrReflection reports methods of grpc.health.v1.Health and of both
@@ -43,10 +60,15 @@ func isHealthOrReflection(fullMethod string) bool {
 		strings.HasPrefix(fullMethod, "/grpc.reflection.v1alpha.ServerReflection/")
 }
 
-// check returns nil when the call may proceed, else an UNAUTHENTICATED
-// status error.
+// check returns nil when the call may proceed, an UNAUTHENTICATED status
+// error when it lacks a valid token, and a PERMISSION_DENIED one when the
+// token's role may not make it. Without configured tokens every caller has
+// the client role.
 func (a *authenticator) check(ctx context.Context, fullMethod string) error {
-	if len(a.digests) == 0 || a.exempt(fullMethod) {
+	if len(a.tokens) == 0 {
+		return a.authorize(subjects.RoleClient, fullMethod)
+	}
+	if a.exempt(fullMethod) {
 		return nil
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
@@ -57,20 +79,51 @@ func (a *authenticator) check(ctx context.Context, fullMethod string) error {
 	}
 	for _, v := range values {
 		scheme, tok, ok := strings.Cut(v, " ")
-		if ok && strings.EqualFold(scheme, "bearer") && a.valid(strings.TrimSpace(tok)) {
-			return nil
+		if !ok || !strings.EqualFold(scheme, "bearer") {
+			continue
+		}
+		if role, ok := a.roleOf(strings.TrimSpace(tok)); ok {
+			return a.authorize(role, fullMethod)
 		}
 	}
 	return statusError(a.log, fault.New(fault.Unauthenticated, "invalid bearer token"), "", "")
 }
 
-func (a *authenticator) valid(tok string) bool {
+// roleOf returns the role of the configured token tok, comparing it with
+// every configured token.
+func (a *authenticator) roleOf(tok string) (subjects.Role, bool) {
 	d := sha256.Sum256([]byte(tok))
-	match := 0
-	for i := range a.digests {
-		match |= subtle.ConstantTimeCompare(d[:], a.digests[i][:])
+	match := -1
+	for i := range a.tokens {
+		eq := subtle.ConstantTimeCompare(d[:], a.tokens[i].sum[:])
+		match = subtle.ConstantTimeSelect(eq, i, match)
 	}
-	return match == 1
+	if match < 0 {
+		return "", false
+	}
+	return a.tokens[match].role, true
+}
+
+// authorize returns nil when role may call fullMethod, else a
+// PERMISSION_DENIED status error naming the role it needs. Methods the
+// gateway does not serve pass: they are answered UNIMPLEMENTED without
+// touching NATS.
+func (a *authenticator) authorize(role subjects.Role, fullMethod string) error {
+	acc, ok := accessOf(fullMethod)
+	if !ok || a.rights[role][acc] {
+		return nil
+	}
+	method := fullMethod[strings.LastIndexByte(fullMethod, '/')+1:]
+	var msg string
+	switch {
+	case !a.rights[subjects.RoleAdmin][acc]:
+		msg = fmt.Sprintf("%s is not allowed through the gateway", method)
+	case len(a.tokens) == 0:
+		msg = fmt.Sprintf("%s needs an admin token: this gateway has no tokens configured, so every caller has the client role (set admin_tokens)", method)
+	default:
+		msg = fmt.Sprintf("%s needs an admin token; this is a %s token", method, role)
+	}
+	return statusError(a.log, fault.New(fault.PermissionDenied, "%s", msg), "", "")
 }
 
 func (a *authenticator) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {

@@ -1,0 +1,171 @@
+package gateway
+
+import (
+	"fmt"
+	"strings"
+
+	lokiv1 "github.com/loki-iot/loki/proto/loki/v1"
+	"github.com/loki-iot/loki/subjects"
+	"github.com/nats-io/nats.go/micro"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionv1 "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	reflectionv1alpha "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
+)
+
+// busAccess is what the gateway does on NATS to answer a call: the subjects
+// it publishes requests to and those it subscribes to (replies to its own
+// inbox aside). A token's role may make the call when that role's NATS
+// permissions (subjects.RolePermissions) allow all of it, so a token has
+// the same rights over gRPC as an identity of its role has over NATS, and a
+// change to a role's permissions changes both.
+type busAccess struct {
+	pub, sub []string
+}
+
+var (
+	// accessNone is for calls the gateway answers without NATS.
+	accessNone = &busAccess{}
+	// accessExec runs a tool, and cancels it when the caller goes away.
+	accessExec = &busAccess{pub: []string{subjects.LokiExecAll, subjects.LokiCancel}}
+	// accessList reads the tool definitions.
+	accessList = &busAccess{pub: []string{subjects.LokiToolsList}}
+)
+
+// methodAccess is what each RPC of loki.v1.Loki does on NATS. New refuses
+// to build a gateway serving a method missing here.
+var methodAccess = map[string]*busAccess{
+	lokiv1.Loki_GetCapabilities_FullMethodName:       {pub: []string{subjects.LokiCapabilities}},
+	lokiv1.Loki_GetChildrenStatus_FullMethodName:     {pub: srvStatsSubjects()},
+	lokiv1.Loki_ListScripts_FullMethodName:           accessList,
+	lokiv1.Loki_GetScript_FullMethodName:             {pub: []string{subjects.LokiToolsGet}},
+	lokiv1.Loki_RegisterScript_FullMethodName:        {pub: []string{subjects.LokiToolsRegister}},
+	lokiv1.Loki_UnregisterScript_FullMethodName:      {pub: []string{subjects.LokiToolsUnregister}},
+	lokiv1.Loki_ExecuteScript_FullMethodName:         accessExec,
+	lokiv1.Loki_StreamScriptExecution_FullMethodName: accessExec,
+	lokiv1.Loki_WatchEvents_FullMethodName:           {sub: []string{subjects.LokiEventsAll}},
+}
+
+// serviceAccess is what every method of a service does on NATS, for
+// services whose methods all need the same.
+var serviceAccess = map[string]*busAccess{
+	ScriptsService:                          accessExec,
+	healthpb.Health_ServiceDesc.ServiceName: accessNone,
+	// Reflection describes the registered tools, as ListScripts does, from
+	// the gateway's own view of the registry.
+	reflectionv1.ServerReflection_ServiceDesc.ServiceName:      accessList,
+	reflectionv1alpha.ServerReflection_ServiceDesc.ServiceName: accessList,
+}
+
+// srvStatsSubjects are the $SRV.STATS requests of GetChildrenStatus: to
+// every service, or to those named.
+func srvStatsSubjects() []string {
+	all, err1 := micro.ControlSubject(micro.StatsVerb, "", "")
+	byName, err2 := micro.ControlSubject(micro.StatsVerb, "*", "")
+	if err1 != nil || err2 != nil {
+		panic(fmt.Sprintf("gateway: $SRV.STATS subjects: %v, %v", err1, err2))
+	}
+	return []string{all, byName}
+}
+
+// accessOf returns what a call of fullMethod ("/service/method") does on
+// NATS; false for a method the gateway does not serve.
+func accessOf(fullMethod string) (*busAccess, bool) {
+	if a, ok := methodAccess[fullMethod]; ok {
+		return a, true
+	}
+	i := strings.LastIndexByte(fullMethod, '/')
+	if i <= 0 {
+		return nil, false
+	}
+	a, ok := serviceAccess[fullMethod[1:i]]
+	return a, ok
+}
+
+// roleRights works out, for each role, which accesses its NATS permissions
+// allow.
+func roleRights(roles ...subjects.Role) (map[subjects.Role]map[*busAccess]bool, error) {
+	accesses := []*busAccess{accessNone}
+	for _, a := range methodAccess {
+		accesses = append(accesses, a)
+	}
+	for _, a := range serviceAccess {
+		accesses = append(accesses, a)
+	}
+	rights := map[subjects.Role]map[*busAccess]bool{}
+	for _, r := range roles {
+		// The inbox only scopes replies, which come to the gateway's own
+		// connection; any valid token will do.
+		p, err := subjects.RolePermissions(r, "gateway")
+		if err != nil {
+			return nil, fmt.Errorf("permissions of role %s: %w", r, err)
+		}
+		rights[r] = map[*busAccess]bool{}
+		for _, a := range accesses {
+			rights[r][a] = permits(p, a)
+		}
+	}
+	return rights, nil
+}
+
+// permits reports whether p allows everything a does.
+func permits(p subjects.Permissions, a *busAccess) bool {
+	for _, s := range a.pub {
+		if !allowed(p.PubAllow, p.PubDeny, s) {
+			return false
+		}
+	}
+	for _, s := range a.sub {
+		if !allowed(p.SubAllow, p.SubDeny, s) {
+			return false
+		}
+	}
+	return true
+}
+
+// allowed reports whether every subject subj (which may hold wildcards)
+// can match is allowed and none is denied.
+func allowed(allow, deny []string, subj string) bool {
+	for _, d := range deny {
+		if subjectsCollide(d, subj) {
+			return false
+		}
+	}
+	for _, f := range allow {
+		if subjectCovers(f, subj) {
+			return true
+		}
+	}
+	return false
+}
+
+// subjectCovers reports whether the NATS filter matches every subject that
+// subj, which may hold wildcards itself, matches.
+func subjectCovers(filter, subj string) bool {
+	f, s := strings.Split(filter, "."), strings.Split(subj, ".")
+	for i, ft := range f {
+		if ft == ">" {
+			return i < len(s)
+		}
+		if i >= len(s) || s[i] == ">" {
+			return false
+		}
+		if ft != "*" && ft != s[i] {
+			return false
+		}
+	}
+	return len(f) == len(s)
+}
+
+// subjectsCollide reports whether some subject matches both a and b.
+func subjectsCollide(a, b string) bool {
+	at, bt := strings.Split(a, "."), strings.Split(b, ".")
+	for i := 0; i < len(at) && i < len(bt); i++ {
+		if at[i] == ">" || bt[i] == ">" {
+			return true
+		}
+		if at[i] != "*" && bt[i] != "*" && at[i] != bt[i] {
+			return false
+		}
+	}
+	return len(at) == len(bt)
+}
