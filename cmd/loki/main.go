@@ -27,6 +27,7 @@ Usage:
   loki tools [flags]              list registered tools
   loki call TOOL [key=value ...]  call a tool and print its JSON result
   loki events [flags]             print script events as they happen
+  loki auth COMMAND [flags]       manage bus identities: add, add-device, list, revoke, export, context
   loki bench [flags]              benchmark tool calls against a raw NATS echo
 
 Run 'loki COMMAND --help' for a command's flags.
@@ -88,6 +89,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdEvents(ctx, rest, stdout, stderr)
 	case "bench":
 		return cmdBench(ctx, rest, stdout, stderr)
+	case "auth":
+		return cmdAuth(ctx, rest, stdout, stderr)
 	case "help", "-h", "--help", "-help":
 		fmt.Fprint(stdout, usage)
 		return nil
