@@ -275,7 +275,7 @@ func TestUpChildren(t *testing.T) {
 		t.Fatalf("no MQTT listener in the banner:\n%s", out)
 	}
 	got, err := cli(t, "call", "publish_reading", "sensor=kitchen", "value=21.5", "broker="+mqtt[1], "--nats-url", url)
-	if err != nil || got != `{"topic":"loki/kitchen/reading","value":21.5}` {
+	if err != nil || got != `{"topic":"readings/kitchen/reading","value":21.5}` {
 		t.Fatalf("call publish_reading: got %q, %v", got, err)
 	}
 	// The default policy allows the MQTT listener only: not even the NATS port next to it.

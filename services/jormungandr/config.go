@@ -3,7 +3,11 @@ package jormungandr
 import (
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"runtime"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -26,6 +30,78 @@ type Config struct {
 	HTTP    HTTPConfig    `toml:"http"`
 	Handles HandlesConfig `toml:"handles"`
 	Policy  Policy        `toml:"policy"`
+
+	// LocalMQTT fences scripts on Loki's own MQTT listener. It is wiring,
+	// not configuration: `loki up` sets it, TOML cannot.
+	LocalMQTT LocalMQTT `toml:"-"`
+}
+
+// LocalMQTT is Loki's own MQTT listener, whose topics are the NATS
+// server's subjects. A connection to it never logs in with the username and
+// password of the request: Jormungandr logs in as Login(filters), an
+// identity limited to the topic filters of the request (the tool's
+// net.mqtt grants for that broker), and refuses with PERMISSION_DENIED a
+// request that names none. Publish and subscribe are checked against the
+// same filters before they are sent. The zero value fences nothing.
+type LocalMQTT struct {
+	// Addr is the listener's host:port, as natsrv.Server.MQTTAddr gives it.
+	// A connection to that IP address and port is fenced; when the host is
+	// unspecified (0.0.0.0, ::, "") or localhost, to any loopback address on
+	// that port.
+	Addr string
+	// Login returns a username and password the listener accepts, allowed
+	// to publish and subscribe to the topics of filters and nothing else
+	// (auth.Authority.ScriptMQTT). An error that wraps
+	// subjects.ErrInvalidToken is a filter no identity may hold. It must be
+	// safe for concurrent use.
+	Login func(filters []string) (user, pass string, err error)
+}
+
+// localListener is a compiled LocalMQTT.
+type localListener struct {
+	addr  netip.Addr
+	any   bool // addr is unspecified: every loopback address
+	port  int
+	login func(filters []string) (user, pass string, err error)
+}
+
+// compile checks l; a nil result fences nothing.
+func (l LocalMQTT) compile() (*localListener, error) {
+	if l.Addr == "" && l.Login == nil {
+		return nil, nil
+	}
+	if l.Addr == "" || l.Login == nil {
+		return nil, fmt.Errorf("%w: LocalMQTT needs both Addr and Login", ErrConfig)
+	}
+	bad := fmt.Errorf("%w: LocalMQTT.Addr %q: want an IP address and port such as 127.0.0.1:1883", ErrConfig, l.Addr)
+	host, p, err := net.SplitHostPort(l.Addr)
+	if err != nil {
+		return nil, bad
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil || port < 1 || port > 65535 {
+		return nil, bad
+	}
+	ll := &localListener{port: port, login: l.Login}
+	switch a, err := netip.ParseAddr(host); {
+	case host == "" || strings.EqualFold(host, "localhost"):
+		ll.any = true
+	case err != nil:
+		return nil, bad
+	default:
+		ll.addr = a.Unmap()
+		ll.any = ll.addr.IsUnspecified()
+	}
+	return ll, nil
+}
+
+// is reports whether a connection to ip:port reaches the listener.
+func (l *localListener) is(ip netip.Addr, port int) bool {
+	if l == nil || port != l.port || !ip.IsValid() {
+		return false
+	}
+	ip = ip.Unmap()
+	return ip == l.addr || l.any && ip.IsLoopback()
 }
 
 // HTTPConfig configures HTTP requests.
@@ -121,6 +197,9 @@ func (c Config) Validate() error {
 			return fmt.Errorf("%w: %s = %v: %s", ErrConfig, k.key, k.v, k.want)
 		}
 	}
-	_, err := c.Policy.compile()
+	if _, err := c.Policy.compile(); err != nil {
+		return err
+	}
+	_, err := c.LocalMQTT.compile()
 	return err
 }

@@ -27,3 +27,7 @@ func CheckDialedAddr(p Policy, a netip.Addr, port int) error {
 
 // AddrKind names why a is not public, or returns "".
 func AddrKind(a netip.Addr) string { return addrKind(a) }
+
+// TopicMatches reports whether the MQTT topic filter f covers topic (or
+// filter) sub.
+func TopicMatches(f, sub string) bool { return topicMatches(f, sub) }

@@ -17,8 +17,9 @@ import (
 )
 
 // Grant areas of the net module: net.http:<host>, net.ws:<host>,
-// net.mqtt:<host>. A grant without a scope, or with scope *, covers every
-// host the egress policy allows.
+// net.mqtt:<host>[:<port>][/<topic filter>] (see CheckGrant). A grant
+// without a scope, or with scope *, covers every host the egress policy
+// allows.
 const (
 	grantModule = "net"
 	areaHTTP    = "http"
@@ -41,7 +42,8 @@ var _ engine.Module = (*module)(nil)
 // net.http.get(url [, opts]), net.http.request{...}, net.ws.connect(url
 // [, opts]) and net.mqtt.connect{...}; see docs/JORMUNGANDR.md. Every call is
 // one NATS request to Jormungandr on nc carrying the script's remaining
-// deadline; the tool's grants are checked before anything is sent.
+// deadline; the tool's grants are checked before anything is sent, and an
+// MQTT connection carries the topic filters its grants name.
 // Connections a script opens are closed when its execution ends. Failures
 // raise Lua errors starting with the code, e.g. "PERMISSION_DENIED: ...".
 // nc is owned by the caller.
@@ -49,6 +51,10 @@ func NewModule(nc *nats.Conn) engine.Module { return &module{c: NewClient(nc)} }
 
 // Name is the global the module is bound to in scripts.
 func (m *module) Name() string { return "net" }
+
+// CheckGrant is the package's CheckGrant, for the tool loader: it refuses
+// a net grant scripts could not use.
+func (m *module) CheckGrant(g engine.Grant) error { return CheckGrant(g) }
 
 // execution is what the module keeps for one script execution: the
 // handles it opened, closed when the execution's context ends.
@@ -359,7 +365,15 @@ func (x *execution) mqttConnect(L *lua.LState) int {
 	if req.Broker == "" {
 		return badField(L, "mqtt.connect", "broker", "is required")
 	}
-	req.Hosts = x.allow(L, areaMQTT, req.Broker, mqttSchemes)
+	broker, err := parseTarget(req.Broker, mqttSchemes)
+	if err != nil {
+		return fail(L, err)
+	}
+	access, err := mqttGrants(x.call.Grants, broker)
+	if err != nil {
+		return fail(L, err)
+	}
+	req.Hosts, req.Topics = access.hosts, access.topics
 	h, err := x.m.c.ConnectMQTT(x.call.Ctx, req)
 	if err != nil {
 		return fail(L, err)

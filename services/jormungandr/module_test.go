@@ -239,11 +239,11 @@ func TestExampleNetTools(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Subscribe(ctx, sub, "loki/+/reading", 1); err != nil {
+	if err := c.Subscribe(ctx, sub, "readings/+/reading", 1); err != nil {
 		t.Fatal(err)
 	}
 	got, err = e.call(t, "publish_reading", `{"sensor":"kitchen","value":21.5,"unit":"C","broker":"tcp://`+srv.MQTTAddr()+`"}`)
-	if want := map[string]any{"topic": "loki/kitchen/reading", "value": 21.5}; err != nil || !reflect.DeepEqual(got, want) {
+	if want := map[string]any{"topic": "readings/kitchen/reading", "value": 21.5}; err != nil || !reflect.DeepEqual(got, want) {
 		t.Fatalf("publish_reading: got %v, %v, want %v", got, err, want)
 	}
 	m, err := c.Receive(ctx, sub, 20*time.Second)
@@ -251,7 +251,7 @@ func TestExampleNetTools(t *testing.T) {
 		t.Fatalf("got %v, %v, want the reading", m, err)
 	}
 	var reading map[string]any
-	if err := json.Unmarshal(m.Data, &reading); err != nil || m.Topic != "loki/kitchen/reading" ||
+	if err := json.Unmarshal(m.Data, &reading); err != nil || m.Topic != "readings/kitchen/reading" ||
 		!reflect.DeepEqual(reading, map[string]any{"sensor": "kitchen", "value": 21.5, "unit": "C"}) {
 		t.Fatalf("got %s on %s (%v), want the kitchen reading as JSON", m.Data, m.Topic, err)
 	}

@@ -3,8 +3,12 @@ package jormungandr
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"net"
+	"net/netip"
 	"net/url"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -12,6 +16,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/loki-iot/loki/internal/fault"
 	"github.com/loki-iot/loki/internal/microsvc"
+	"github.com/loki-iot/loki/subjects"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
 )
@@ -31,29 +36,102 @@ func (s *Service) serveMQTTConnect(ctx context.Context, r *microsvc.Request) ([]
 	if err := s.handles.reserve(); err != nil {
 		return nil, nil, err
 	}
-	m, err := s.connectMQTT(ctx, req, t)
+	login, err := s.mqttLogin(t, req)
+	if err != nil {
+		return nil, nil, err
+	}
+	m, err := s.connectMQTT(ctx, req.ClientID, login, t)
 	if err != nil {
 		return nil, nil, err
 	}
 	return s.register(m)
 }
 
-// connectMQTT connects to the broker of t (MQTT 3.1.1, clean session, no
-// automatic reconnect) through the policy-checking dialer.
-func (s *Service) connectMQTT(ctx context.Context, req MQTTConnectRequest, t target) (*mqttConn, error) {
+// mqttLogin is how a connection logs in and which topics it may use.
+type mqttLogin struct {
+	user, pass string
+	// local: the broker is Loki's own listener and user is an identity
+	// fenced to filters.
+	local bool
+	// filters are the topic filters publish and subscribe must fall
+	// within; nil: any topic.
+	filters []string
+}
+
+// mqttLogin decides how a connection to t logs in. On Loki's own listener
+// it ignores the request's username and password and logs in with an
+// identity limited to the request's topic filters, refusing a request that
+// names none; elsewhere it uses the request's login, and checks topics
+// against its filters unless they include every topic.
+func (s *Service) mqttLogin(t target, req MQTTConnectRequest) (mqttLogin, error) {
+	if !s.local.is(t.ip, t.port) {
+		l := mqttLogin{user: req.Username, pass: req.Password, filters: req.Topics}
+		if slices.Contains(l.filters, anyTopic) {
+			l.filters = nil
+		}
+		return l, nil
+	}
 	what := "mqtt " + t.hostport()
-	m := &mqttConn{broker: t.hostport(), msgs: make(chan Message, s.cfg.Handles.Buffer), dead: make(chan struct{})}
+	var filters []string
+	for _, f := range req.Topics {
+		if f != anyTopic && !slices.Contains(filters, f) {
+			filters = append(filters, f)
+		}
+	}
+	if len(filters) == 0 {
+		return mqttLogin{}, fault.New(fault.PermissionDenied,
+			"%s is Loki's own MQTT listener, where a tool may use only the topics its grants name: "+
+				"add a grant such as \"net.mqtt:%s/<topic>\" (it covers <topic> and every topic below it)",
+			what, grantHost(t.host))
+	}
+	for _, f := range filters {
+		// A wildcard first level would reach every subject tree the
+		// server's deny list forgets ($JS, $KV, a new component's root).
+		if first, _, _ := strings.Cut(f, "/"); first == "+" || first == "#" {
+			return mqttLogin{}, fault.New(fault.PermissionDenied,
+				"%s is Loki's own MQTT listener: topic filter %q: name the first topic level in the grant", what, f)
+		}
+		if _, err := subjects.MQTTFilterSubjects(f); err != nil {
+			return mqttLogin{}, fault.New(fault.PermissionDenied, "%s is Loki's own MQTT listener: %s", what, filterError(err))
+		}
+	}
+	user, pass, err := s.local.login(filters)
+	switch {
+	case errors.Is(err, subjects.ErrInvalidToken):
+		return mqttLogin{}, fault.New(fault.PermissionDenied, "%s is Loki's own MQTT listener: %s", what, filterError(err))
+	case err != nil:
+		return mqttLogin{}, fault.Wrap(fault.Internal, err, "%s: log in to Loki's own MQTT listener: %v", what, err)
+	}
+	return mqttLogin{user: user, pass: pass, local: true, filters: filters}, nil
+}
+
+// filterError is the message of a topic filter error without the subject
+// vocabulary.
+func filterError(err error) string {
+	return strings.TrimPrefix(err.Error(), subjects.ErrInvalidToken.Error()+": ")
+}
+
+// connectMQTT connects to the broker of t (MQTT 3.1.1, clean session, no
+// automatic reconnect) through the policy-checking dialer, logging in with
+// login. On Loki's own listener the client id is prefixed with the fenced
+// identity's name, so that a script cannot take over, and so disconnect,
+// the session of a device or of another tool.
+func (s *Service) connectMQTT(ctx context.Context, clientID string, login mqttLogin, t target) (*mqttConn, error) {
+	what := "mqtt " + t.hostport()
+	m := &mqttConn{broker: t.hostport(), filters: login.filters, msgs: make(chan Message, s.cfg.Handles.Buffer), dead: make(chan struct{})}
 	useTLS := t.scheme == "ssl" || t.scheme == "tls" || t.scheme == "mqtts"
-	clientID := req.ClientID
 	if clientID == "" {
 		clientID = "loki-" + nuid.Next()
+	}
+	if login.local {
+		clientID = login.user + "-" + clientID
 	}
 	timeout := max(time.Until(deadlineOf(ctx)), time.Millisecond)
 	opts := mqtt.NewClientOptions().
 		AddBroker("tcp://" + t.hostport()).
 		SetClientID(clientID).
-		SetUsername(req.Username).
-		SetPassword(req.Password).
+		SetUsername(login.user).
+		SetPassword(login.pass).
 		SetProtocolVersion(4).
 		SetCleanSession(true).
 		SetAutoReconnect(false).
@@ -66,8 +144,17 @@ func (s *Service) connectMQTT(ctx context.Context, req MQTTConnectRequest, t tar
 		}).
 		SetCustomOpenConnectionFn(func(*url.URL, mqtt.ClientOptions) (net.Conn, error) {
 			c, err := s.pol.dial(ctx, t)
-			if err != nil || !useTLS {
-				return c, err
+			if err != nil {
+				return nil, err
+			}
+			// A name the policy resolves into the listener's address must
+			// not reach it with the request's own login.
+			if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); !login.local && err == nil && s.local.is(ap.Addr(), int(ap.Port())) {
+				_ = c.Close()
+				return nil, fault.New(fault.PermissionDenied, "%s: host %q leads to Loki's own MQTT listener: connect to its address, %s", what, t.host, ap)
+			}
+			if !useTLS {
+				return c, nil
 			}
 			tc := tls.Client(c, &tls.Config{ServerName: t.host, MinVersion: tls.VersionTLS12})
 			if err := tc.HandshakeContext(ctx); err != nil {
@@ -82,6 +169,22 @@ func (s *Service) connectMQTT(ctx context.Context, req MQTTConnectRequest, t tar
 		return nil, err
 	}
 	return m, nil
+}
+
+// allowed refuses topic (a filter for subscribe) unless one of m's filters
+// covers it. The broker is the real fence on Loki's own listener; this
+// gives a clear error where the broker would drop the message silently.
+func (m *mqttConn) allowed(op, topic string) error {
+	if m.filters == nil {
+		return nil
+	}
+	for _, f := range m.filters {
+		if topicMatches(f, topic) {
+			return nil
+		}
+	}
+	return fault.New(fault.PermissionDenied, "mqtt %s: %s %q: the tool's net.mqtt grants for this broker allow only %s",
+		m.broker, op, topic, strings.Join(m.filters, ", "))
 }
 
 // waitToken waits for a paho operation until ctx ends, mapping its error.
@@ -101,6 +204,7 @@ func waitToken(ctx context.Context, tok mqtt.Token, what string) error {
 // in msgs; when msgs is full, new ones are dropped and counted.
 type mqttConn struct {
 	broker  string
+	filters []string // nil: any topic
 	cl      mqtt.Client
 	msgs    chan Message
 	dead    chan struct{}
@@ -133,11 +237,17 @@ func (m *mqttConn) publish(ctx context.Context, topic string, data []byte, qos i
 	if err := m.gone(); err != nil {
 		return err
 	}
+	if err := m.allowed("publish to", topic); err != nil {
+		return err
+	}
 	return waitToken(ctx, m.cl.Publish(topic, byte(qos), retain, data), "mqtt "+m.broker+": publish to "+topic)
 }
 
 func (m *mqttConn) subscribe(ctx context.Context, topic string, qos int) error {
 	if err := m.gone(); err != nil {
+		return err
+	}
+	if err := m.allowed("subscribe to", topic); err != nil {
 		return err
 	}
 	tok := m.cl.Subscribe(topic, byte(qos), func(_ mqtt.Client, msg mqtt.Message) {

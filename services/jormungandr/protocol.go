@@ -29,6 +29,7 @@ const (
 	maxHeaders       = 64
 	maxHeaderBytes   = 8 << 10
 	maxHosts         = 256
+	maxTopics        = 256
 	maxClientIDBytes = 256
 	maxTopicBytes    = 1024
 	maxCredBytes     = 1024
@@ -76,6 +77,13 @@ type MQTTConnectRequest struct {
 	Password string `json:"password,omitempty"`
 	// Hosts, when not empty, are the only hosts the connection may reach.
 	Hosts []string `json:"hosts,omitempty"`
+	// Topics, when not empty, are the MQTT topic filters the connection
+	// may publish and subscribe to (a script's grants for this broker; "#"
+	// is every topic); empty: any topic. On Loki's own MQTT listener
+	// (Config.LocalMQTT) they are required, "#" does not count, and the
+	// connection logs in with an identity limited to them whatever
+	// Username and Password say.
+	Topics []string `json:"topics,omitempty"`
 }
 
 // Handle names a connection held by one replica.
@@ -182,7 +190,7 @@ func DecodeMQTTConnectRequest(data []byte) (MQTTConnectRequest, error) {
 	if err := decodeJSON(data, "mqtt connect request", &r); err != nil {
 		return r, err
 	}
-	r.Hosts = nilIfEmptySlice(r.Hosts)
+	r.Hosts, r.Topics = nilIfEmptySlice(r.Hosts), nilIfEmptySlice(r.Topics)
 	if err := checkURL(r.Broker); err != nil {
 		return r, err
 	}
@@ -191,6 +199,13 @@ func DecodeMQTTConnectRequest(data []byte) (MQTTConnectRequest, error) {
 		return r, fault.New(fault.InvalidArgument, "mqtt connect request: client_id must be at most %d printable characters", maxClientIDBytes)
 	case len(r.Username) > maxCredBytes || len(r.Password) > maxCredBytes:
 		return r, fault.New(fault.InvalidArgument, "mqtt connect request: username and password must be at most %d bytes", maxCredBytes)
+	case len(r.Topics) > maxTopics:
+		return r, fault.New(fault.InvalidArgument, "mqtt connect request: %d topics: at most %d", len(r.Topics), maxTopics)
+	}
+	for _, f := range r.Topics {
+		if err := checkTopic(f, true); err != nil {
+			return r, fault.New(fault.InvalidArgument, "mqtt connect request: topics: %v", err)
+		}
 	}
 	return r, checkHosts(r.Hosts)
 }

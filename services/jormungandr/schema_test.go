@@ -19,7 +19,7 @@ func TestSchema(t *testing.T) {
 		&lokiv1.JormungandrHTTPResponse{})
 	schematest.Check(t, jormungandr.WSConnectRequest{URL: "wss://api.example.com/ws", Headers: hdrs, Reconnect: true, Hosts: hosts},
 		&lokiv1.JormungandrWSConnectRequest{})
-	schematest.Check(t, jormungandr.MQTTConnectRequest{Broker: "tcp://127.0.0.1:1883", ClientID: "c", Username: "u", Password: "p", Hosts: hosts},
+	schematest.Check(t, jormungandr.MQTTConnectRequest{Broker: "tcp://127.0.0.1:1883", ClientID: "c", Username: "u", Password: "p", Hosts: hosts, Topics: []string{"readings/#"}},
 		&lokiv1.JormungandrMQTTConnectRequest{})
 	schematest.Check(t, jormungandr.Handle{Instance: "i", ID: "h", Kind: "mqtt"}, &lokiv1.JormungandrHandle{})
 	schematest.Check(t, jormungandr.HandleRequest{ID: "h", Data: []byte("x"), Binary: true, Topic: "a/b", QoS: 1, Retain: true, Wait: "1s"},

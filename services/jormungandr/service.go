@@ -9,7 +9,9 @@
 //   - MQTT 3.1.1 connections (publish at QoS 0 or 1, subscribe, receive).
 //
 // Every destination passes the egress Policy, and every address dialed is
-// checked again after name resolution. Connections are held by the replica
+// checked again after name resolution. On Loki's own MQTT listener
+// (Config.LocalMQTT) a connection logs in with an identity limited to the
+// topic filters of the tool's grants. Connections are held by the replica
 // that opened them and reached through handle subjects carrying its
 // instance id; see docs/JORMUNGANDR.md.
 //
@@ -56,6 +58,7 @@ type Service struct {
 	nc    *nats.Conn
 	log   *slog.Logger
 	pol   *policy
+	local *localListener // nil: no MQTT listener to fence
 	ready chan struct{}
 
 	httpTransport *http.Transport
@@ -95,11 +98,16 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
+	local, err := cfg.LocalMQTT.compile()
+	if err != nil {
+		return nil, err
+	}
 	s := &Service{
 		cfg:     cfg,
 		nc:      nc,
 		log:     log.With("component", "jormungandr"),
 		pol:     pol,
+		local:   local,
 		ready:   make(chan struct{}),
 		handles: newHandleTable(cfg.Handles.Max),
 	}

@@ -397,7 +397,7 @@ func (s *Service) handleRegister(ctx context.Context, r *microsvc.Request) ([]by
 	def.Revision = 0
 	c, err := Compile(def)
 	if err == nil {
-		err = CheckGrantModules([]*Compiled{c}, s.moduleNames())
+		err = CheckGrantModules([]*Compiled{c}, s.cfg.Modules)
 	}
 	if err != nil {
 		return nil, nil, fault.New(fault.InvalidArgument, "%v", err)
@@ -408,15 +408,6 @@ func (s *Service) handleRegister(ctx context.Context, r *microsvc.Request) ([]by
 	}
 	s.log.Info("tool registered", "tool", def.GetName(), "revision", stored.GetRevision())
 	return marshal(stored)
-}
-
-// moduleNames are the names of the modules scripts of this replica can use.
-func (s *Service) moduleNames() []string {
-	names := make([]string, len(s.cfg.Modules))
-	for i, m := range s.cfg.Modules {
-		names[i] = m.Name()
-	}
-	return names
 }
 
 func (s *Service) handleUnregister(ctx context.Context, r *microsvc.Request) ([]byte, nats.Header, error) {

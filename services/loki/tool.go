@@ -39,15 +39,33 @@ type Compiled struct {
 	events  eventSubjects
 }
 
+// GrantChecker is implemented by modules whose grant scopes have a shape of
+// their own (net.mqtt:<host>[:<port>][/<topic filter>]), so that a bad
+// scope is refused when the tool is loaded, not when its script runs.
+type GrantChecker interface {
+	CheckGrant(g engine.Grant) error
+}
+
 // CheckGrantModules returns an error wrapping ErrInvalidTool for the first
-// grant of tools that names none of modules: a typo such as "hell.kv:x"
-// would otherwise load and fail only when the script runs.
-func CheckGrantModules(tools []*Compiled, modules []string) error {
+// grant of tools that names none of modules, or that its module refuses: a
+// typo such as "hell.kv:x" would otherwise load and fail only when the
+// script runs.
+func CheckGrantModules(tools []*Compiled, modules []engine.Module) error {
+	names := make([]string, len(modules))
+	for i, m := range modules {
+		names[i] = m.Name()
+	}
 	for _, t := range tools {
 		for _, g := range t.Grants {
-			if !slices.Contains(modules, g.Module) {
+			i := slices.Index(names, g.Module)
+			if i < 0 {
 				return fmt.Errorf("%w: tool %q: grant %q: no module %q (modules: %s)",
-					ErrInvalidTool, t.Def.GetName(), g.String(), g.Module, strings.Join(modules, ", "))
+					ErrInvalidTool, t.Def.GetName(), g.String(), g.Module, strings.Join(names, ", "))
+			}
+			if c, ok := modules[i].(GrantChecker); ok {
+				if err := c.CheckGrant(g); err != nil {
+					return fmt.Errorf("%w: tool %q: %w", ErrInvalidTool, t.Def.GetName(), err)
+				}
 			}
 		}
 	}

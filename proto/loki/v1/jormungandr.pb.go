@@ -246,12 +246,17 @@ func (x *JormungandrWSConnectRequest) GetHosts() []string {
 
 // JormungandrMQTTConnectRequest is the body of jormungandr.mqtt.connect.
 type JormungandrMQTTConnectRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Broker        string                 `protobuf:"bytes,1,opt,name=broker,proto3" json:"broker,omitempty"`
-	ClientId      string                 `protobuf:"bytes,2,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
-	Username      string                 `protobuf:"bytes,3,opt,name=username,proto3" json:"username,omitempty"`
-	Password      string                 `protobuf:"bytes,4,opt,name=password,proto3" json:"password,omitempty"`
-	Hosts         []string               `protobuf:"bytes,5,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Broker   string                 `protobuf:"bytes,1,opt,name=broker,proto3" json:"broker,omitempty"`
+	ClientId string                 `protobuf:"bytes,2,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	Username string                 `protobuf:"bytes,3,opt,name=username,proto3" json:"username,omitempty"`
+	Password string                 `protobuf:"bytes,4,opt,name=password,proto3" json:"password,omitempty"`
+	Hosts    []string               `protobuf:"bytes,5,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	// MQTT topic filters the connection may publish and subscribe to (the
+	// tool's net.mqtt grants for this broker; "#" is every topic); empty: any.
+	// On Loki's own MQTT listener they are required and the connection logs in
+	// with an identity limited to them, ignoring username and password.
+	Topics        []string `protobuf:"bytes,6,rep,name=topics,proto3" json:"topics,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -317,6 +322,13 @@ func (x *JormungandrMQTTConnectRequest) GetPassword() string {
 func (x *JormungandrMQTTConnectRequest) GetHosts() []string {
 	if x != nil {
 		return x.Hosts
+	}
+	return nil
+}
+
+func (x *JormungandrMQTTConnectRequest) GetTopics() []string {
+	if x != nil {
+		return x.Topics
 	}
 	return nil
 }
@@ -614,13 +626,14 @@ const file_loki_v1_jormungandr_proto_rawDesc = "" +
 	"\x05hosts\x18\x04 \x03(\tR\x05hosts\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa2\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xba\x01\n" +
 	"\x1dJormungandrMQTTConnectRequest\x12\x16\n" +
 	"\x06broker\x18\x01 \x01(\tR\x06broker\x12\x1b\n" +
 	"\tclient_id\x18\x02 \x01(\tR\bclientId\x12\x1a\n" +
 	"\busername\x18\x03 \x01(\tR\busername\x12\x1a\n" +
 	"\bpassword\x18\x04 \x01(\tR\bpassword\x12\x14\n" +
-	"\x05hosts\x18\x05 \x03(\tR\x05hosts\"S\n" +
+	"\x05hosts\x18\x05 \x03(\tR\x05hosts\x12\x16\n" +
+	"\x06topics\x18\x06 \x03(\tR\x06topics\"S\n" +
 	"\x11JormungandrHandle\x12\x1a\n" +
 	"\binstance\x18\x01 \x01(\tR\binstance\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n" +

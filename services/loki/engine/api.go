@@ -91,7 +91,11 @@ type Grant struct {
 }
 
 var grantToken = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
-var grantScope = regexp.MustCompile(`^(\*|[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*)$`)
+
+// grantScope: a first segment that may carry a port or an IPv6 literal
+// (net.mqtt:127.0.0.1:1883, [::1]), then segments that may be MQTT topic
+// wildcards (readings/+/temp, readings/#); the module checks the rest.
+var grantScope = regexp.MustCompile(`^(\*|[A-Za-z0-9_.\-:\[\]*]+(/[A-Za-z0-9_.\-+#]+)*)$`)
 
 // ParseGrant parses "<module>[.<area>][:<scope>]", e.g. "hel.kv:sensors".
 func ParseGrant(s string) (Grant, error) {
