@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go/micro"
 )
@@ -66,6 +68,15 @@ func Inbox(id string) (string, error) {
 		return "", err
 	}
 	return InboxRoot + "." + id, nil
+}
+
+// IsReplyInbox reports whether subj may be a reply subject: one under
+// _INBOX. Services answer nothing else, because a reply is published with
+// the service's own rights: a request whose reply subject is, say,
+// fenrir.sim.actuator.set would otherwise make Loki drive hardware for a
+// caller that may not, or forge a script event.
+func IsReplyInbox(subj string) bool {
+	return len(subj) > len(InboxRoot)+1 && subj[:len(InboxRoot)+1] == InboxRoot+"."
 }
 
 // Identity-related subjects: the identity service that `loki up` runs for
@@ -212,7 +223,10 @@ func RolePermissions(r Role, inbox string, scope ...string) (Permissions, error)
 		}, nil
 	case RoleLoki:
 		pub := []string{LokiEventsAll, replies, HelAll, FenrirAll, JormungandrAll, jsAccountInfo, "$KV." + ToolsBucket + ".>"}
-		pub = append(pub, jsStreamUse(toolsKV)...)
+		// Create, never update: an update could add subjects (say
+		// _INBOX.>) to the registry's stream and capture others' replies.
+		pub = append(pub, jsStreamRead(toolsKV)...)
+		pub = append(pub, jsAPI+".STREAM.CREATE."+toolsKV)
 		sub := []string{LokiExecAll, LokiToolsList, LokiToolsGet, LokiToolsRegister, LokiToolsUnregister,
 			LokiCapabilities, LokiCancel, myInbox}
 		return Permissions{PubAllow: pub, SubAllow: append(sub, srvSubs(LokiService)...)}, nil
@@ -257,7 +271,11 @@ func RolePermissions(r Role, inbox string, scope ...string) (Permissions, error)
 		if err != nil {
 			return Permissions{}, err
 		}
-		return Permissions{PubAllow: []string{tree}, SubAllow: []string{tree}, MQTTOnly: true}, nil
+		// The MQTT filter jotunheim/<id>/# matches jotunheim/<id> too, and
+		// the server subscribes to that parent level along with the tree:
+		// without it a device's subscription to its own tree is refused.
+		own := []string{DevicePrefix + "." + scope[0], tree}
+		return Permissions{PubAllow: own, SubAllow: own, MQTTOnly: true}, nil
 	case RoleScriptMQTT:
 		if len(scope) == 0 {
 			return Permissions{}, fmt.Errorf("%w: a script MQTT identity needs at least one topic filter", ErrInvalidToken)
@@ -291,11 +309,16 @@ func internalTrees() []string {
 // MQTTFilterSubjects returns the NATS subjects an MQTT topic filter covers,
 // mapped the way the NATS server's MQTT listener maps topics: '/' to '.',
 // '.' to "//", '+' to '*' and '#' to '>'. A trailing '#' also matches its
-// parent level, as in MQTT, so "a/#" gives "a" and "a.>". A filter that
-// starts with '$', is empty, or holds a wildcard inside a level is refused:
-// no grant may reach the server's internal subjects.
+// parent level, as in MQTT, so "a/#" gives "a" and "a.>". No grant may
+// reach the server's or Loki's own subjects, so a filter is refused when it
+// is empty, holds a space, a control character or invalid UTF-8, starts
+// with '$' or one of InternalRoots, holds a wildcard inside a level or an
+// empty level, or has a wildcard as its first level: "+/#" would be "*"
+// and "*.>", which match $JS.API.STREAM.DELETE.KV_loki_tools, since an MQTT
+// client may publish to any topic its permissions allow, '$' ones included.
 func MQTTFilterSubjects(filter string) ([]string, error) {
-	if filter == "" || strings.HasPrefix(filter, "$") || strings.ContainsAny(filter, " \t\r\n\x00") {
+	if filter == "" || strings.HasPrefix(filter, "$") || !utf8.ValidString(filter) ||
+		strings.ContainsFunc(filter, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) {
 		return nil, fmt.Errorf("%w: MQTT topic filter %q", ErrInvalidToken, filter)
 	}
 	levels := strings.Split(filter, "/")
@@ -304,15 +327,15 @@ func MQTTFilterSubjects(filter string) ([]string, error) {
 			return nil, fmt.Errorf("%w: MQTT topic filter %q: topics under %q/ belong to Loki itself", ErrInvalidToken, filter, r)
 		}
 	}
+	if levels[0] == "+" || levels[0] == "#" {
+		return nil, fmt.Errorf("%w: MQTT topic filter %q: the first level must be a name, not a wildcard (it would reach the server's $ subjects)", ErrInvalidToken, filter)
+	}
 	toks := make([]string, 0, len(levels))
 	for i, l := range levels {
 		switch {
 		case l == "#":
 			if i != len(levels)-1 {
 				return nil, fmt.Errorf("%w: MQTT topic filter %q: '#' must be the last level", ErrInvalidToken, filter)
-			}
-			if i == 0 {
-				return nil, fmt.Errorf("%w: MQTT topic filter %q would cover every topic", ErrInvalidToken, filter)
 			}
 			parent := strings.Join(toks, ".")
 			return []string{parent, parent + ".>"}, nil
@@ -325,9 +348,6 @@ func MQTTFilterSubjects(filter string) ([]string, error) {
 		default:
 			toks = append(toks, strings.ReplaceAll(l, ".", "//"))
 		}
-	}
-	if toks[0] == "*" && len(toks) == 1 {
-		return nil, fmt.Errorf("%w: MQTT topic filter %q would cover every one-level topic", ErrInvalidToken, filter)
 	}
 	return []string{strings.Join(toks, ".")}, nil
 }

@@ -167,11 +167,52 @@ func (a *Authority) load() error {
 	if err := json.Unmarshal(b, &f); err != nil {
 		return fmt.Errorf("%s: %w", filepath.Join(a.dir, storeFile), err)
 	}
+	keys := map[string]string{} // public key → identity name
 	for _, id := range f.Identities {
-		if err := ValidName(id.Name); err != nil || !id.Role.Valid() {
-			return fmt.Errorf("%s: identity %q: bad name or role %q", filepath.Join(a.dir, storeFile), id.Name, id.Role)
+		if err := checkStored(id); err != nil {
+			return fmt.Errorf("%s: %w", filepath.Join(a.dir, storeFile), err)
 		}
+		if _, dup := a.ids[id.Name]; dup {
+			return fmt.Errorf("%s: %w: identity %q is listed twice", filepath.Join(a.dir, storeFile), ErrInvalid, id.Name)
+		}
+		if other, dup := keys[id.PublicKey]; dup && id.PublicKey != "" {
+			return fmt.Errorf("%s: %w: identities %q and %q have the same public key", filepath.Join(a.dir, storeFile), ErrInvalid, other, id.Name)
+		}
+		keys[id.PublicKey] = id.Name
 		a.ids[id.Name] = id
+	}
+	return nil
+}
+
+// checkStored returns an error unless id, read from the store, is one that
+// Add or AddDevice could have written: serverUsers trusts what it is given,
+// so a NATS role holding a password would become an MQTT login, and a
+// device holding a public key an nkey user allowed on NATS. Entries named
+// after a built-in are left to ensureBuiltIns, which remakes any that does
+// not match its seed and role.
+func checkStored(id Identity) error {
+	if err := ValidName(id.Name); err != nil || !id.Role.Valid() {
+		return fmt.Errorf("%w: identity %q: bad name or role %q", ErrInvalid, id.Name, id.Role)
+	}
+	if slices.Contains(BuiltIns, subjects.Role(id.Name)) {
+		return nil
+	}
+	switch {
+	case id.BuiltIn:
+		return fmt.Errorf("%w: identity %q is marked built-in but is not one of %v", ErrInvalid, id.Name, BuiltIns)
+	case id.Role == subjects.RoleScriptMQTT:
+		return fmt.Errorf("%w: identity %q: script MQTT identities are never stored", ErrInvalid, id.Name)
+	case id.Role == subjects.RoleDevice:
+		if _, err := bcrypt.Cost([]byte(id.PasswordHash)); err != nil || id.PublicKey != "" || id.DeviceID != id.Name {
+			return fmt.Errorf("%w: device %q: want a bcrypt password hash, no public key and device_id %q", ErrInvalid, id.Name, id.Name)
+		}
+	default:
+		if !nkeys.IsValidPublicUserKey(id.PublicKey) || id.PasswordHash != "" {
+			return fmt.Errorf("%w: identity %q: want a user nkey public key and no password hash", ErrInvalid, id.Name)
+		}
+	}
+	if _, err := id.Permissions(); err != nil {
+		return fmt.Errorf("%w: identity %q: %v", ErrInvalid, id.Name, err)
 	}
 	return nil
 }
@@ -203,7 +244,7 @@ func (a *Authority) ensureBuiltIns() error {
 		if ok && err == nil {
 			kp, perr := nkeys.ParseDecoratedNKey(seed)
 			if perr == nil {
-				if pub, _ := kp.PublicKey(); pub == id.PublicKey {
+				if pub, _ := kp.PublicKey(); pub == id.PublicKey && id.Role == role && id.BuiltIn {
 					continue
 				}
 			}

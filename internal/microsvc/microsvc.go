@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/loki-iot/loki/internal/fault"
+	"github.com/loki-iot/loki/subjects"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 	"github.com/nats-io/nuid"
@@ -173,6 +174,9 @@ func Start(nc *nats.Conn, cfg Config, log *slog.Logger) (*Service, error) {
 				return nil, err
 			}
 			sub, err := nc.Subscribe(subj, func(m *nats.Msg) {
+				if !subjects.IsReplyInbox(m.Reply) {
+					return // see subjects.IsReplyInbox
+				}
 				b, _ := json.Marshal(value())
 				_ = m.Respond(b)
 			})
@@ -225,7 +229,12 @@ func (s *Service) AddEndpoint(e Endpoint) error {
 		return ErrStopped
 	}
 	ep := &endpoint{Endpoint: e, queueGroup: s.cfg.QueueGroup}
-	cb := func(m *nats.Msg) { s.handle(ep, &Request{msg: m, nc: s.nc}) }
+	cb := func(m *nats.Msg) {
+		if s.refuseReply(ep, m) {
+			return
+		}
+		s.handle(ep, &Request{msg: m, nc: s.nc})
+	}
 	if e.Workers > 0 {
 		// Room for every admitted request, so dispatch never blocks and an
 		// idle worker that is not yet waiting on the channel costs no refusal.
@@ -241,7 +250,12 @@ func (s *Service) AddEndpoint(e Endpoint) error {
 				}
 			}()
 		}
-		cb = func(m *nats.Msg) { s.dispatch(ep, m) }
+		cb = func(m *nats.Msg) {
+			if s.refuseReply(ep, m) {
+				return
+			}
+			s.dispatch(ep, m)
+		}
 	}
 	sub, err := s.nc.QueueSubscribe(e.Subject, ep.queueGroup, cb)
 	if err != nil {
@@ -255,6 +269,18 @@ func (s *Service) AddEndpoint(e Endpoint) error {
 	ep.sub = sub
 	s.endpoints = append(s.endpoints, ep)
 	return nil
+}
+
+// refuseReply drops a request whose reply subject is not an inbox (see
+// subjects.IsReplyInbox), counting it as an error; it is never answered
+// and its handler never runs. A message without a reply (a publish) passes.
+func (s *Service) refuseReply(ep *endpoint, m *nats.Msg) bool {
+	if m.Reply == "" || subjects.IsReplyInbox(m.Reply) {
+		return false
+	}
+	s.log.Debug("dropped a request whose reply subject is not an inbox", "subject", m.Subject, "reply", m.Reply)
+	s.record(ep, 0, fault.New(fault.PermissionDenied, "reply subject %q is not under %s.", m.Reply, subjects.InboxRoot))
+	return true
 }
 
 // dispatch hands r to a worker, or refuses it when every worker is busy and

@@ -207,3 +207,45 @@ func TestIdleWorkerTakesRequest(t *testing.T) {
 		}
 	}
 }
+
+// TestReplyMustBeAnInbox: a request whose reply subject is not under
+// _INBOX. is dropped unanswered, so no caller can make a service publish,
+// with the service's own rights, on a subject of its choosing (forged
+// events, hardware commands). Control verbs ($SRV) are guarded the same way.
+func TestReplyMustBeAnInbox(t *testing.T) {
+	for _, workers := range []int{0, 2} {
+		srv := natstest.Start(t)
+		nc := natstest.Connect(t, srv)
+		ran := make(chan struct{}, 4)
+		start(t, nc, microsvc.Endpoint{Name: "echo", Subject: "svc.echo", Workers: workers, Queue: 2,
+			Handler: func(ctx context.Context, r *microsvc.Request) ([]byte, nats.Header, error) {
+				ran <- struct{}{}
+				return []byte("answer"), nil, nil
+			}})
+		client := natstest.Connect(t, srv)
+		forged, err := client.SubscribeSync("victim.>")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ping, _ := micro.ControlSubject(micro.PingVerb, "", "")
+		for _, subj := range []string{"svc.echo", ping} {
+			if err := client.PublishRequest(subj, "victim."+subj, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// A real request after them: once it is answered, the forged ones
+		// were handled (requests on one connection arrive in order).
+		if m, err := client.Request("svc.echo", nil, 10*time.Second); err != nil || string(m.Data) != "answer" {
+			t.Fatalf("workers %d: request with an inbox: got %v, %v, want answer", workers, m, err)
+		}
+		if _, err := client.Request(ping, nil, 10*time.Second); err != nil {
+			t.Fatalf("workers %d: ping with an inbox: %v", workers, err)
+		}
+		if m, err := forged.NextMsg(200 * time.Millisecond); err == nil {
+			t.Fatalf("workers %d: service published on %s, want nothing", workers, m.Subject)
+		}
+		if got := len(ran); got != 1 {
+			t.Fatalf("workers %d: handler ran %d times, want 1 (the forged request must not run)", workers, got)
+		}
+	}
+}
