@@ -57,17 +57,33 @@ func (r Role) Valid() bool {
 }
 
 // InboxRoot prefixes every reply inbox. Each identity subscribes only under
-// its own _INBOX.<public key>, so no identity but an admin can read another
+// its own _INBOX.<token>, so no identity but an admin can read another
 // caller's replies.
 const InboxRoot = "_INBOX"
 
-// Inbox returns the inbox prefix of the identity whose public key (or
-// name) is id: _INBOX.<id>. Connections set it with nats.CustomInboxPrefix.
+// InboxTokenLen is how much of an identity's public key its inbox token
+// keeps. An nkey public key is 'U' and 55 base32 characters; 16 of them
+// (75 random bits) keep identities apart — internal/auth refuses two
+// identities with one token — while every reply subject stays short:
+// subject length is paid on every message (see docs/BENCHMARKS.md).
+const InboxTokenLen = 16
+
+// Inbox returns the inbox prefix of the identity whose public key (or,
+// without one, name) is id: _INBOX.<the first InboxTokenLen characters of
+// id>. Connections set it with nats.CustomInboxPrefix.
 func Inbox(id string) (string, error) {
 	if err := ValidToken(id); err != nil {
 		return "", err
 	}
-	return InboxRoot + "." + id, nil
+	return InboxRoot + "." + InboxToken(id), nil
+}
+
+// InboxToken is the token of Inbox(id).
+func InboxToken(id string) string {
+	if len(id) > InboxTokenLen {
+		return id[:InboxTokenLen]
+	}
+	return id
 }
 
 // IsReplyInbox reports whether subj may be a reply subject: one under

@@ -16,6 +16,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/loki-iot/loki/internal/auth"
+	"github.com/loki-iot/loki/subjects"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 )
@@ -314,7 +315,7 @@ func TestAuthContext(t *testing.T) {
 	}
 	got, _ := cli(t, "auth", "context", "--data-dir", dir)
 	for _, id := range list {
-		if id.Name == "client" && !strings.Contains(got, "--inbox-prefix _INBOX."+id.PublicKey+" ") {
+		if id.Name == "client" && !strings.Contains(got, "--inbox-prefix _INBOX."+subjects.InboxToken(id.PublicKey)+" ") {
 			t.Fatalf("got %q, want the inbox prefix of %s", got, id.PublicKey)
 		}
 	}

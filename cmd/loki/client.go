@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -27,8 +30,9 @@ import (
 
 // natsFlags are the flags of every command that connects to NATS.
 type natsFlags struct {
-	url, creds *string
-	role       subjects.Role
+	url, creds             *string
+	tlsCA, tlsCert, tlsKey *string
+	role                   subjects.Role
 }
 
 // addNATSFlags registers --nats-url and --creds. Without --creds (or
@@ -38,10 +42,40 @@ func addNATSFlags(fs *flag.FlagSet, role subjects.Role) *natsFlags {
 	return &natsFlags{
 		url: fs.String("nats-url", envOr("NATS_URL", nats.DefaultURL), "NATS server URL; nats://user:pass@host or nats://token@host work too (env NATS_URL)"),
 		creds: fs.String("creds", os.Getenv("LOKI_CREDS"), fmt.Sprintf(
-			"credential file: an nkey seed from `loki auth add` or a NATS .creds file (env LOKI_CREDS; default: %s if it exists)",
+			"credential file: an nkey seed (as loki auth add prints) or a NATS .creds file (env LOKI_CREDS; default: %s if it exists)",
 			localCreds(role))),
-		role: role,
+		tlsCA:   fs.String("tls-ca", os.Getenv("LOKI_TLS_CA"), "for a NATS server with TLS: trust this CA (PEM) instead of the system's (env LOKI_TLS_CA)"),
+		tlsCert: fs.String("tls-cert", os.Getenv("LOKI_TLS_CERT"), "client certificate (PEM) for a NATS server that requires one, with --tls-key (env LOKI_TLS_CERT)"),
+		tlsKey:  fs.String("tls-key", os.Getenv("LOKI_TLS_KEY"), "private key (PEM) of --tls-cert (env LOKI_TLS_KEY)"),
+		role:    role,
 	}
+}
+
+// tlsOptions returns the options for --tls-ca, --tls-cert and --tls-key,
+// checking the files first so a bad one is named. nats.go reads them again
+// on every (re)connect, so renewed certificates are picked up.
+func (f *natsFlags) tlsOptions() ([]nats.Option, error) {
+	var opts []nats.Option
+	if *f.tlsCA != "" {
+		pem, err := os.ReadFile(*f.tlsCA)
+		if err != nil {
+			return nil, fmt.Errorf("--tls-ca: %w", err)
+		}
+		if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--tls-ca %s: no PEM certificate in the file", *f.tlsCA)
+		}
+		opts = append(opts, nats.RootCAs(*f.tlsCA))
+	}
+	if (*f.tlsCert == "") != (*f.tlsKey == "") {
+		return nil, errors.New("--tls-cert and --tls-key go together")
+	}
+	if *f.tlsCert != "" {
+		if _, err := tls.LoadX509KeyPair(*f.tlsCert, *f.tlsKey); err != nil {
+			return nil, fmt.Errorf("--tls-cert %s, --tls-key %s: %w", *f.tlsCert, *f.tlsKey, err)
+		}
+		opts = append(opts, nats.ClientCert(*f.tlsCert, *f.tlsKey))
+	}
+	return opts, nil
 }
 
 // localCreds is where `loki up` keeps the seed of the built-in identity of role.
@@ -49,23 +83,31 @@ func localCreds(role subjects.Role) string {
 	return auth.SeedFile(filepath.Join(defaultDataDir(), "auth"), string(role))
 }
 
-// options returns the connection options for the chosen credential.
+// options returns the connection options for the chosen credential and TLS files.
 func (f *natsFlags) options() ([]nats.Option, error) {
+	tlsOpts, err := f.tlsOptions()
+	if err != nil {
+		return nil, fault.Wrap(fault.InvalidArgument, err, "%v", err)
+	}
 	path := *f.creds
 	if path == "" {
 		if _, err := os.Stat(localCreds(f.role)); err != nil {
-			return nil, nil // no local credential: connect without one
+			return tlsOpts, nil // no local credential: connect without one
 		}
 		path = localCreds(f.role)
 	}
-	return auth.ConnectOptions(path)
+	opts, err := auth.ConnectOptions(path)
+	if err != nil {
+		return nil, fault.Wrap(fault.Unauthenticated, err, "%v", err)
+	}
+	return append(tlsOpts, opts...), nil
 }
 
 // dial connects as a short-lived client (a CLI command).
 func (f *natsFlags) dial() (*nats.Conn, error) {
 	opts, err := f.options()
 	if err != nil {
-		return nil, fault.Wrap(fault.Unauthenticated, err, "%v", err)
+		return nil, err
 	}
 	opts = append([]nats.Option{nats.Name("loki-cli"), nats.Timeout(3 * time.Second)}, opts...)
 	nc, err := nats.Connect(*f.url, opts...)
@@ -73,9 +115,21 @@ func (f *natsFlags) dial() (*nats.Conn, error) {
 		if errors.Is(err, nats.ErrAuthorization) || strings.Contains(strings.ToLower(err.Error()), "authorization") {
 			return nil, fault.Wrap(fault.Unauthenticated, err, "NATS at %s refused the credential (%s): %v", *f.url, f.describe(), err)
 		}
+		if isTLSError(err) {
+			return nil, fault.Wrap(fault.Unavailable, err, "TLS with NATS at %s failed (--tls-ca trusts the server's CA; --tls-cert and --tls-key present a client certificate): %v", *f.url, err)
+		}
 		return nil, fault.Wrap(fault.Unavailable, err, "cannot reach NATS at %s (is `loki up` running?): %v", *f.url, err)
 	}
 	return nc, nil
+}
+
+// isTLSError reports whether a connect failed in the TLS handshake.
+func isTLSError(err error) bool {
+	// crypto/tls reports an alert from the server (a refused client
+	// certificate) as a "remote error", which nats.go passes on unwrapped.
+	var op *net.OpError
+	return errors.Is(err, nats.ErrTLS) || errors.Is(err, nats.ErrSecureConnRequired) || errors.Is(err, nats.ErrSecureConnWanted) ||
+		(errors.As(err, &op) && op.Op == "remote error")
 }
 
 func (f *natsFlags) describe() string {

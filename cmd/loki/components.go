@@ -7,12 +7,14 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
 	"github.com/loki-iot/loki/gateway"
+	"github.com/loki-iot/loki/internal/natsrv"
 	"github.com/loki-iot/loki/services/fenrir"
 	"github.com/loki-iot/loki/services/hel"
 	"github.com/loki-iot/loki/services/jormungandr"
@@ -21,10 +23,11 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-// serviceConfig is the --service-config file: optional [loki], [hel],
+// serviceConfig is the --service-config file: optional [nats], [loki], [hel],
 // [fenrir], [jormungandr] and [gateway] tables over the defaults. Unknown keys are errors.
 // Fenrir's boards come from --board, not from here.
 type serviceConfig struct {
+	NATS        natsSettings       `toml:"nats"`
 	Loki        lokiSettings       `toml:"loki"`
 	Hel         hel.Config         `toml:"hel"`
 	Fenrir      fenrir.Config      `toml:"fenrir"`
@@ -41,9 +44,87 @@ type lokiSettings struct {
 	MemoryLimitMiB int `toml:"memory_limit_mib"`
 }
 
+// natsSettings is the [nats] table: the embedded server `loki up` runs
+// (`loki serve` connects to a server configured elsewhere and ignores it).
+type natsSettings struct {
+	// TLSCertFile and TLSKeyFile turn on TLS for the NATS client port and
+	// the MQTT listener. Relative paths are relative to the config file.
+	TLSCertFile string `toml:"tls_cert_file"`
+	TLSKeyFile  string `toml:"tls_key_file"`
+	// TLSClientCAFile makes TCP and MQTT clients present a certificate
+	// signed by this CA (devices still log in with their password too).
+	TLSClientCAFile string `toml:"tls_client_ca_file"`
+	// Sync is when JetStream fsyncs: "always" (every write, before it is
+	// acknowledged: acknowledged writes survive a power cut) or an interval
+	// such as "2m" (nats-server's default: faster writes, but a power cut
+	// loses up to that much acknowledged data).
+	Sync string `toml:"sync"`
+
+	syncAlways   bool
+	syncInterval time.Duration
+}
+
+// syncAlways is the default [nats] sync.
+const syncAlways = "always"
+
+// validate parses sync and resolves the TLS files against dir, the
+// directory of the config file, checking that each can be read. Errors
+// name the key and the file.
+func (n *natsSettings) validate(dir string) error {
+	if strings.EqualFold(n.Sync, syncAlways) {
+		n.syncAlways, n.syncInterval = true, 0
+	} else {
+		d, err := time.ParseDuration(n.Sync)
+		if err != nil || d <= 0 {
+			return fmt.Errorf("sync = %q: want %q (fsync every write before acknowledging it) or a positive interval such as \"2m\"", n.Sync, syncAlways)
+		}
+		n.syncAlways, n.syncInterval = false, d
+	}
+	if n.TLSCertFile == "" && n.TLSKeyFile == "" && n.TLSClientCAFile == "" {
+		return nil
+	}
+	if n.TLSCertFile == "" || n.TLSKeyFile == "" {
+		return errors.New("TLS needs both tls_cert_file and tls_key_file (tls_client_ca_file only adds client certificates)")
+	}
+	for _, f := range []struct {
+		key  string
+		path *string
+	}{{"tls_cert_file", &n.TLSCertFile}, {"tls_key_file", &n.TLSKeyFile}, {"tls_client_ca_file", &n.TLSClientCAFile}} {
+		if *f.path == "" {
+			continue
+		}
+		if !filepath.IsAbs(*f.path) {
+			*f.path = filepath.Join(dir, *f.path)
+		}
+		if _, err := os.ReadFile(*f.path); err != nil {
+			return fmt.Errorf("%s = %q: %w", f.key, *f.path, err)
+		}
+	}
+	if _, err := n.tls().Load(); err != nil {
+		return fmt.Errorf("tls_cert_file = %q, tls_key_file = %q, tls_client_ca_file = %q: %w",
+			n.TLSCertFile, n.TLSKeyFile, n.TLSClientCAFile, err)
+	}
+	return nil
+}
+
+// tls is the server's TLS configuration, nil when TLS is off.
+func (n natsSettings) tls() *natsrv.TLSConfig {
+	if n.TLSCertFile == "" {
+		return nil
+	}
+	return &natsrv.TLSConfig{CertFile: n.TLSCertFile, KeyFile: n.TLSKeyFile, ClientCAFile: n.TLSClientCAFile}
+}
+
+// server returns cfg with the [nats] settings applied.
+func (n natsSettings) server(cfg natsrv.Config) natsrv.Config {
+	cfg.SyncAlways, cfg.SyncInterval, cfg.TLS = n.syncAlways, n.syncInterval, n.tls()
+	return cfg
+}
+
 func loadServiceConfig(path, dataDir string) (serviceConfig, error) {
 	def := loki.DefaultConfig()
 	cfg := serviceConfig{
+		NATS:        natsSettings{Sync: syncAlways},
 		Loki:        lokiSettings{Concurrency: def.Concurrency, Queue: def.Queue, DrainTimeout: def.DrainTimeout},
 		Hel:         hel.DefaultConfig(dataDir),
 		Fenrir:      fenrir.DefaultConfig(),
@@ -58,6 +139,9 @@ func loadServiceConfig(path, dataDir string) (serviceConfig, error) {
 		if und := md.Undecoded(); len(und) > 0 {
 			return cfg, fmt.Errorf("service config %s: unknown key %q", path, und[0].String())
 		}
+	}
+	if err := cfg.NATS.validate(filepath.Dir(path)); err != nil {
+		return cfg, fmt.Errorf("service config %s: [nats]: %w", orDefault(path), err)
 	}
 	if cfg.Loki.MemoryLimitMiB < 0 {
 		return cfg, fmt.Errorf("service config %s: [loki]: memory_limit_mib = %d: must not be negative", orDefault(path), cfg.Loki.MemoryLimitMiB)
@@ -96,13 +180,10 @@ func modules(nc *nats.Conn) []engine.Module {
 	return []engine.Module{hel.NewModule(nc), fenrir.NewModule(nc), jormungandr.NewModule(nc)}
 }
 
-// checkGrants refuses tools whose grants name no module.
+// checkGrants refuses tools whose grants name no module, or that their
+// module refuses.
 func checkGrants(tools []*loki.Compiled) error {
-	var names []string
-	for _, m := range modules(nil) {
-		names = append(names, m.Name())
-	}
-	return loki.CheckGrantModules(tools, names)
+	return loki.CheckGrantModules(tools, modules(nil))
 }
 
 // component is one service run by `loki up` or `loki serve`.

@@ -34,7 +34,7 @@ every host but the local MQTT listener unless [jormungandr.policy] in
 files persist in --data-dir across restarts. SIGINT or SIGTERM drains
 running calls and exits; a second signal exits at once.`, stderr)
 	config := fs.String("config", "", "tool config (TOML); default: the built-in examples")
-	serviceConfig := fs.String("service-config", "", "service settings (TOML with optional [loki], [hel], [fenrir], [jormungandr], [gateway] tables)")
+	serviceConfig := fs.String("service-config", "", "service settings (TOML with optional [nats] (TLS, sync), [loki], [hel], [fenrir], [jormungandr], [gateway] tables)")
 	board := fs.String("board", "", "Fenrir boards (TOML with [[boards]]); default: the built-in simulated board \"sim\"")
 	dataDir := fs.String("data-dir", defaultDataDir(), "directory for all data: JetStream (tools, KV, objects) and Hel's files (env LOKI_DATA_DIR)")
 	port := fs.Int("nats-port", 4222, "NATS client port (-1 picks a free port)")
@@ -83,8 +83,8 @@ running calls and exits; a second signal exits at once.`, stderr)
 	if err != nil {
 		return err
 	}
-	srv, err := natsrv.Start(natsrv.Config{Name: "loki", DataDir: *dataDir, Host: *listen, Port: *port, MQTTPort: *mqttPort,
-		Nkeys: nkeyUsers, Users: users, SyncAlways: true}, log)
+	srv, err := natsrv.Start(svcCfg.NATS.server(natsrv.Config{Name: "loki", DataDir: *dataDir, Host: *listen, Port: *port, MQTTPort: *mqttPort,
+		Nkeys: nkeyUsers, Users: users}), log)
 	if err != nil {
 		return err
 	}
@@ -130,7 +130,10 @@ running calls and exits; a second signal exits at once.`, stderr)
 		if err := svcCfg.Jormungandr.Policy.AllowAddr(addr); err != nil {
 			return err
 		}
-		mqttLine = "tcp://" + addr
+		// There a script logs in as an identity fenced to its grants' topics.
+		svcCfg.Jormungandr.LocalMQTT.Addr = addr
+		svcCfg.Jormungandr.LocalMQTT.Login = authority.ScriptMQTT
+		mqttLine = srv.MQTTURL()
 	}
 	netComp, err := jormungandrComponent(svcCfg.Jormungandr, conns[subjects.RoleJormungandr], log)
 	if err != nil {
@@ -358,7 +361,5 @@ func natsContextCommand(a *auth.Authority, url, ctxName string, role subjects.Ro
 	if err != nil {
 		return ""
 	}
-	inbox, _ := subjects.Inbox(id.PublicKey)
-	return fmt.Sprintf("nats context save %s --server %s --nkey %s --inbox-prefix %s --select",
-		ctxName, url, auth.SeedFile(a.Dir(), string(role)), inbox)
+	return natsContextSave(ctxName, url, auth.SeedFile(a.Dir(), string(role)), id.PublicKey)
 }

@@ -167,7 +167,7 @@ func (a *Authority) load() error {
 	if err := json.Unmarshal(b, &f); err != nil {
 		return fmt.Errorf("%s: %w", filepath.Join(a.dir, storeFile), err)
 	}
-	keys := map[string]string{} // public key → identity name
+	keys := map[string]string{} // inbox token of the public key → identity name
 	for _, id := range f.Identities {
 		if err := checkStored(id); err != nil {
 			return fmt.Errorf("%s: %w", filepath.Join(a.dir, storeFile), err)
@@ -175,10 +175,11 @@ func (a *Authority) load() error {
 		if _, dup := a.ids[id.Name]; dup {
 			return fmt.Errorf("%s: %w: identity %q is listed twice", filepath.Join(a.dir, storeFile), ErrInvalid, id.Name)
 		}
-		if other, dup := keys[id.PublicKey]; dup && id.PublicKey != "" {
-			return fmt.Errorf("%s: %w: identities %q and %q have the same public key", filepath.Join(a.dir, storeFile), ErrInvalid, other, id.Name)
+		tok := subjects.InboxToken(id.PublicKey)
+		if other, dup := keys[tok]; dup && id.PublicKey != "" {
+			return fmt.Errorf("%s: %w: identities %q and %q have the same public key or inbox (_INBOX.%s)", filepath.Join(a.dir, storeFile), ErrInvalid, other, id.Name, tok)
 		}
-		keys[id.PublicKey] = id.Name
+		keys[tok] = id.Name
 		a.ids[id.Name] = id
 	}
 	return nil
@@ -437,6 +438,14 @@ func (a *Authority) insert(id Identity) error {
 	defer a.mu.Unlock()
 	if _, ok := a.ids[id.Name]; ok {
 		return fmt.Errorf("%w: %q", ErrExists, id.Name)
+	}
+	if id.PublicKey != "" {
+		// Inboxes are keyed by a prefix of the public key: never share one.
+		for _, o := range a.ids {
+			if o.PublicKey != "" && subjects.InboxToken(o.PublicKey) == subjects.InboxToken(id.PublicKey) {
+				return fmt.Errorf("%w: the new key's inbox is %q's; try again", ErrExists, o.Name)
+			}
+		}
 	}
 	next := maps(a.ids)
 	next[id.Name] = id

@@ -34,7 +34,7 @@ const (
 )
 
 // permCase is one thing an identity tries. In subjects, {me} stands for
-// the identity's own inbox token (its public key), {admin} for the admin's.
+// the identity's own inbox token (subjects.InboxToken of its public key), {admin} for the admin's.
 type permCase struct {
 	name    string
 	op      op
@@ -131,7 +131,7 @@ func probe(subject string) string {
 func runNATSCase(t *testing.T, b *bus, actor *client, tc permCase) {
 	t.Helper()
 	admin := b.adminConn(t)
-	subject := strings.NewReplacer("{me}", publicKey(t, b.a, actor.name), "{admin}", publicKey(t, b.a, "admin")).Replace(tc.subject)
+	subject := strings.NewReplacer("{me}", subjects.InboxToken(publicKey(t, b.a, actor.name)), "{admin}", subjects.InboxToken(publicKey(t, b.a, "admin"))).Replace(tc.subject)
 	payload := []byte(t.Name())
 	switch tc.op {
 	case pub:

@@ -3,6 +3,7 @@
 package natsrv
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -37,12 +38,16 @@ type Config struct {
 	// server accepts anyone: tests of a single component only.
 	Nkeys []*server.NkeyUser
 	Users []*server.User
-	// SyncInterval is how often JetStream fsyncs its files; SyncAlways
-	// fsyncs every write before it is acknowledged (see docs/SECURITY.md,
-	// durability). Zero keeps the server default (2 minutes).
+	// SyncAlways fsyncs every JetStream write before it is acknowledged:
+	// the only setting under which an acknowledged write on a single node
+	// survives a power cut. Without it, writes reach the OS page cache
+	// before the ack (they survive a crash of the process, not of the
+	// machine) and are fsynced every SyncInterval; zero keeps the server
+	// default, 2 minutes. See docs/BENCHMARKS.md (durability) for the cost.
 	SyncInterval time.Duration
 	SyncAlways   bool
-	// TLS turns on TLS for the client port and the MQTT listener.
+	// TLS turns on TLS for the client port and the MQTT listener. In-process
+	// connections (Connect) never use it.
 	TLS *TLSConfig
 }
 
@@ -50,8 +55,26 @@ type Config struct {
 // client certificates must be signed by. Paths are used as given.
 type TLSConfig struct {
 	CertFile, KeyFile string
-	// ClientCAFile, when set, requires and verifies client certificates.
+	// ClientCAFile, when set, makes TCP and MQTT clients present a
+	// certificate signed by this CA; the handshake fails without one.
 	ClientCAFile string
+}
+
+// Load reads the files and returns the server's TLS configuration (TLS 1.2
+// or later, nats-server's cipher suites). Start calls it; call it first to
+// report a bad certificate before anything starts.
+func (c *TLSConfig) Load() (*tls.Config, error) {
+	if c.CertFile == "" || c.KeyFile == "" {
+		return nil, errors.New("natsrv: TLS needs both a certificate and a key file")
+	}
+	tc, err := server.GenTLSConfig(&server.TLSConfigOpts{
+		CertFile: c.CertFile, KeyFile: c.KeyFile,
+		CaFile: c.ClientCAFile, Verify: c.ClientCAFile != "",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("natsrv: TLS: %w", err)
+	}
+	return tc, nil
 }
 
 // AuthEnabled reports whether clients must authenticate.
@@ -65,6 +88,9 @@ type Server struct {
 	mu   sync.Mutex // serialises reloads of opts
 	opts *server.Options
 }
+
+// tlsTimeout bounds a TLS handshake, in seconds (nats-server's default).
+const tlsTimeout = 2
 
 // ErrNotReady is returned when the server does not accept connections in time.
 var ErrNotReady = errors.New("embedded NATS server not ready")
@@ -108,14 +134,11 @@ func Start(cfg Config, log *slog.Logger) (*Server, error) {
 		opts.SyncInterval = cfg.SyncInterval
 	}
 	if cfg.TLS != nil {
-		tc, err := server.GenTLSConfig(&server.TLSConfigOpts{
-			CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile,
-			CaFile: cfg.TLS.ClientCAFile, Verify: cfg.TLS.ClientCAFile != "",
-		})
+		tc, err := cfg.TLS.Load()
 		if err != nil {
-			return nil, fmt.Errorf("natsrv: TLS: %w", err)
+			return nil, err
 		}
-		opts.TLSConfig, opts.TLSVerify, opts.TLSTimeout = tc, cfg.TLS.ClientCAFile != "", 2
+		opts.TLSConfig, opts.TLSVerify, opts.TLSTimeout = tc, cfg.TLS.ClientCAFile != "", tlsTimeout
 	}
 	if cfg.MQTTPort == -1 {
 		// The server has no accessor for a random MQTT port, so pick one.
@@ -128,7 +151,9 @@ func Start(cfg Config, log *slog.Logger) (*Server, error) {
 	if cfg.MQTTPort != 0 {
 		opts.MQTT = server.MQTTOpts{Host: cfg.Host, Port: cfg.MQTTPort}
 		if opts.TLSConfig != nil {
-			opts.MQTT.TLSConfig, opts.MQTT.TLSTimeout = opts.TLSConfig, 2
+			// Same certificate and client-certificate rule as the client
+			// port; devices still log in with their username and password.
+			opts.MQTT.TLSConfig, opts.MQTT.TLSTimeout = opts.TLSConfig, tlsTimeout
 		}
 	}
 	// nats-server only logs a failed listen and never becomes ready; say so
@@ -173,7 +198,8 @@ func (s *Server) SetUsers(nkeys []*server.NkeyUser, users []*server.User) error 
 	return nil
 }
 
-// ClientURL is the nats:// URL clients on this machine connect to.
+// ClientURL is the URL clients on this machine connect to: nats://, or
+// tls:// when the client port uses TLS.
 func (s *Server) ClientURL() string { return s.ns.ClientURL() }
 
 // MQTTAddr is host:port of the MQTT listener, or "" when it is off.
@@ -182,6 +208,19 @@ func (s *Server) MQTTAddr() string {
 		return ""
 	}
 	return net.JoinHostPort(s.cfg.Host, strconv.Itoa(s.cfg.MQTTPort))
+}
+
+// MQTTURL is the broker URL MQTT clients (paho) connect to: tcp://host:port,
+// or ssl://host:port when the listener uses TLS; "" when it is off.
+func (s *Server) MQTTURL() string {
+	addr := s.MQTTAddr()
+	switch {
+	case addr == "":
+		return ""
+	case s.cfg.TLS != nil:
+		return "ssl://" + addr
+	}
+	return "tcp://" + addr
 }
 
 // checkFree reports whether host:port can be listened on now.
