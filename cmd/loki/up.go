@@ -133,6 +133,17 @@ running calls and exits; a second signal exits at once.`, stderr)
 		// There a script logs in as an identity fenced to its grants' topics.
 		svcCfg.Jormungandr.LocalMQTT.Addr = addr
 		svcCfg.Jormungandr.LocalMQTT.Login = authority.ScriptMQTT
+		// With [nats] TLS, Jörmungandr speaks TLS to it (tcp:// or ssl://),
+		// trusting its certificate file and presenting [jormungandr]
+		// local_mqtt_cert_file when the listener wants client certificates.
+		if n := svcCfg.NATS; n.TLSCertFile != "" {
+			tc, err := svcCfg.Jormungandr.LocalMQTTTLS(n.TLSCertFile, n.TLSClientCAFile, filepath.Dir(*serviceConfig))
+			if err != nil {
+				return fmt.Errorf("service config %s: [jormungandr]: %w", orDefault(*serviceConfig), err)
+			}
+			svcCfg.Jormungandr.LocalMQTT.TLS = tc
+			svcCfg.Jormungandr.LocalMQTT.ClientCertRequired = n.TLSClientCAFile != ""
+		}
 		mqttLine = srv.MQTTURL()
 	}
 	netComp, err := jormungandrComponent(svcCfg.Jormungandr, conns[subjects.RoleJormungandr], log)

@@ -1,10 +1,14 @@
 package jormungandr
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -31,6 +35,16 @@ type Config struct {
 	Handles HandlesConfig `toml:"handles"`
 	Policy  Policy        `toml:"policy"`
 
+	// LocalMQTTCertFile and LocalMQTTKeyFile are the client certificate
+	// (PEM, with any intermediates after it) and key Jormungandr presents to
+	// Loki's own MQTT listener under `loki up` when that listener requires
+	// client certificates ([nats] tls_client_ca_file); without them scripts
+	// cannot reach it there. Set both or neither. LocalMQTTTLS reads them,
+	// relative paths against the config file's directory; `loki serve`
+	// ignores them.
+	LocalMQTTCertFile string `toml:"local_mqtt_cert_file"`
+	LocalMQTTKeyFile  string `toml:"local_mqtt_key_file"`
+
 	// LocalMQTT fences scripts on Loki's own MQTT listener. It is wiring,
 	// not configuration: `loki up` sets it, TOML cannot.
 	LocalMQTT LocalMQTT `toml:"-"`
@@ -55,6 +69,19 @@ type LocalMQTT struct {
 	// subjects.ErrInvalidToken is a filter no identity may hold. It must be
 	// safe for concurrent use.
 	Login func(filters []string) (user, pass string, err error)
+	// TLS is nil when the listener takes plain TCP. Otherwise every
+	// connection to the listener speaks TLS with it, whether the script's
+	// URL says tcp:// or ssl://: its RootCAs verify the listener's
+	// certificate (not the system roots), its Certificates hold the client
+	// certificate, if any. An empty ServerName is the host the script
+	// dialed, the listener's IP address. Config.LocalMQTTTLS builds it.
+	// Jormungandr does not modify it.
+	TLS *tls.Config
+	// ClientCertRequired says the listener refuses a TLS connection without
+	// a client certificate. When TLS then holds none, New logs a warning and
+	// a connection to the listener fails at once with FAILED_PRECONDITION
+	// naming local_mqtt_cert_file, instead of with a handshake error.
+	ClientCertRequired bool
 }
 
 // localListener is a compiled LocalMQTT.
@@ -63,15 +90,21 @@ type localListener struct {
 	any   bool // addr is unspecified: every loopback address
 	port  int
 	login func(filters []string) (user, pass string, err error)
+	tls   *tls.Config // nil: plain TCP
+	// noCert: the listener requires a client certificate and tls has none.
+	noCert bool
 }
 
 // compile checks l; a nil result fences nothing.
 func (l LocalMQTT) compile() (*localListener, error) {
-	if l.Addr == "" && l.Login == nil {
+	if l.Addr == "" && l.Login == nil && l.TLS == nil && !l.ClientCertRequired {
 		return nil, nil
 	}
 	if l.Addr == "" || l.Login == nil {
 		return nil, fmt.Errorf("%w: LocalMQTT needs both Addr and Login", ErrConfig)
+	}
+	if l.ClientCertRequired && l.TLS == nil {
+		return nil, fmt.Errorf("%w: LocalMQTT.ClientCertRequired needs TLS", ErrConfig)
 	}
 	bad := fmt.Errorf("%w: LocalMQTT.Addr %q: want an IP address and port such as 127.0.0.1:1883", ErrConfig, l.Addr)
 	host, p, err := net.SplitHostPort(l.Addr)
@@ -82,7 +115,8 @@ func (l LocalMQTT) compile() (*localListener, error) {
 	if err != nil || port < 1 || port > 65535 {
 		return nil, bad
 	}
-	ll := &localListener{port: port, login: l.Login}
+	ll := &localListener{port: port, login: l.Login, tls: l.TLS,
+		noCert: l.ClientCertRequired && len(l.TLS.Certificates) == 0 && l.TLS.GetClientCertificate == nil}
 	switch a, err := netip.ParseAddr(host); {
 	case host == "" || strings.EqualFold(host, "localhost"):
 		ll.any = true
@@ -197,9 +231,99 @@ func (c Config) Validate() error {
 			return fmt.Errorf("%w: %s = %v: %s", ErrConfig, k.key, k.v, k.want)
 		}
 	}
+	if err := c.checkLocalCert(); err != nil {
+		return err
+	}
 	if _, err := c.Policy.compile(); err != nil {
 		return err
 	}
 	_, err := c.LocalMQTT.compile()
 	return err
+}
+
+// checkLocalCert refuses a client certificate without its key, and the reverse.
+func (c Config) checkLocalCert() error {
+	if (c.LocalMQTTCertFile == "") != (c.LocalMQTTKeyFile == "") {
+		return fmt.Errorf("%w: local_mqtt_cert_file = %q, local_mqtt_key_file = %q: set both or neither",
+			ErrConfig, c.LocalMQTTCertFile, c.LocalMQTTKeyFile)
+	}
+	return nil
+}
+
+// LocalMQTTTLS returns LocalMQTT.TLS for a listener with the certificate
+// file serverCertFile (PEM) that, if clientCAFile is not "", requires
+// client certificates signed by the CA in that file. Every certificate of
+// serverCertFile is a root, and the only ones: a self-signed certificate,
+// or one followed by its private CA, verifies. When local_mqtt_cert_file
+// and local_mqtt_key_file are set (relative paths are relative to dir, the
+// config file's directory), the result holds that client certificate, and
+// one that clientCAFile does not sign for client authentication is an
+// error: a wrong file fails at start-up, not at a script's first
+// connection. Without a client certificate and with clientCAFile set,
+// scripts cannot reach the listener (see LocalMQTT.ClientCertRequired).
+// Errors wrap ErrConfig and name each file with its key, [nats]
+// tls_cert_file for serverCertFile and [nats] tls_client_ca_file for
+// clientCAFile, as `loki up` spells them.
+func (c Config) LocalMQTTTLS(serverCertFile, clientCAFile, dir string) (*tls.Config, error) {
+	roots, err := readCertPool("[nats] tls_cert_file", serverCertFile)
+	if err != nil {
+		return nil, err
+	}
+	tc := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	if c.LocalMQTTCertFile == "" && c.LocalMQTTKeyFile == "" {
+		return tc, nil
+	}
+	if err := c.checkLocalCert(); err != nil {
+		return nil, err
+	}
+	certFile, keyFile := resolvePath(dir, c.LocalMQTTCertFile), resolvePath(dir, c.LocalMQTTKeyFile)
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("%w: local_mqtt_cert_file = %q, local_mqtt_key_file = %q: %w", ErrConfig, certFile, keyFile, err)
+	}
+	if clientCAFile != "" {
+		cas, err := readCertPool("[nats] tls_client_ca_file", clientCAFile)
+		if err != nil {
+			return nil, err
+		}
+		leaf, err := x509.ParseCertificate(cert.Certificate[0])
+		if err != nil {
+			return nil, fmt.Errorf("%w: local_mqtt_cert_file = %q: %w", ErrConfig, certFile, err)
+		}
+		inter := x509.NewCertPool()
+		for _, der := range cert.Certificate[1:] {
+			if c, err := x509.ParseCertificate(der); err == nil {
+				inter.AddCert(c)
+			}
+		}
+		if _, err := leaf.Verify(x509.VerifyOptions{Roots: cas, Intermediates: inter,
+			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+			return nil, fmt.Errorf("%w: local_mqtt_cert_file = %q: the MQTT listener would refuse it, it wants a client certificate signed by [nats] tls_client_ca_file = %q: %w",
+				ErrConfig, certFile, clientCAFile, err)
+		}
+	}
+	tc.Certificates = []tls.Certificate{cert}
+	return tc, nil
+}
+
+// readCertPool reads the PEM certificates of path, the value of key.
+func readCertPool(key, path string) (*x509.CertPool, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s = %q: %w", ErrConfig, key, path, err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("%w: %s = %q: no PEM certificate in it", ErrConfig, key, path)
+	}
+	return pool, nil
+}
+
+// resolvePath is path, relative to dir unless it is absolute: the rule of
+// every file named in the service config.
+func resolvePath(dir, path string) string {
+	if filepath.IsAbs(path) {
+		return path
+	}
+	return filepath.Join(dir, path)
 }

@@ -115,6 +115,13 @@ type fenced struct {
 
 func setupFenced(t *testing.T, tools string) *fenced {
 	t.Helper()
+	return setupFencedWith(t, tools, nil)
+}
+
+// setupFencedWith is setupFenced with change, if not nil, applied to the
+// server's config before it starts and to Jörmungandr's before it is built.
+func setupFencedWith(t *testing.T, tools string, change func(*natsrv.Config, *jormungandr.Config)) *fenced {
+	t.Helper()
 	a, err := auth.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -124,7 +131,13 @@ func setupFenced(t *testing.T, tools string) *fenced {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := natstest.Start(t, func(c *natsrv.Config) { c.MQTTPort, c.Nkeys, c.Users = -1, nkeys, users })
+	cfg := testConfig()
+	srv := natstest.Start(t, func(c *natsrv.Config) {
+		c.MQTTPort, c.Nkeys, c.Users = -1, nkeys, users
+		if change != nil {
+			change(c, &cfg)
+		}
+	})
 	a.OnChange(srv.SetUsers)
 	as := func(name string) *nats.Conn {
 		opts, err := auth.ConnectOptions(auth.SeedFile(a.Dir(), name))
@@ -138,11 +151,10 @@ func setupFenced(t *testing.T, tools string) *fenced {
 		t.Cleanup(nc.Close)
 		return nc
 	}
-	cfg := testConfig()
 	if err := cfg.Policy.AllowAddr(srv.MQTTAddr()); err != nil {
 		t.Fatal(err)
 	}
-	cfg.LocalMQTT = jormungandr.LocalMQTT{Addr: srv.MQTTAddr(), Login: a.ScriptMQTT}
+	cfg.LocalMQTT.Addr, cfg.LocalMQTT.Login = srv.MQTTAddr(), a.ScriptMQTT
 	svc, err := jormungandr.New(cfg, as("jormungandr"), quietLog())
 	if err != nil {
 		t.Fatal(err)

@@ -118,8 +118,22 @@ func filterError(err error) string {
 // the session of a device or of another tool.
 func (s *Service) connectMQTT(ctx context.Context, clientID string, login mqttLogin, t target) (*mqttConn, error) {
 	what := "mqtt " + t.hostport()
-	m := &mqttConn{broker: t.hostport(), filters: login.filters, msgs: make(chan Message, s.cfg.Handles.Buffer), dead: make(chan struct{})}
 	useTLS := t.scheme == "ssl" || t.scheme == "tls" || t.scheme == "mqtts"
+	tlsCfg := &tls.Config{ServerName: t.host, MinVersion: tls.VersionTLS12}
+	if login.local && s.local.tls != nil {
+		if s.local.noCert {
+			return nil, fault.New(fault.FailedPrecondition, "%s is Loki's own MQTT listener, which requires a client certificate: "+
+				"set local_mqtt_cert_file and local_mqtt_key_file in the [jormungandr] service config to one its client CA signed", what)
+		}
+		// The listener speaks TLS whatever the URL says, and is verified
+		// against its own certificate rather than the system roots.
+		useTLS = true
+		tlsCfg = s.local.tls.Clone()
+		if tlsCfg.ServerName == "" {
+			tlsCfg.ServerName = t.host
+		}
+	}
+	m := &mqttConn{broker: t.hostport(), filters: login.filters, msgs: make(chan Message, s.cfg.Handles.Buffer), dead: make(chan struct{})}
 	if clientID == "" {
 		clientID = "loki-" + nuid.Next()
 	}
@@ -156,7 +170,7 @@ func (s *Service) connectMQTT(ctx context.Context, clientID string, login mqttLo
 			if !useTLS {
 				return c, nil
 			}
-			tc := tls.Client(c, &tls.Config{ServerName: t.host, MinVersion: tls.VersionTLS12})
+			tc := tls.Client(c, tlsCfg)
 			if err := tc.HandshakeContext(ctx); err != nil {
 				_ = c.Close()
 				return nil, err

@@ -46,6 +46,7 @@ const (
 	logKeyErr     = "err"
 	logKeyHandle  = "handle"
 	logKeyURL     = "url"
+	logKeyAddr    = "addr"
 )
 
 // replyRoom is what a reply reserves for JSON framing and headers beyond
@@ -110,6 +111,10 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Service, error) {
 		local:   local,
 		ready:   make(chan struct{}),
 		handles: newHandleTable(cfg.Handles.Max),
+	}
+	if local != nil && local.noCert {
+		s.log.Warn("scripts cannot reach Loki's own MQTT listener: it requires a client certificate; "+
+			"set local_mqtt_cert_file and local_mqtt_key_file in [jormungandr]", logKeyAddr, cfg.LocalMQTT.Addr)
 	}
 	s.httpTransport = s.newTransport(true)
 	s.wsTransport = s.newTransport(false)
