@@ -191,9 +191,8 @@ func jsStreamAll(stream string) []string {
 	)
 }
 
-// kvStream is the stream behind JetStream KV bucket b; objStream behind object store b.
-func kvStream(b string) string  { return "KV_" + b }
-func objStream(b string) string { return "OBJ_" + b }
+// kvStream is the stream behind JetStream KV bucket b.
+func kvStream(b string) string { return "KV_" + b }
 
 // jsAccountInfo is the account info call every JetStream client makes.
 const jsAccountInfo = jsAPI + ".INFO"
