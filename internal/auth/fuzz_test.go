@@ -136,3 +136,34 @@ func FuzzOpenIdentities(f *testing.F) {
 		}
 	})
 }
+
+// FuzzConnectOptions checks the credential file reader behind --creds: any
+// content gives options or an error naming the file, never a panic, and a
+// seed it accepts yields an inbox prefix of that identity's own.
+//
+//	go test -fuzz FuzzConnectOptions ./internal/auth/
+func FuzzConnectOptions(f *testing.F) {
+	kp, _ := nkeys.CreateUser()
+	seed, _ := kp.Seed()
+	f.Add(seed)
+	f.Add([]byte("# comment\n-----BEGIN USER NKEY SEED-----\n" + string(seed) + "\n------END USER NKEY SEED------\n"))
+	f.Add([]byte("-----BEGIN NATS USER JWT-----\neyJ0\n------END NATS USER JWT------\n"))
+	f.Add([]byte("SAxxxx"))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		path := filepath.Join(t.TempDir(), "cred")
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		opts, err := auth.ConnectOptions(path)
+		if err != nil {
+			if !strings.Contains(err.Error(), path) {
+				t.Fatalf("error %q does not name the file", err)
+			}
+			return
+		}
+		if len(opts) == 0 {
+			t.Fatal("accepted a credential but gave no option")
+		}
+	})
+}

@@ -13,6 +13,8 @@ import (
 
 	"github.com/loki-iot/loki/internal/fault"
 	"github.com/loki-iot/loki/services/jormungandr"
+	"github.com/loki-iot/loki/services/loki/engine"
+	"github.com/loki-iot/loki/subjects"
 )
 
 // numericLabel is a last label inet_aton would read as a number.
@@ -141,6 +143,51 @@ func FuzzDecodeRequests(f *testing.F) {
 			})
 			if err == nil && (r.QoS < 0 || r.QoS > 1 || r.ID == "") {
 				t.Fatalf("DecodeHandleRequest(%q, %s): accepted %+v", data, op, r)
+			}
+		}
+	})
+}
+
+// FuzzCheckGrant checks the net grant parser (what the tool loader runs on
+// every net grant): it never panics, its verdict is stable, its refusals
+// wrap ErrGrant, and a net.mqtt grant it accepts for a topic under Loki's
+// own roots does not exist.
+//
+//	go test -fuzz FuzzCheckGrant ./services/jormungandr/
+func FuzzCheckGrant(f *testing.F) {
+	for _, s := range []string{
+		"net.mqtt:127.0.0.1:1883/readings/#", "net.mqtt:127.0.0.1/readings/+/temp", "net.mqtt:[::1]:1883/a",
+		"net.mqtt:broker.example.com", "net.http:api.example.com", "net.ws:*", "net.mqtt:127.0.0.1/loki/exec/#",
+		"net.mqtt:127.0.0.1/+/#", "net.mqtt:127.0.0.1/$SYS/x", "net.mqtt:h:99999/a", "net:a/b", "net.ftp:x",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		g, err := engine.ParseGrant(s)
+		if err != nil {
+			return
+		}
+		err1, err2 := jormungandr.CheckGrant(g), jormungandr.CheckGrant(g)
+		if (err1 == nil) != (err2 == nil) {
+			t.Fatalf("%q: unstable verdict: %v, then %v", s, err1, err2)
+		}
+		if err1 != nil {
+			if !errors.Is(err1, jormungandr.ErrGrant) {
+				t.Fatalf("%q: got %v, want an error wrapping ErrGrant", s, err1)
+			}
+			return
+		}
+		if g.Module != "net" || g.Area != "mqtt" {
+			return
+		}
+		_, topic, ok := strings.Cut(g.Scope, "/")
+		if !ok {
+			return
+		}
+		first, _, _ := strings.Cut(topic, "/")
+		for _, root := range subjects.InternalRoots {
+			if first == root {
+				t.Fatalf("%q: accepted a topic under Loki's root %q", s, root)
 			}
 		}
 	})
