@@ -385,7 +385,7 @@ anything, 'loki auth' included.`, stderr)
 	if file == nil {
 		save = "save it as FILE (mode 0600), then "
 	}
-	ctxCmd := natsContextSave(name, *af.nats.url, credPath, cred.Identity.PublicKey)
+	ctxCmd := natsContextSave(name, *af.nats.url, credPath, cred.Identity.PublicKey, role)
 	fmt.Fprintf(stderr, "loki: added %s identity %q%s; %suse it with: loki call TOOL --creds %s  or the nats CLI: %s\n",
 		role, name, appliedNote(store), save, credPath, ctxCmd)
 	return nil
@@ -631,12 +631,18 @@ func natsContextCommandFor(dir, url, ctxName string, role subjects.Role) (string
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", seed, err)
 	}
-	return natsContextSave(ctxName, url, seed, pub), nil
+	return natsContextSave(ctxName, url, seed, pub, role), nil
 }
 
-// natsContextSave is the nats CLI command that saves and selects a context
-// for the identity with public key pub whose seed is in seedFile.
-func natsContextSave(ctxName, url, seedFile, pub string) string {
+// natsContextSave is the nats CLI command that saves a context for the
+// identity of role with public key pub whose seed is in seedFile. A client
+// context is also selected (made the default); an admin one never is, so
+// admin rights are always asked for by name (--context).
+func natsContextSave(ctxName, url, seedFile, pub string, role subjects.Role) string {
 	inbox, _ := subjects.Inbox(pub)
-	return fmt.Sprintf("nats context save %s --server %s --nkey %s --inbox-prefix %s --select", ctxName, url, seedFile, inbox)
+	cmd := fmt.Sprintf("nats context save %s --server %s --nkey %s --inbox-prefix %s", ctxName, url, seedFile, inbox)
+	if role != subjects.RoleAdmin {
+		cmd += " --select"
+	}
+	return cmd
 }

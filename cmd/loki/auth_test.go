@@ -285,21 +285,23 @@ func TestAuthOffline(t *testing.T) {
 }
 
 // TestAuthContext: the printed nats CLI command names the built-in
-// identity's seed, by absolute path, and its own inbox prefix.
+// identity's seed, by absolute path, and its own inbox prefix; a client
+// context becomes the default, an admin one never does.
 func TestAuthContext(t *testing.T) {
 	dir := t.TempDir()
 	for _, tc := range []struct {
-		name string
-		args []string
-		want string
+		name    string
+		args    []string
+		want    string
+		selects bool
 	}{
-		{name: "client", args: nil, want: "nats context save loki --server nats://h:4 --nkey " + filepath.Join(dir, "auth", "client.nk") + " --inbox-prefix _INBOX.U"},
+		{name: "client", args: nil, want: "nats context save loki --server nats://h:4 --nkey " + filepath.Join(dir, "auth", "client.nk") + " --inbox-prefix _INBOX.U", selects: true},
 		{name: "admin", args: []string{"--role", "admin"}, want: "nats context save loki-admin --server nats://h:4 --nkey " + filepath.Join(dir, "auth", "admin.nk") + " --inbox-prefix _INBOX.U"},
-		{name: "named", args: []string{"--name", "home"}, want: "nats context save home "},
+		{name: "named", args: []string{"--name", "home"}, want: "nats context save home ", selects: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := cli(t, append([]string{"auth", "context", "--data-dir", dir, "--nats-url", "nats://h:4"}, tc.args...)...)
-			if err != nil || !strings.HasPrefix(got, tc.want) || !strings.HasSuffix(got, " --select") {
+			if err != nil || !strings.HasPrefix(got, tc.want) || strings.HasSuffix(got, " --select") != tc.selects {
 				t.Fatalf("got %q, %v, want %q...", got, err, tc.want)
 			}
 		})

@@ -372,5 +372,5 @@ func natsContextCommand(a *auth.Authority, url, ctxName string, role subjects.Ro
 	if err != nil {
 		return ""
 	}
-	return natsContextSave(ctxName, url, auth.SeedFile(a.Dir(), string(role)), id.PublicKey)
+	return natsContextSave(ctxName, url, auth.SeedFile(a.Dir(), string(role)), id.PublicKey, role)
 }
