@@ -31,8 +31,15 @@ process: Loki (scripts), Hel (storage), Fenrir (hardware), Jörmungandr
 serves the built-in simulated board "sim". Jörmungandr's egress policy denies
 every host but the local MQTT listener unless [jormungandr.policy] in
 --service-config allows more. Tools, KV, objects and
-files persist in --data-dir across restarts. SIGINT or SIGTERM drains
-running calls and exits; a second signal exits at once.`, stderr)
+files persist in --data-dir across restarts.
+
+NATS and MQTT clients must authenticate: on first start Loki creates an
+identity per component plus a local client and admin in --data-dir/auth,
+which the loki CLI uses by default (see 'loki auth' and docs/SECURITY.md).
+JetStream fsyncs every write before acknowledging it ([nats] sync).
+One loki up per data dir: a second is refused.
+
+SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.`, stderr)
 	config := fs.String("config", "", "tool config (TOML); default: the built-in examples")
 	serviceConfig := fs.String("service-config", "", "service settings (TOML with optional [nats] (TLS, sync), [loki], [hel], [fenrir], [jormungandr], [gateway] tables)")
 	board := fs.String("board", "", "Fenrir boards (TOML with [[boards]]); default: the built-in simulated board \"sim\"")
