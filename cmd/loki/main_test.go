@@ -339,3 +339,19 @@ func TestServeHelpPerComponent(t *testing.T) {
 		}
 	}
 }
+
+// TestUpOneOwnerPerDataDir: a second loki up on a data dir in use is
+// refused before it starts anything, and the first keeps serving.
+func TestUpOneOwnerPerDataDir(t *testing.T) {
+	dir := t.TempDir()
+	url, stop := startUp(t, dir)
+	defer stop()
+	var out, errOut bytes.Buffer
+	err := run(context.Background(), []string{"up", "--data-dir", dir, "--nats-port", "-1", "--grpc-port", "0", "--mqtt-port", "0"}, &out, &errOut)
+	if err == nil || !strings.Contains(err.Error(), "in use") || strings.Contains(out.String(), "Loki is up") {
+		t.Fatalf("second loki up: got %v, printed %q; want refused as in use", err, out.String())
+	}
+	if got, err := cli(t, "call", "add", "a=1", "b=2", "--nats-url", url); err != nil || got != "3" {
+		t.Fatalf("first loki up after the refusal: got %q, %v, want 3", got, err)
+	}
+}
