@@ -33,6 +33,9 @@ type natsFlags struct {
 	url, creds             *string
 	tlsCA, tlsCert, tlsKey *string
 	role                   subjects.Role
+	// dataDir, when set, is the command's --data-dir: its auth/ holds the
+	// local credential instead of the default data dir's.
+	dataDir *string
 }
 
 // addNATSFlags registers --nats-url and --creds. Without --creds (or
@@ -83,6 +86,15 @@ func localCreds(role subjects.Role) string {
 	return auth.SeedFile(filepath.Join(defaultDataDir(), "auth"), string(role))
 }
 
+// local is the local credential of f's role: in --data-dir when the
+// command has one, else in the default data dir.
+func (f *natsFlags) local() string {
+	if f.dataDir != nil && *f.dataDir != "" {
+		return auth.SeedFile(filepath.Join(*f.dataDir, "auth"), string(f.role))
+	}
+	return localCreds(f.role)
+}
+
 // options returns the connection options for the chosen credential and TLS files.
 func (f *natsFlags) options() ([]nats.Option, error) {
 	tlsOpts, err := f.tlsOptions()
@@ -91,10 +103,10 @@ func (f *natsFlags) options() ([]nats.Option, error) {
 	}
 	path := *f.creds
 	if path == "" {
-		if _, err := os.Stat(localCreds(f.role)); err != nil {
+		if _, err := os.Stat(f.local()); err != nil {
 			return tlsOpts, nil // no local credential: connect without one
 		}
-		path = localCreds(f.role)
+		path = f.local()
 	}
 	opts, err := auth.ConnectOptions(path)
 	if err != nil {
@@ -136,8 +148,8 @@ func (f *natsFlags) describe() string {
 	if *f.creds != "" {
 		return *f.creds
 	}
-	if _, err := os.Stat(localCreds(f.role)); err == nil {
-		return localCreds(f.role)
+	if _, err := os.Stat(f.local()); err == nil {
+		return f.local()
 	}
 	return "none: pass --creds FILE"
 }
