@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 	"unicode"
+
+	"github.com/loki-iot/loki/internal/metrics"
 )
 
 // Config configures the gateway. It is decoded from TOML; zero durations
@@ -35,6 +37,10 @@ type Config struct {
 	// ShutdownTimeout bounds the graceful stop: calls still running after it
 	// are cancelled.
 	ShutdownTimeout time.Duration `toml:"shutdown_timeout"`
+	// Metrics, when not nil, receives every RPC by method and gRPC code with
+	// its duration (docs/METRICS.md), and a readiness check that passes
+	// once Ready is closed. Set by the caller, never decoded.
+	Metrics *metrics.Registry `toml:"-"`
 }
 
 // Limits on configured and requested durations.

@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/loki-iot/loki/internal/metrics"
 	lokiv1 "github.com/loki-iot/loki/proto/loki/v1"
 	"github.com/loki-iot/loki/services/loki"
 	"github.com/nats-io/nats.go"
@@ -55,7 +56,9 @@ type Gateway struct {
 	healthState healthpb.HealthCheckResponse_ServingStatus
 	ready       chan struct{}
 	stopping    chan struct{}
-	served      atomic.Bool
+	// staticMethods are the full names of the methods registered in New.
+	staticMethods map[string]struct{}
+	served        atomic.Bool
 }
 
 // New validates cfg (zero durations take DefaultConfig's), loads the TLS
@@ -87,9 +90,17 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Gateway, error) {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	rec := recoverer{log: log}
+	unary := []grpc.UnaryServerInterceptor{rec.unary, auth.unary}
+	stream := []grpc.StreamServerInterceptor{rec.stream, auth.stream}
+	if m := cfg.Metrics.Gateway(); m != nil {
+		met := metered{m: m, known: g.servesMethod}
+		unary = append([]grpc.UnaryServerInterceptor{met.unary}, unary...)
+		stream = append([]grpc.StreamServerInterceptor{met.stream}, stream...)
+		cfg.Metrics.AddCheck("gateway", metrics.ReadyWhenClosed(g.ready))
+	}
 	opts := []grpc.ServerOption{
-		grpc.ChainUnaryInterceptor(rec.unary, auth.unary),
-		grpc.ChainStreamInterceptor(rec.stream, auth.stream),
+		grpc.ChainUnaryInterceptor(unary...),
+		grpc.ChainStreamInterceptor(stream...),
 		grpc.UnknownServiceHandler(g.handleScript),
 		// Reuse handler goroutines, whose stacks have already grown, rather
 		// than start one per call: in gatewaybench's profile stack growth was
@@ -123,8 +134,10 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Gateway, error) {
 	reflectionv1alpha.RegisterServerReflectionServer(g.srv, reflection.NewServer(refl))
 	// Every method needs a known role: a method missing from the table
 	// would be open to every token.
+	g.staticMethods = map[string]struct{}{}
 	for svc, info := range g.srv.GetServiceInfo() {
 		for _, m := range info.Methods {
+			g.staticMethods["/"+svc+"/"+m.Name] = struct{}{}
 			if _, ok := accessOf("/" + svc + "/" + m.Name); !ok {
 				return nil, fmt.Errorf("gateway: no role rule for /%s/%s", svc, m.Name)
 			}

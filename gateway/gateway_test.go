@@ -37,7 +37,7 @@ func TestExecute(t *testing.T) {
 	}{
 		{name: "add", tool: "add", args: map[string]any{"a": 1, "b": 2}, want: 3.0},
 		{name: "default applies", tool: "add", args: map[string]any{"a": 1.5}, want: 1.5},
-		{name: "integer result", tool: "double", args: map[string]any{"i": 1 << 40}, want: float64(2 << 40)},
+		{name: "integer result", tool: "double", args: map[string]any{"i": int64(1 << 40)}, want: float64(2 << 40)},
 		{name: "unknown tool", tool: "nope", args: nil, wantCode: codes.NotFound, wantFault: "NOT_FOUND", wantMsg: []string{`"nope"`}},
 		{name: "invalid tool name", tool: "No.Pe", wantCode: codes.InvalidArgument, wantFault: "INVALID_ARGUMENT"},
 		{name: "missing param", tool: "add", args: map[string]any{"b": 2}, wantCode: codes.InvalidArgument, wantMsg: []string{`"a"`}},

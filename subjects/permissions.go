@@ -234,10 +234,10 @@ func RolePermissions(r Role, inbox string, scope ...string) (Permissions, error)
 	case RoleClient:
 		return Permissions{
 			PubAllow: []string{LokiExecAll, LokiToolsList, LokiToolsGet, LokiCapabilities, LokiCancel, srvAll},
-			SubAllow: []string{LokiEventsAll, myInbox},
+			SubAllow: []string{LokiEventsAll, ConfigReloadAll, myInbox},
 		}, nil
 	case RoleLoki:
-		pub := []string{LokiEventsAll, replies, HelAll, FenrirAll, JormungandrAll, jsAccountInfo, "$KV." + ToolsBucket + ".>"}
+		pub := []string{LokiEventsAll, ConfigReloadAll, replies, HelAll, FenrirAll, JormungandrAll, jsAccountInfo, "$KV." + ToolsBucket + ".>"}
 		// Create, never update: an update could add subjects (say
 		// _INBOX.>) to the registry's stream and capture others' replies.
 		pub = append(pub, jsStreamRead(toolsKV)...)
@@ -273,7 +273,7 @@ func RolePermissions(r Role, inbox string, scope ...string) (Permissions, error)
 			LokiCapabilities, LokiCancel, srvAll, jsAccountInfo}
 		return Permissions{
 			PubAllow: append(pub, jsStreamRead(toolsKV)...),
-			SubAllow: []string{LokiEventsAll, myInbox},
+			SubAllow: []string{LokiEventsAll, ConfigReloadAll, myInbox},
 		}, nil
 	case RoleAuth:
 		return Permissions{PubAllow: []string{replies},

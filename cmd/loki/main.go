@@ -43,6 +43,10 @@ func (e *exitError) Error() string { return e.err.Error() }
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// SIGHUP asks a running server to reload its tool config (reload.go).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	ctx = withReloadSignal(ctx, hup)
 	go func() {
 		// A second signal, after the first started a graceful stop, exits now.
 		<-ctx.Done()

@@ -40,7 +40,7 @@ JetStream fsyncs every write before acknowledging it ([nats] sync).
 One loki up per data dir: a second is refused.
 
 SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.`, stderr)
-	config := fs.String("config", "", "tool config (TOML); default: the built-in examples")
+	config := fs.String("config", "", "tool config (TOML), reloaded when it changes and on SIGHUP; default: the built-in examples")
 	serviceConfig := fs.String("service-config", "", "service settings (TOML with optional [nats] (TLS, sync), [loki], [hel], [fenrir], [jormungandr], [gateway] tables)")
 	board := fs.String("board", "", "Fenrir boards (TOML with [[boards]]); default: the built-in simulated board \"sim\"")
 	dataDir := fs.String("data-dir", defaultDataDir(), "directory for all data: JetStream (tools, KV, objects) and Hel's files (env LOKI_DATA_DIR)")
@@ -49,6 +49,7 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
 	grpcPort := fs.Int("grpc-port", 50051, "gRPC gateway port (-1 picks a free port, 0 turns the gateway off)")
 	mqttPort := fs.Int("mqtt-port", 1883, "MQTT 3.1.1 listener port of the NATS server (-1 picks a free port, 0 turns it off)")
 	concurrency := fs.Int("concurrency", 0, "tools running at once (default 4 per core)")
+	metricsFlag := addMetricsFlag(fs)
 	newLog := logFlags(fs, stderr)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -97,6 +98,13 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
 	}
 	defer srv.Shutdown()
 	authority.OnChange(srv.SetUsers)
+	// Metrics listen before the components start, so /readyz answers (503)
+	// while they load; deferred after srv.Shutdown, so they stop first.
+	met, err := metricsFlag.start(log)
+	if err != nil {
+		return err
+	}
+	defer met.close()
 	// Each component connects in-process with its own identity, so it holds
 	// only the permissions subjects.RolePermissions gives its role.
 	conns := map[subjects.Role]*nats.Conn{}
@@ -111,6 +119,7 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
 		}
 		defer nc.Close()
 		conns[role] = nc
+		met.watchNATS(string(role), nc)
 	}
 	nc := conns[subjects.RoleLoki]
 
@@ -119,10 +128,13 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
 	if err := register(ctx, nc, log, tools); err != nil {
 		return err
 	}
-	lokiComp, err := lokiComponent(svcCfg.lokiConfig(nc), nc, log)
+	lokiCfg := svcCfg.lokiConfig(nc)
+	lokiCfg.Metrics = met.reg
+	lokiComp, err := lokiComponent(lokiCfg, nc, log)
 	if err != nil {
 		return err
 	}
+	svcCfg.Hel.Metrics, svcCfg.Fenrir.Metrics, svcCfg.Jormungandr.Metrics = met.reg, met.reg, met.reg
 	helComp, err := helComponent(svcCfg.Hel, conns[subjects.RoleHel], log)
 	if err != nil {
 		return err
@@ -160,9 +172,18 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
 	authSvc := auth.NewService(authority, conns[subjects.RoleAuth], log)
 	comps := []component{lokiComp, helComp, fenrirComp, netComp,
 		{name: "auth", run: authSvc.Run, ready: authSvc.Ready()}}
+	if *config != "" {
+		// Edits to --config (and SIGHUP) reload its tools; see reload.go.
+		rl, err := newToolsReloader(ctx, *config, tools, nc, log, serviceConfigCheck(*serviceConfig, *dataDir))
+		if err != nil {
+			return err
+		}
+		comps = append(comps, rl.component())
+	}
 	services := []string{"loki", "hel", "fenrir", "jormungandr"}
 	grpcLine := "off (--grpc-port 0)"
 	if *grpcPort != 0 {
+		svcCfg.Gateway.Metrics = met.reg
 		gwComp, addr, err := gatewayComponent(svcCfg.Gateway, conns[subjects.RoleGateway], log, grpcAddr(*listen, *grpcPort))
 		if err != nil {
 			return err
@@ -171,6 +192,7 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
 		services = append(services, "gateway")
 		grpcLine = addr.String() + "  (grpcurl -plaintext " + addr.String() + " list)"
 	}
+	met.watchComponents(comps)
 	names := make([]string, 0, len(tools))
 	for _, t := range tools {
 		names = append(names, t.Def.GetName())
@@ -180,6 +202,7 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
   NATS       %s  (JetStream data in %s)
   MQTT       %s
   gRPC       %s
+  metrics    %s
   services   %s
   boards     %s
   tools      %d from %s: %s
@@ -188,7 +211,7 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
   nats CLI   %s
              nats req loki.exec.add '{"a":1,"b":2}'
   stop       Ctrl-C
-`, time.Since(started).Round(time.Millisecond), srv.ClientURL(), *dataDir, mqttLine, grpcLine,
+`, time.Since(started).Round(time.Millisecond), srv.ClientURL(), *dataDir, mqttLine, grpcLine, met.line(),
 			strings.Join(services, ", "), svcCfg.boardNames(),
 			len(tools), source, strings.Join(names, ", "), authDir, natsContextCommand(authority, srv.ClientURL(), "loki", subjects.RoleClient))
 	}, comps...)
@@ -214,16 +237,18 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	var concurrency *int
 	switch name {
 	case "loki":
-		config = fs.String("config", "", "tool config (TOML) to register at start; none by default")
+		config = fs.String("config", "", "tool config (TOML) to register at start, reloaded when it changes and on SIGHUP; none by default")
 		concurrency = fs.Int("concurrency", 0, "tools running at once (default 4 per core)")
 	case "hel":
-		dataDir = fs.String("data-dir", defaultDataDir(), "directory for Hel's files (env LOKI_DATA_DIR)")
+		dataDir = fs.String("data-dir", defaultDataDir(), "directory for Hel's files, and auth/hel.nk the default --creds (env LOKI_DATA_DIR)")
+		nf.dataDir = dataDir
 	case "fenrir":
 		board = fs.String("board", "", "the boards this instance owns (TOML with [[boards]]; see docs/FENRIR.md)")
 		sim = fs.Bool("sim", false, "serve the built-in simulated board \"sim\" instead of --board")
 	case "gateway":
 		grpcListen = fs.String("grpc-listen", "127.0.0.1:50051", "address the gRPC gateway listens on")
 	}
+	metricsFlag := addMetricsFlag(fs)
 	newLog := logFlags(fs, stderr)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -261,12 +286,21 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	met, err := metricsFlag.start(log)
+	if err != nil {
+		return err
+	}
+	defer met.close()
 	nc, err := natsrv.Dial(*nf.url, name, log, credOpts...)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
+	met.watchNATS(name, nc)
+	svcCfg.Gateway.Metrics = met.reg
+	svcCfg.Hel.Metrics, svcCfg.Fenrir.Metrics, svcCfg.Jormungandr.Metrics = met.reg, met.reg, met.reg
 	var comp component
+	var extra []component // run beside comp
 	switch name {
 	case "loki":
 		if err := register(ctx, nc, log, tools); err != nil {
@@ -275,7 +309,15 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if *concurrency > 0 {
 			svcCfg.Loki.Concurrency = *concurrency
 		}
-		comp, err = lokiComponent(svcCfg.lokiConfig(nc), nc, log)
+		lokiCfg := svcCfg.lokiConfig(nc)
+		lokiCfg.Metrics = met.reg
+		comp, err = lokiComponent(lokiCfg, nc, log)
+		if err == nil && *config != "" {
+			var rl *toolsReloader
+			if rl, err = newToolsReloader(ctx, *config, tools, nc, log, serviceConfigCheck(*serviceConfig, dir)); err == nil {
+				extra = append(extra, rl.component())
+			}
+		}
 	case "hel":
 		if err = mustDir(dir); err == nil {
 			comp, err = helComponent(svcCfg.Hel, nc, log)
@@ -294,7 +336,11 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	return runComponents(ctx, func() { log.Info("ready", "component", name, "nats", nc.ConnectedUrl()) }, comp)
+	met.watchComponents(append([]component{comp}, extra...))
+	if met.srv != nil {
+		log.Info("metrics listening", "url", met.srv.URL()+"/metrics")
+	}
+	return runComponents(ctx, func() { log.Info("ready", "component", name, "nats", nc.ConnectedUrl()) }, append([]component{comp}, extra...)...)
 }
 
 // serveHelp says what running one more instance of each component does.

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/loki-iot/loki/internal/fault"
+	"github.com/loki-iot/loki/internal/metrics"
 	"github.com/loki-iot/loki/subjects"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
@@ -36,6 +37,10 @@ type Config struct {
 	Metadata    map[string]string
 	// QueueGroup shared by replicas; default micro.DefaultQueueGroup ("q").
 	QueueGroup string
+	// Metrics, when not nil, receives each endpoint's requests by result
+	// code, handler durations, and busy and queued requests (see
+	// docs/METRICS.md), recorded where the stats are.
+	Metrics *metrics.Registry
 }
 
 // Request is one incoming request. It and everything it returns are valid
@@ -138,6 +143,9 @@ type endpoint struct {
 	// at most Workers + Queue.
 	admitted atomic.Int64
 
+	// m is nil without Config.Metrics.
+	m *metrics.Endpoint
+
 	// guarded by Service.mu
 	requests, errors, rejected uint64
 	lastError                  string
@@ -229,6 +237,14 @@ func (s *Service) AddEndpoint(e Endpoint) error {
 		return ErrStopped
 	}
 	ep := &endpoint{Endpoint: e, queueGroup: s.cfg.QueueGroup}
+	ep.m = s.cfg.Metrics.Services().Endpoint(s.cfg.Name, e.Name)
+	ep.m.TrackPool(ep.busy.Load, func() int64 {
+		if ep.jobs == nil {
+			return 0
+		}
+		// busy drops just before admitted: never report a negative queue.
+		return max(ep.admitted.Load()-ep.busy.Load(), 0)
+	})
 	cb := func(m *nats.Msg) {
 		if s.refuseReply(ep, m) {
 			return
@@ -262,6 +278,7 @@ func (s *Service) AddEndpoint(e Endpoint) error {
 		if ep.jobs != nil {
 			close(ep.jobs)
 		}
+		ep.m.Close()
 		return fmt.Errorf("microsvc: subscribe %s: %w", e.Subject, err)
 	}
 	// Bursts queue here rather than being dropped as a slow consumer.
@@ -319,6 +336,9 @@ func (s *Service) serve(ep *endpoint, r *Request) {
 	ep.busy.Add(-1)
 	s.recordLocked(ep, elapsed, err)
 	s.mu.Unlock()
+	if ep.m != nil {
+		ep.m.Observe(resultCode(err), elapsed)
+	}
 	if ep.jobs != nil {
 		// Free the slot before answering: a caller that sends its next
 		// request on this reply finds the worker free.
@@ -357,10 +377,22 @@ func (s *Service) respond(r *Request, data []byte, hdr nats.Header, err error) {
 	}
 }
 
+// record counts a request refused before its handler ran.
 func (s *Service) record(ep *endpoint, elapsed time.Duration, err error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.recordLocked(ep, elapsed, err)
+	s.mu.Unlock()
+	if ep.m != nil {
+		ep.m.Refused(resultCode(err))
+	}
+}
+
+// resultCode is the code label of a request's metrics.
+func resultCode(err error) string {
+	if err == nil {
+		return metrics.OK
+	}
+	return string(fault.CodeOf(err))
 }
 
 func (s *Service) recordLocked(ep *endpoint, elapsed time.Duration, err error) {
@@ -475,6 +507,9 @@ func (s *Service) Stop(timeout time.Duration) error {
 			close(ep.jobs)
 			ep.workers.Wait()
 		}
+	}
+	for _, ep := range eps {
+		ep.m.Close()
 	}
 	s.unsubscribeControl()
 	return errors.Join(errs...)

@@ -3,6 +3,7 @@ package fenrir
 import (
 	"errors"
 	"fmt"
+	"github.com/loki-iot/loki/internal/metrics"
 	"runtime"
 	"time"
 )
@@ -12,6 +13,9 @@ import (
 // defaults. The boards an instance serves come from their own file (see
 // LoadBoards) or SimBoardConfig.
 type Config struct {
+	// Metrics, when not nil, receives the service's request counts and
+	// latencies (see docs/METRICS.md). Wiring, not TOML.
+	Metrics *metrics.Registry `toml:"-"`
 	// Boards are the boards this instance owns and serves; at least one.
 	Boards []BoardConfig `toml:"-"`
 	// OpenBoard returns the Board for a board's config; nil means OpenBoard

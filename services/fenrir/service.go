@@ -105,6 +105,7 @@ func (s *Service) Run(ctx context.Context) (err error) {
 		names[i] = d.cfg.Name
 	}
 	svc, err := microsvc.Start(s.nc, microsvc.Config{
+		Metrics:     s.cfg.Metrics,
 		Name:        subjects.FenrirService,
 		Version:     Version,
 		Description: "Fenrir hardware: GPIO, PWM, sensors and actuators for Loki scripts",

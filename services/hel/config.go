@@ -8,6 +8,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/loki-iot/loki/internal/metrics"
 	"github.com/loki-iot/loki/subjects"
 )
 
@@ -17,6 +18,9 @@ import (
 // KV, Objects and Cache settings: each replica applies them to the buckets
 // it touches.
 type Config struct {
+	// Metrics, when not nil, receives the service's request counts and
+	// latencies (see docs/METRICS.md). Wiring, not TOML.
+	Metrics *metrics.Registry `toml:"-"`
 	// Workers is how many requests of one kind (one subject) run at once per
 	// replica; Queue how many more may wait before RESOURCE_EXHAUSTED.
 	Workers int `toml:"workers"`

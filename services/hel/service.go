@@ -130,6 +130,7 @@ func (s *Service) Run(ctx context.Context) error {
 		return fmt.Errorf("hel: cache bucket: %w", err)
 	}
 	svc, err := microsvc.Start(s.nc, microsvc.Config{
+		Metrics:     s.cfg.Metrics,
 		Name:        subjects.HelService,
 		Version:     Version,
 		Description: "Hel storage: KV, objects, files and cache for Loki scripts",

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"github.com/loki-iot/loki/internal/metrics"
 	"net"
 	"net/netip"
 	"os"
@@ -20,6 +21,9 @@ import (
 // their defaults. The default policy allows nothing: list what scripts may
 // reach in Policy.
 type Config struct {
+	// Metrics, when not nil, receives the service's request counts and
+	// latencies (see docs/METRICS.md). Wiring, not TOML.
+	Metrics *metrics.Registry `toml:"-"`
 	// Workers is how many requests of one kind run at once per replica;
 	// Queue how many more may wait before RESOURCE_EXHAUSTED.
 	Workers int `toml:"workers"`

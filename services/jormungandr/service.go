@@ -155,6 +155,7 @@ func (s *Service) Ready() <-chan struct{} { return s.ready }
 // DrainTimeout for running ones and closes every connection it holds.
 func (s *Service) Run(ctx context.Context) error {
 	svc, err := microsvc.Start(s.nc, microsvc.Config{
+		Metrics:     s.cfg.Metrics,
 		Name:        subjects.JormungandrService,
 		Version:     Version,
 		Description: "Jörmungandr network access for Loki scripts: HTTP, WebSocket, MQTT",

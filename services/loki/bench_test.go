@@ -4,6 +4,7 @@ import (
 	"context"
 	"testing"
 
+	"github.com/loki-iot/loki/internal/metrics"
 	"github.com/loki-iot/loki/internal/natstest"
 	"github.com/loki-iot/loki/services/loki"
 	"github.com/loki-iot/loki/subjects"
@@ -13,11 +14,19 @@ import (
 // BenchmarkExecParallel calls a trivial tool over real NATS (TCP loopback)
 // from many goroutines; BenchmarkEchoParallel is the raw request/reply
 // baseline on the same server. `loki bench` reports the same comparison.
-func BenchmarkExecParallel(b *testing.B) {
+func BenchmarkExecParallel(b *testing.B) { benchmarkExecParallel(b, loki.Config{}) }
+
+// BenchmarkExecParallelMetrics is BenchmarkExecParallel with metrics on:
+// the difference is what the per-call counters and histograms cost.
+func BenchmarkExecParallelMetrics(b *testing.B) {
+	benchmarkExecParallel(b, loki.Config{Metrics: metrics.New()})
+}
+
+func benchmarkExecParallel(b *testing.B, cfg loki.Config) {
 	srv := natstest.Start(b)
 	nc := natstest.Connect(b, srv)
 	registerToolsB(b, nc)
-	startLokiB(b, srv)
+	startLokiB(b, srv, cfg)
 	c := loki.NewClient(nc)
 	body := []byte(`{"a":1,"b":2}`)
 	b.SetParallelism(16)
@@ -75,12 +84,12 @@ func registerToolsB(b *testing.B, nc *nats.Conn) {
 
 func startLokiB(b *testing.B, srv interface {
 	Connect(string, ...nats.Option) (*nats.Conn, error)
-}) {
+}, cfg loki.Config) {
 	nc, err := srv.Connect("loki")
 	if err != nil {
 		b.Fatal(err)
 	}
-	svc, err := loki.New(loki.Config{}, nc, quietLog())
+	svc, err := loki.New(cfg, nc, quietLog())
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -26,6 +26,9 @@ type memoryGuard struct {
 	log    *slog.Logger
 	over   atomic.Bool
 	sample []metrics.Sample
+	// stopped, when not nil, is told how many running scripts each pass
+	// over the limit stopped.
+	stopped func(n int)
 }
 
 // heapMetric counts the bytes of heap objects, live or not yet swept.
@@ -64,6 +67,9 @@ func (g *memoryGuard) run(ctx context.Context, d *deadlines) {
 			continue
 		}
 		n := d.endAll(engine.ErrMemoryLimit)
+		if g.stopped != nil {
+			g.stopped(n)
+		}
 		if !g.over.Swap(true) || n > 0 {
 			g.log.Warn("memory limit passed: stopped running tools, refusing new calls until it is back under",
 				"heap_mib", h>>20, "limit_mib", g.limit>>20, "stopped", n)

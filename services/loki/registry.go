@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"sync/atomic"
 
 	"github.com/loki-iot/loki/internal/fault"
 	lokiv1 "github.com/loki-iot/loki/proto/loki/v1"
@@ -30,6 +31,8 @@ type Registry struct {
 	tools map[string]*Compiled
 
 	changed chan struct{} // one pending signal; see Changed
+	// revision is the highest KV revision applied.
+	revision atomic.Uint64
 }
 
 // OpenRegistry opens the registry bucket, creating it on first use; an
@@ -170,8 +173,26 @@ func (r *Registry) Watch(ctx context.Context, ready func()) error {
 	}
 }
 
+// Len is the number of callable tools, as last seen by Watch.
+func (r *Registry) Len() int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.tools)
+}
+
+// Revision is the highest registry (KV) revision Watch has applied: it
+// grows with every put and delete, so replicas showing the same revision
+// hold the same tools.
+func (r *Registry) Revision() uint64 { return r.revision.Load() }
+
 func (r *Registry) apply(e jetstream.KeyValueEntry) {
 	name := e.Key()
+	for {
+		cur := r.revision.Load()
+		if e.Revision() <= cur || r.revision.CompareAndSwap(cur, e.Revision()) {
+			break
+		}
+	}
 	if e.Operation() != jetstream.KeyValuePut {
 		r.mu.Lock()
 		delete(r.tools, name)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/loki-iot/loki/internal/fault"
+	"github.com/loki-iot/loki/internal/metrics"
 	"github.com/loki-iot/loki/internal/microsvc"
 	lokiv1 "github.com/loki-iot/loki/proto/loki/v1"
 	"github.com/loki-iot/loki/services/loki/engine"
@@ -48,6 +49,11 @@ type Config struct {
 	MemoryCheck time.Duration
 	// Modules are the Lua modules of the child services available to scripts.
 	Modules []engine.Module
+	// Metrics, when not nil, receives the replica's metrics: per-tool calls
+	// and durations, memory-guard refusals, registry size and revision, and
+	// the micro service's per-endpoint figures (docs/METRICS.md). It also
+	// gets a readiness check that passes once Ready is closed.
+	Metrics *metrics.Registry
 }
 
 // DefaultConfig is four running calls per core, with a queue of 64 per core.
@@ -84,6 +90,8 @@ type Service struct {
 	// deadlines bounds executions; set in Run before any call is served.
 	deadlines *deadlines
 	mem       *memoryGuard
+	// tm is nil without Config.Metrics; its methods then do nothing.
+	tm *metrics.Tools
 	// cancels holds the cancel funcs of running streaming calls by reply subject.
 	cancels sync.Map
 	// nuids hold *nuid.NUID generators of execution ids, one per P in
@@ -121,13 +129,19 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Service, error) {
 		return nil, fmt.Errorf("loki config: %w", err)
 	}
 	log = log.With("component", "loki")
+	tm := cfg.Metrics.Tools()
+	mem := newMemoryGuard(cfg.MemoryLimit, cfg.MemoryCheck, log)
+	mem.stopped = tm.MemoryStopped
+	ready := make(chan struct{})
+	cfg.Metrics.AddCheck("loki", metrics.ReadyWhenClosed(ready))
 	return &Service{
 		cfg:     cfg,
+		tm:      tm,
 		nc:      nc,
 		log:     log,
 		engine:  engine.New(engine.Config{Limits: cfg.Limits, Modules: cfg.Modules}, log),
-		mem:     newMemoryGuard(cfg.MemoryLimit, cfg.MemoryCheck, log),
-		ready:   make(chan struct{}),
+		mem:     mem,
+		ready:   ready,
 		nuids:   sync.Pool{New: func() any { return nuid.New() }},
 		argMaps: sync.Pool{New: func() any { return make(map[string]any, 8) }},
 		eventBufs: sync.Pool{New: func() any {
@@ -151,6 +165,7 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	s.reg = reg
+	defer s.tm.AttachReplica(reg.Len, reg.Revision, s.mem.over.Load)()
 	loaded := make(chan struct{})
 	watchCtx, stopWatch := context.WithCancel(context.Background())
 	watchErr := make(chan error, 1)
@@ -168,6 +183,7 @@ func (s *Service) Run(ctx context.Context) error {
 	svc, err := microsvc.Start(s.nc, microsvc.Config{
 		Name: subjects.LokiService, Version: Version,
 		Description: "Runs Lua tools; exec with loki.exec.<tool> and a JSON object of arguments",
+		Metrics:     s.cfg.Metrics,
 	}, s.log)
 	if err != nil {
 		return err
@@ -224,6 +240,7 @@ func (s *Service) handleExec(ctx context.Context, r *microsvc.Request) ([]byte, 
 		return nil, nil, fault.New(fault.NotFound, "no tool named %q (list them with `loki tools`)", name)
 	}
 	if s.mem.over.Load() {
+		s.tm.MemoryRefused()
 		return nil, nil, s.refused(tool, name, start, fault.New(fault.ResourceExhausted, "tool %q: this replica is over its memory limit and is not taking calls; retry shortly", name))
 	}
 	args, err := engine.DecodeArgsInto(s.argMaps.Get().(map[string]any), tool.Params, r.Data())
@@ -245,6 +262,8 @@ func (s *Service) handleExec(ctx context.Context, r *microsvc.Request) ([]byte, 
 	hdr[HeaderExecutionID] = []string{execID}
 	ev := event{execID: execID, tool: name, kind: subjects.EventStarted, time: start, toolRevision: tool.Def.GetRevision()}
 	s.publishEvent(tool, &ev)
+	tm := s.tm.Tool(name)
+	tm.Started()
 
 	var emit func([]byte) error
 	if r.Header().Get(HeaderStream) != "" && r.HasReply() {
@@ -278,8 +297,10 @@ func (s *Service) handleExec(ctx context.Context, r *microsvc.Request) ([]byte, 
 	ev.time = time.Now()
 	s.publishEvent(tool, &ev)
 	if err != nil {
+		tm.Finished(ev.errorCode, ev.duration)
 		return nil, hdr, err
 	}
+	tm.Finished(metrics.OK, ev.duration)
 	return result, hdr, nil
 }
 
@@ -294,6 +315,7 @@ func (s *Service) refused(tool *Compiled, name string, start time.Time, err erro
 		errorCode: string(fault.CodeOf(err)), errorMessage: fault.MessageOf(err),
 	}
 	s.publishEvent(tool, &ev)
+	s.tm.Tool(name).Observe(ev.errorCode, ev.duration)
 	return err
 }
 

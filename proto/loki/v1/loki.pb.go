@@ -1005,6 +1005,107 @@ func (x *Entity) GetStep() float64 {
 	return 0
 }
 
+// ConfigReload is published on loki.config.reload.ok or
+// loki.config.reload.failed each time a Loki process reloads its tool
+// config file (the file changed, or it got SIGHUP). A failed reload
+// changes nothing: the tools of the last good load stay registered.
+type ConfigReload struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tool config file, as given to --config.
+	File string `protobuf:"bytes,1,opt,name=file,proto3" json:"file,omitempty"`
+	Ok   bool   `protobuf:"varint,2,opt,name=ok,proto3" json:"ok,omitempty"`
+	// Why the reload was refused (file:line and tool where known); set when
+	// ok is false.
+	Error string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	// Tool names the file newly defines, defines differently, and no longer
+	// defines (and that were therefore unregistered); set when ok is true.
+	Added         []string               `protobuf:"bytes,4,rep,name=added,proto3" json:"added,omitempty"`
+	Changed       []string               `protobuf:"bytes,5,rep,name=changed,proto3" json:"changed,omitempty"`
+	Removed       []string               `protobuf:"bytes,6,rep,name=removed,proto3" json:"removed,omitempty"`
+	Time          *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=time,proto3" json:"time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConfigReload) Reset() {
+	*x = ConfigReload{}
+	mi := &file_loki_v1_loki_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConfigReload) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConfigReload) ProtoMessage() {}
+
+func (x *ConfigReload) ProtoReflect() protoreflect.Message {
+	mi := &file_loki_v1_loki_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConfigReload.ProtoReflect.Descriptor instead.
+func (*ConfigReload) Descriptor() ([]byte, []int) {
+	return file_loki_v1_loki_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ConfigReload) GetFile() string {
+	if x != nil {
+		return x.File
+	}
+	return ""
+}
+
+func (x *ConfigReload) GetOk() bool {
+	if x != nil {
+		return x.Ok
+	}
+	return false
+}
+
+func (x *ConfigReload) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *ConfigReload) GetAdded() []string {
+	if x != nil {
+		return x.Added
+	}
+	return nil
+}
+
+func (x *ConfigReload) GetChanged() []string {
+	if x != nil {
+		return x.Changed
+	}
+	return nil
+}
+
+func (x *ConfigReload) GetRemoved() []string {
+	if x != nil {
+		return x.Removed
+	}
+	return nil
+}
+
+func (x *ConfigReload) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
 var File_loki_v1_loki_proto protoreflect.FileDescriptor
 
 const file_loki_v1_loki_proto_rawDesc = "" +
@@ -1091,7 +1192,15 @@ const file_loki_v1_loki_proto_rawDesc = "" +
 	"\x04unit\x18\x04 \x01(\tR\x04unit\x12\x10\n" +
 	"\x03min\x18\x05 \x01(\x01R\x03min\x12\x10\n" +
 	"\x03max\x18\x06 \x01(\x01R\x03max\x12\x12\n" +
-	"\x04step\x18\a \x01(\x01R\x04stepB/Z-github.com/loki-iot/loki/proto/loki/v1;lokiv1b\x06proto3"
+	"\x04step\x18\a \x01(\x01R\x04step\"\xc2\x01\n" +
+	"\fConfigReload\x12\x12\n" +
+	"\x04file\x18\x01 \x01(\tR\x04file\x12\x0e\n" +
+	"\x02ok\x18\x02 \x01(\bR\x02ok\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\x12\x14\n" +
+	"\x05added\x18\x04 \x03(\tR\x05added\x12\x18\n" +
+	"\achanged\x18\x05 \x03(\tR\achanged\x12\x18\n" +
+	"\aremoved\x18\x06 \x03(\tR\aremoved\x12.\n" +
+	"\x04time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x04timeB/Z-github.com/loki-iot/loki/proto/loki/v1;lokiv1b\x06proto3"
 
 var (
 	file_loki_v1_loki_proto_rawDescOnce sync.Once
@@ -1105,7 +1214,7 @@ func file_loki_v1_loki_proto_rawDescGZIP() []byte {
 	return file_loki_v1_loki_proto_rawDescData
 }
 
-var file_loki_v1_loki_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_loki_v1_loki_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_loki_v1_loki_proto_goTypes = []any{
 	(*Param)(nil),                 // 0: loki.v1.Param
 	(*Tool)(nil),                  // 1: loki.v1.Tool
@@ -1119,33 +1228,35 @@ var file_loki_v1_loki_proto_goTypes = []any{
 	(*EndpointStatus)(nil),        // 9: loki.v1.EndpointStatus
 	(*Capabilities)(nil),          // 10: loki.v1.Capabilities
 	(*Entity)(nil),                // 11: loki.v1.Entity
-	(*structpb.Value)(nil),        // 12: google.protobuf.Value
-	(*durationpb.Duration)(nil),   // 13: google.protobuf.Duration
-	(*structpb.Struct)(nil),       // 14: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
+	(*ConfigReload)(nil),          // 12: loki.v1.ConfigReload
+	(*structpb.Value)(nil),        // 13: google.protobuf.Value
+	(*durationpb.Duration)(nil),   // 14: google.protobuf.Duration
+	(*structpb.Struct)(nil),       // 15: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
 }
 var file_loki_v1_loki_proto_depIdxs = []int32{
-	12, // 0: loki.v1.Param.default:type_name -> google.protobuf.Value
-	13, // 1: loki.v1.Tool.timeout:type_name -> google.protobuf.Duration
+	13, // 0: loki.v1.Param.default:type_name -> google.protobuf.Value
+	14, // 1: loki.v1.Tool.timeout:type_name -> google.protobuf.Duration
 	0,  // 2: loki.v1.Tool.params:type_name -> loki.v1.Param
 	1,  // 3: loki.v1.ToolList.tools:type_name -> loki.v1.Tool
-	14, // 4: loki.v1.ExecutionRequest.arguments:type_name -> google.protobuf.Struct
-	13, // 5: loki.v1.ExecutionRequest.timeout:type_name -> google.protobuf.Duration
-	12, // 6: loki.v1.ExecutionResult.result:type_name -> google.protobuf.Value
-	13, // 7: loki.v1.ExecutionResult.duration:type_name -> google.protobuf.Duration
-	12, // 8: loki.v1.EmitChunk.value:type_name -> google.protobuf.Value
-	15, // 9: loki.v1.ScriptEvent.time:type_name -> google.protobuf.Timestamp
-	13, // 10: loki.v1.ScriptEvent.duration:type_name -> google.protobuf.Duration
-	15, // 11: loki.v1.ServiceStatus.started:type_name -> google.protobuf.Timestamp
+	15, // 4: loki.v1.ExecutionRequest.arguments:type_name -> google.protobuf.Struct
+	14, // 5: loki.v1.ExecutionRequest.timeout:type_name -> google.protobuf.Duration
+	13, // 6: loki.v1.ExecutionResult.result:type_name -> google.protobuf.Value
+	14, // 7: loki.v1.ExecutionResult.duration:type_name -> google.protobuf.Duration
+	13, // 8: loki.v1.EmitChunk.value:type_name -> google.protobuf.Value
+	16, // 9: loki.v1.ScriptEvent.time:type_name -> google.protobuf.Timestamp
+	14, // 10: loki.v1.ScriptEvent.duration:type_name -> google.protobuf.Duration
+	16, // 11: loki.v1.ServiceStatus.started:type_name -> google.protobuf.Timestamp
 	9,  // 12: loki.v1.ServiceStatus.endpoints:type_name -> loki.v1.EndpointStatus
-	13, // 13: loki.v1.EndpointStatus.average_latency:type_name -> google.protobuf.Duration
-	13, // 14: loki.v1.Capabilities.default_timeout:type_name -> google.protobuf.Duration
+	14, // 13: loki.v1.EndpointStatus.average_latency:type_name -> google.protobuf.Duration
+	14, // 14: loki.v1.Capabilities.default_timeout:type_name -> google.protobuf.Duration
 	11, // 15: loki.v1.Capabilities.entities:type_name -> loki.v1.Entity
-	16, // [16:16] is the sub-list for method output_type
-	16, // [16:16] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	16, // 16: loki.v1.ConfigReload.time:type_name -> google.protobuf.Timestamp
+	17, // [17:17] is the sub-list for method output_type
+	17, // [17:17] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_loki_v1_loki_proto_init() }
@@ -1159,7 +1270,7 @@ func file_loki_v1_loki_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loki_v1_loki_proto_rawDesc), len(file_loki_v1_loki_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
