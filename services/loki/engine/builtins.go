@@ -62,8 +62,13 @@ func raise(L *lua.LState, code fault.Code, format string, args ...any) {
 	L.RaiseError("%s: %s", code, fmt.Sprintf(format, args...))
 }
 
-// checkInt returns argument n as an int (truncated, clamped to ±2^53), or
-// def when the argument is absent or nil.
+// checkIntBound is the clamp of checkInt: 2^53, past which a float64 (a Lua
+// number) no longer holds every integer, or the int range where int has 32
+// bits (ARMv6, 386).
+const checkIntBound = min(1<<53, math.MaxInt)
+
+// checkInt returns argument n as an int (truncated, clamped to
+// ±checkIntBound), or def when the argument is absent or nil.
 func checkInt(L *lua.LState, n, def int) int {
 	if L.Get(n) == lua.LNil {
 		return def
@@ -72,10 +77,10 @@ func checkInt(L *lua.LState, n, def int) int {
 	switch {
 	case f != f:
 		return 0
-	case f > 1<<53:
-		return 1 << 53
-	case f < -(1 << 53):
-		return -(1 << 53)
+	case f > checkIntBound:
+		return checkIntBound
+	case f < -checkIntBound:
+		return -checkIntBound
 	}
 	return int(f)
 }
