@@ -53,8 +53,7 @@ const authTimeout = 10 * time.Second
 
 func cmdAuth(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, authUsage)
-		return &exitError{code: 2, err: errors.New("auth: name a command: add, add-device, list, revoke, export or context")}
+		return usageMistake("auth", errors.New("auth: name a command: add, add-device, list, revoke, export or context"))
 	}
 	sub, rest := args[0], args[1:]
 	switch sub {
@@ -71,11 +70,14 @@ func cmdAuth(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	case "context":
 		return authContext(rest, stdout, stderr)
 	case "help", "-h", "-help", "--help":
-		fmt.Fprint(stderr, authUsage)
-		return flag.ErrHelp
+		if len(rest) > 0 && !isHelp(rest[0]) {
+			// `loki help auth add` arrives as `auth add --help`; this is `auth help add`.
+			return cmdAuth(ctx, append(rest[:1:1], "--help"), stdout, stderr)
+		}
+		fmt.Fprint(stdout, authUsage)
+		return nil
 	}
-	fmt.Fprint(stderr, authUsage)
-	return &exitError{code: 2, err: fmt.Errorf("auth: unknown command %q (commands: add, add-device, list, revoke, export, context)", sub)}
+	return usageMistake("auth", fmt.Errorf("auth: unknown command %q (commands: add, add-device, list, revoke, export, context)", sub))
 }
 
 // authFlags are the flags of every `loki auth` command that reads or
@@ -94,21 +96,17 @@ func addAuthFlags(fs *flag.FlagSet, stderr io.Writer) *authFlags {
 	}
 }
 
-// usageError prints fs's usage and returns err with exit code 2, for a
-// command given the wrong number of arguments.
+// usageError returns err with exit code 2 and a pointer to fs's --help,
+// for a command given the wrong number of arguments.
 func usageError(fs *flag.FlagSet, format string, args ...any) error {
 	fs.Usage()
 	return badInput(format, args...)
 }
 
-// parseAuthArgs parses flags and positionals; a bad flag is a usage
-// mistake (exit 2), which the flag package has already explained.
+// parseAuthArgs parses flags and positionals; run turns a bad flag into a
+// usage mistake (exit 2) and --help into the usage.
 func parseAuthArgs(fs *flag.FlagSet, args []string) ([]string, error) {
-	pos, err := parseInterleaved(fs, args)
-	if err != nil && !errors.Is(err, flag.ErrHelp) {
-		return nil, &exitError{code: 2, err: err}
-	}
-	return pos, err
+	return parseInterleaved(fs, args)
 }
 
 // badInput is a mistake in one argument or flag, which the message names

@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/loki-iot/loki/client"
@@ -25,7 +24,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
 )
 
 // natsFlags are the flags of every command that connects to NATS.
@@ -154,45 +152,6 @@ func (f *natsFlags) describe() string {
 	return "none: pass --creds FILE"
 }
 
-func cmdTools(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("tools", "Usage: loki tools [flags]\n\nLists the registered tools with their params and return type.", stderr)
-	nf := addNATSFlags(fs, subjects.RoleClient)
-	asJSON := fs.Bool("json", false, "print the full definitions as JSON")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	nc, err := nf.dial()
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	tools, err := loki.NewClient(nc).List(ctx)
-	if err != nil {
-		return err
-	}
-	if *asJSON {
-		b, _ := protojson.MarshalOptions{Multiline: true}.Marshal(&lokiv1.ToolList{Tools: tools})
-		fmt.Fprintln(stdout, string(b))
-		return nil
-	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TOOL\tPARAMS\tRETURNS\tDESCRIPTION")
-	for _, t := range tools {
-		var ps []string
-		for _, p := range t.GetParams() {
-			s := p.GetName() + ":" + p.GetType()
-			if !p.GetRequired() {
-				s += "?"
-			}
-			ps = append(ps, s)
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", t.GetName(), strings.Join(ps, " "), t.GetReturns(), t.GetDescription())
-	}
-	return tw.Flush()
-}
-
 func cmdCall(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("call", `Usage: loki call TOOL [key=value ...] [flags]
 
@@ -216,6 +175,18 @@ On failure, prints the error code and message and exits 1.`, stderr)
 		return &exitError{code: 2, err: errors.New("call: name a tool")}
 	}
 	tool := pos[0]
+	// Mistakes in the pairs are usage mistakes, found before connecting.
+	seen := map[string]bool{}
+	for _, kv := range pos[1:] {
+		k, _, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return usageMistake("call", fmt.Errorf("call: argument %q: want key=value", kv))
+		}
+		if seen[k] {
+			return usageMistake("call", fmt.Errorf("call: argument %s given twice", k))
+		}
+		seen[k] = true
+	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
 	var c caller
@@ -378,12 +349,16 @@ Prints script events (started, completed, failed) as JSON lines until interrupte
 	nf := addNATSFlags(fs, subjects.RoleClient)
 	tool := fs.String("tool", "", "only events of this tool")
 	kind := fs.String("kind", "", "only events of this kind: started, completed or failed")
-	if err := fs.Parse(args); err != nil {
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
 		return err
+	}
+	if len(pos) > 0 {
+		return usageMistake("events", fmt.Errorf("events: unexpected argument %q", pos[0]))
 	}
 	subj, err := subjects.ScriptEvents(*tool, subjects.EventKind(*kind))
 	if err != nil {
-		return fmt.Errorf("events: %w", err)
+		return usageMistake("events", fmt.Errorf("events: %w", err))
 	}
 	nc, err := nf.dial()
 	if err != nil {

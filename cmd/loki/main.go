@@ -15,6 +15,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"syscall"
 )
@@ -25,21 +27,65 @@ Usage:
   loki up [flags]                 run NATS (embedded, with JetStream) and every service in one process
   loki serve COMPONENT [flags]    run one component (loki, hel, fenrir, jormungandr, gateway) against an external NATS server
   loki tools [flags]              list registered tools
+  loki tools get NAME             print one tool
+  loki tools register FILE        register the tools of a TOML file (admin)
+  loki tools unregister NAME...   remove tools (admin)
   loki call TOOL [key=value ...]  call a tool and print its JSON result
   loki events [flags]             print script events as they happen
   loki auth COMMAND [flags]       manage bus identities: add, add-device, list, revoke, export, context
   loki bench [flags]              benchmark tool calls against a raw NATS echo
+  loki completion bash|zsh|fish   print a shell completion script
+  loki version                    print the version
 
-Run 'loki COMMAND --help' for a command's flags.
+Run 'loki help COMMAND' or 'loki COMMAND --help' for a command's flags.
+Exit codes: 0 success or help, 1 the operation failed, 2 a usage mistake.
 `
 
-// exitError carries a process exit code through main.
+// version is the release, set with -ldflags "-X main.version=v1.2.3";
+// empty means the main module's version from the build info, or "dev".
+var version = ""
+
+func versionString() string {
+	v := version
+	if v == "" {
+		v = "dev"
+		if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+			v = bi.Main.Version
+		}
+	}
+	return fmt.Sprintf("loki %s (%s, %s/%s)", v, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+// exitError carries a process exit code through main. hint, when set, is
+// printed on its own line after the error (what to run for help).
 type exitError struct {
 	code int
 	err  error
+	hint string
 }
 
 func (e *exitError) Error() string { return e.err.Error() }
+
+func (e *exitError) Unwrap() error { return e.err }
+
+// usageMistake is a wrong command line: exit code 2, with a pointer to the
+// command's help.
+func usageMistake(cmd string, err error) error {
+	return &exitError{code: 2, err: err, hint: fmt.Sprintf("Run 'loki %s --help' for usage.", cmd)}
+}
+
+// processExitCode is the process exit code for run's error: 0 for nil, else the
+// exitError's code, else 1.
+func processExitCode(err error) int {
+	if err == nil {
+		return 0
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	return 1
+}
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -60,20 +106,21 @@ func main() {
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	if err != nil {
-		code := 1
+		fmt.Fprintln(os.Stderr, "loki:", err)
 		var ee *exitError
-		if errors.As(err, &ee) {
-			code = ee.code
+		if errors.As(err, &ee) && ee.hint != "" {
+			fmt.Fprintln(os.Stderr, ee.hint)
 		}
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "loki:", err)
-		} else {
-			code = 0
-		}
-		os.Exit(code)
+		os.Exit(processExitCode(err))
 	}
 }
 
+// commands are the top-level commands, in the order help lists them.
+var commands = []string{"up", "serve", "tools", "call", "events", "auth", "bench", "completion", "version", "help"}
+
+// run runs one command line. Help requests print to stdout and return nil;
+// usage mistakes return an exitError with code 2 and a hint; nothing is
+// printed for an error, which the caller prints once.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
@@ -81,37 +128,215 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	cmd, rest := args[0], args[1:]
 	switch cmd {
-	case "up":
-		return cmdUp(ctx, rest, stdout, stderr)
-	case "serve":
-		return cmdServe(ctx, rest, stdout, stderr)
-	case "tools":
-		return cmdTools(ctx, rest, stdout, stderr)
-	case "call":
-		return cmdCall(ctx, rest, stdout, stderr)
-	case "events":
-		return cmdEvents(ctx, rest, stdout, stderr)
-	case "bench":
-		return cmdBench(ctx, rest, stdout, stderr)
-	case "auth":
-		return cmdAuth(ctx, rest, stdout, stderr)
 	case "help", "-h", "--help", "-help":
-		fmt.Fprint(stdout, usage)
+		if len(rest) == 0 {
+			fmt.Fprint(stdout, usage)
+			return nil
+		}
+		if rest[0] == "help" {
+			fmt.Fprint(stdout, usage)
+			return nil
+		}
+		if strings.HasPrefix(rest[0], "-") {
+			return usageMistake("help", fmt.Errorf("help: unexpected argument %q", rest[0]))
+		}
+		// `loki help serve fenrir` is `loki serve fenrir --help`.
+		return run(ctx, append(append([]string{}, rest...), "--help"), stdout, stderr)
+	case "version", "--version", "-version":
+		if len(rest) > 0 {
+			if isHelp(rest[0]) {
+				fmt.Fprint(stdout, "Usage: loki version\n\nPrints the version of loki, the Go release it was built with, and the platform.\n")
+				return nil
+			}
+			return usageMistake("version", fmt.Errorf("version: unexpected argument %q", rest[0]))
+		}
+		fmt.Fprintln(stdout, versionString())
 		return nil
 	}
-	fmt.Fprint(stderr, usage)
-	return &exitError{code: 2, err: fmt.Errorf("unknown command %q", cmd)}
+	h, ok := handler(cmd)
+	if !ok {
+		return &exitError{code: 2, err: fmt.Errorf("unknown command %q", cmd), hint: "Run 'loki help' for the commands."}
+	}
+	if maxArgs, ok := noPositionals[cmd]; ok {
+		// These commands take flags only; refuse a stray argument before
+		// they start anything (a benchmark, a server).
+		if err := checkPositionals(ctx, cmd, rest, maxArgs); err != nil {
+			return err
+		}
+	}
+	o := &cliOut{Writer: stderr}
+	err := h(ctx, rest, stdout, o)
+	return o.finish(err, stdout)
 }
 
-// newFlags returns a FlagSet whose --help prints the synopsis and flags.
+// handler returns the command that parses its own flags with newFlags.
+// (A function, not a map: cmdServe's help probes the components through it.)
+func handler(cmd string) (func(ctx context.Context, args []string, stdout, stderr io.Writer) error, bool) {
+	switch cmd {
+	case "up":
+		return cmdUp, true
+	case "serve":
+		return cmdServe, true
+	case "tools":
+		return cmdTools, true
+	case "call":
+		return cmdCall, true
+	case "events":
+		return cmdEvents, true
+	case "bench":
+		return cmdBench, true
+	case "auth":
+		return cmdAuth, true
+	case "completion":
+		return cmdCompletion, true
+	}
+	return nil, false
+}
+
+// noPositionals are the commands run checks for stray arguments itself,
+// since their handlers take none.
+var noPositionals = map[string]int{"up": 0, "bench": 0}
+
+func isHelp(arg string) bool {
+	switch arg {
+	case "-h", "-help", "--help", "help":
+		return true
+	}
+	return false
+}
+
+// checkPositionals parses args with cmd's flags (found by asking the
+// command for its help, which starts nothing) and refuses more than max
+// positional arguments.
+func checkPositionals(ctx context.Context, cmd string, args []string, max int) error {
+	fs, _ := probeFlags(ctx, cmd)
+	if fs == nil {
+		return nil
+	}
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return nil // the command reports its own flag errors
+	}
+	if len(pos) > max {
+		return usageMistake(cmd, fmt.Errorf("%s: unexpected argument %q", cmd, pos[max]))
+	}
+	return nil
+}
+
+// probeFlags returns the flag set and synopsis a command builds, by
+// running it with --help into a cliOut that prints nothing. args name a
+// subcommand first (["serve", "hel"], ["auth", "add"]).
+func probeFlags(ctx context.Context, args ...string) (*flag.FlagSet, string) {
+	h, ok := handler(args[0])
+	if !ok {
+		return nil, ""
+	}
+	o := &cliOut{Writer: io.Discard}
+	_ = h(ctx, append(append([]string{}, args[1:]...), "--help"), io.Discard, o)
+	if o.fs == nil {
+		return nil, ""
+	}
+	// A fresh copy, so a caller's Parse does not see the probe's --help.
+	fs := flag.NewFlagSet(o.fs.Name(), flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	o.fs.VisitAll(func(f *flag.Flag) { fs.Var(f.Value, f.Name, f.Usage) })
+	return fs, o.synopsis
+}
+
+// cliOut is the stderr run hands a command. It writes to stderr, and
+// newFlags records on it the flag set and synopsis whose usage the flag
+// package asked for, so run prints help (to stdout) and flag errors (once,
+// as a usage mistake) in one place for every command.
+type cliOut struct {
+	io.Writer
+	fs       *flag.FlagSet
+	synopsis string
+}
+
+// finish turns a command's error into run's result: a help request prints
+// the usage to stdout and succeeds; a flag error becomes a usage mistake.
+func (o *cliOut) finish(err error, stdout io.Writer) error {
+	if err == nil || o.fs == nil {
+		return err
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		printUsage(stdout, o.fs, o.synopsis)
+		return nil
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		if ee.code == 2 && ee.hint == "" {
+			ee.hint = fmt.Sprintf("Run 'loki %s --help' for usage.", o.fs.Name())
+		}
+		return err
+	}
+	// The flag package's own errors: Usage was called, so this is one.
+	return usageMistake(o.fs.Name(), fmt.Errorf("%s: %s", o.fs.Name(), dashes(err.Error())))
+}
+
+// dashes rewrites the flag package's "-name" in its error messages to the
+// "--name" the help shows.
+func dashes(msg string) string {
+	msg = strings.Replace(msg, "flag provided but not defined: -", "unknown flag -", 1)
+	for _, pre := range []string{"unknown flag -", "flag needs an argument: -", "for flag -"} {
+		if i := strings.Index(msg, pre); i >= 0 {
+			j := i + len(pre)
+			if j+1 < len(msg) && msg[j] != '-' && msg[j+1] != ':' && msg[j+1] != ' ' {
+				msg = msg[:j] + "-" + msg[j:]
+			}
+		}
+	}
+	return msg
+}
+
+// newFlags returns a FlagSet for the command name (as typed after "loki").
+// It prints nothing itself: on --help or a bad flag the flag package calls
+// Usage, which records the set on run's cliOut, and run prints the usage
+// (--help, to stdout, exit 0) or the error once with a hint (exit 2).
 func newFlags(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
+	o, ok := stderr.(*cliOut)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "%s\n\nFlags:\n", synopsis)
-		fs.PrintDefaults()
+		if ok {
+			o.fs, o.synopsis = fs, synopsis
+			return
+		}
+		printUsage(stderr, fs, synopsis) // called outside run
 	}
 	return fs
+}
+
+// printUsage writes synopsis and fs's flags, spelled --name (-o for a
+// one-letter flag), with their argument type and default.
+func printUsage(w io.Writer, fs *flag.FlagSet, synopsis string) {
+	fmt.Fprintf(w, "%s\n\nFlags:\n", strings.TrimRight(synopsis, "\n"))
+	fs.VisitAll(func(f *flag.Flag) {
+		typ, text := flag.UnquoteUsage(f)
+		line := "  " + flagName(f.Name)
+		if typ != "" {
+			line += " " + typ
+		}
+		fmt.Fprintln(w, line)
+		switch {
+		case f.DefValue == "" || f.DefValue == "false" || f.DefValue == "0" || f.DefValue == "0s":
+		case typ == "string" || strings.ContainsAny(f.DefValue, " \t"):
+			text += fmt.Sprintf(" (default %q)", f.DefValue)
+		default:
+			text += " (default " + f.DefValue + ")"
+		}
+		fmt.Fprintf(w, "        %s\n", strings.ReplaceAll(text, "\n", "\n        "))
+	})
+	fmt.Fprintln(w, "  -h, --help\n        print this help")
+}
+
+// flagName spells a flag as the help and completion show it.
+func flagName(name string) string {
+	if len(name) == 1 {
+		return "-" + name
+	}
+	return "--" + name
 }
 
 // parseInterleaved parses flags that may appear before, between or after
@@ -159,4 +384,28 @@ func envOr(key, def string) string {
 		return v
 	}
 	return def
+}
+
+// serveUsage is the help of `loki serve` without a component: the
+// components and the flags every one of them takes.
+func serveUsage(ctx context.Context, w io.Writer, components []string) {
+	common := flag.NewFlagSet("serve", flag.ContinueOnError)
+	counts := map[string]int{}
+	for _, c := range components {
+		fs, _ := probeFlags(ctx, "serve", c)
+		if fs == nil {
+			continue
+		}
+		fs.VisitAll(func(f *flag.Flag) {
+			counts[f.Name]++
+			if counts[f.Name] == len(components) {
+				common.Var(f.Value, f.Name, f.Usage)
+			}
+		})
+	}
+	printUsage(w, common, fmt.Sprintf(`Usage: loki serve COMPONENT [flags]
+
+Runs one component against an external NATS server with JetStream.
+Components: %s
+Run 'loki serve COMPONENT --help' for a component's own flags; these are common to all`, strings.Join(components, ", ")))
 }
