@@ -4,7 +4,9 @@
 //
 // Errors are the gateway's gRPC status errors, unchanged: use
 // status.Code(err) for the gRPC code and FaultCode(err) for Loki's finer
-// code (for example SCRIPT_ERROR).
+// code (for example SCRIPT_ERROR). The one exception: on a WithInsecure
+// connection, an UNAVAILABLE that looks like a TLS server refusing
+// plaintext keeps its code and gains a hint that the gateway may require TLS.
 package client
 
 import (
@@ -15,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	lokiv1 "github.com/loki-iot/loki/proto/loki/v1"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -84,7 +87,9 @@ func Dial(addr string, opts ...Option) (*Client, error) {
 		if o.tls != nil || o.caFile != "" {
 			return nil, errors.New("client: WithInsecure conflicts with TLS options")
 		}
-		dial = append(dial, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		hint := tlsHint{addr: addr}
+		dial = append(dial, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithChainUnaryInterceptor(hint.unary), grpc.WithChainStreamInterceptor(hint.stream))
 	default:
 		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
 		if o.tls != nil {
@@ -112,6 +117,59 @@ func Dial(addr string, opts ...Option) (*Client, error) {
 		return nil, fmt.Errorf("client: %w", err)
 	}
 	return &Client{conn: conn, api: lokiv1.NewLokiClient(conn)}, nil
+}
+
+// tlsHint adds to a plaintext connection's UNAVAILABLE errors that look
+// like a TLS server hanging up on a plaintext HTTP/2 preface a hint that
+// the gateway may require TLS. It cannot be sure (a gateway restarting
+// looks the same), so the hint says "may".
+type tlsHint struct{ addr string }
+
+// plaintextOnTLS are what grpc-go and crypto/tls say when one side speaks
+// TLS and the other does not.
+var plaintextOnTLS = []string{
+	"first record does not look like a TLS handshake",
+	"connection closed before server preface received",
+	"error reading server preface",
+}
+
+func (h tlsHint) wrap(err error) error {
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != codes.Unavailable {
+		return err
+	}
+	for _, s := range plaintextOnTLS {
+		if strings.Contains(st.Message(), s) {
+			return status.Errorf(codes.Unavailable, "%s (the gateway at %s may require TLS: pass --ca-file, or dial with WithCAFile instead of WithInsecure)", st.Message(), h.addr)
+		}
+	}
+	return err
+}
+
+func (h tlsHint) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	return h.wrap(invoker(ctx, method, req, reply, cc, opts...))
+}
+
+func (h tlsHint) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	s, err := streamer(ctx, desc, cc, method, opts...)
+	if err != nil {
+		return nil, h.wrap(err)
+	}
+	return hintStream{ClientStream: s, h: h}, nil
+}
+
+// hintStream is a stream whose receive errors carry the hint.
+type hintStream struct {
+	grpc.ClientStream
+	h tlsHint
+}
+
+func (s hintStream) RecvMsg(m any) error {
+	err := s.ClientStream.RecvMsg(m)
+	if err == nil || err == io.EOF {
+		return err
+	}
+	return s.h.wrap(err)
 }
 
 // Close closes the connection; calls in flight fail.

@@ -24,7 +24,9 @@ type Config struct {
 	// A token may be in one list only.
 	Tokens      []string `toml:"tokens"`
 	AdminTokens []string `toml:"admin_tokens"`
-	// TLSCertFile and TLSKeyFile (PEM) turn on TLS; both or neither.
+	// TLSCertFile and TLSKeyFile (PEM) turn on TLS; both or neither. In a
+	// loki service config, relative paths are relative to that file, and
+	// the pair is loaded when the file is (before anything starts).
 	TLSCertFile string `toml:"tls_cert_file"`
 	TLSKeyFile  string `toml:"tls_key_file"`
 	// AuthHealthAndReflection makes the health and reflection services ask

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -155,7 +156,29 @@ func loadServiceConfig(path, dataDir string) (serviceConfig, error) {
 	if err := cfg.Gateway.Validate(); err != nil {
 		return cfg, fmt.Errorf("service config %s: [gateway]: %w", orDefault(path), err)
 	}
+	if err := resolveGatewayTLS(&cfg.Gateway, filepath.Dir(path)); err != nil {
+		return cfg, fmt.Errorf("service config %s: [gateway]: %w", orDefault(path), err)
+	}
 	return cfg, nil
+}
+
+// resolveGatewayTLS resolves [gateway] tls_cert_file and tls_key_file
+// against dir, the directory of the config file (as [nats] does), and
+// loads the pair, so a bad certificate stops start-up before NATS starts
+// or a tool is registered.
+func resolveGatewayTLS(g *gateway.Config, dir string) error {
+	if g.TLSCertFile == "" {
+		return nil // Validate refused a key without a certificate
+	}
+	for _, p := range []*string{&g.TLSCertFile, &g.TLSKeyFile} {
+		if !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+	if _, err := tls.LoadX509KeyPair(g.TLSCertFile, g.TLSKeyFile); err != nil {
+		return fmt.Errorf("tls_cert_file = %q, tls_key_file = %q: %w", g.TLSCertFile, g.TLSKeyFile, err)
+	}
+	return nil
 }
 
 func orDefault(path string) string {

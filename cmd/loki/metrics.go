@@ -34,6 +34,21 @@ func addMetricsFlag(fs *flag.FlagSet) *metricsListenFlag {
 	return f
 }
 
+// explicitAddr is the address given with --metrics-listen or env
+// LOKI_METRICS_LISTEN (after flag parsing), "" when metrics use the default
+// address or are off: only a chosen address is an error when busy.
+func (f *metricsListenFlag) explicitAddr() string {
+	f.fs.Visit(func(fl *flag.Flag) {
+		if fl.Name == "metrics-listen" {
+			f.explicit = true
+		}
+	})
+	if !f.explicit || *f.addr == "off" {
+		return ""
+	}
+	return *f.addr
+}
+
 // metricsEndpoint is a process's metrics registry and its HTTP server;
 // both nil when metrics are off.
 type metricsEndpoint struct {

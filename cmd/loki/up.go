@@ -10,7 +10,10 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/loki-iot/loki/examples"
@@ -79,7 +82,12 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
 	if err := svcCfg.loadBoards(*board); err != nil {
 		return err
 	}
+	// Every port at once, so a clash names all the flags to move.
+	if err := checkPorts(upPorts(*listen, *port, *mqttPort, *grpcPort, metricsFlag.explicitAddr())); err != nil {
+		return fmt.Errorf("up: %w", err)
+	}
 
+	defer logStopped(ctx, log)()
 	started := time.Now()
 	authDir := filepath.Join(*dataDir, "auth")
 	authority, err := auth.Open(authDir)
@@ -126,6 +134,12 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
 	// Register before the services start, so the tools are in the registry's
 	// first snapshot and callable the moment "Loki is up" is printed.
 	if err := register(ctx, nc, log, tools); err != nil {
+		return err
+	}
+	// The registry may hold more than --config: tools registered before a
+	// restart stay served. The banner lists what is served.
+	served, err := servedTools(ctx, nc, log)
+	if err != nil {
 		return err
 	}
 	lokiCfg := svcCfg.lokiConfig(nc)
@@ -191,12 +205,16 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
 		comps = append(comps, gwComp)
 		services = append(services, "gateway")
 		grpcLine = addr.String() + "  (grpcurl -plaintext " + addr.String() + " list)"
+		if svcCfg.Gateway.TLSCertFile != "" {
+			grpcLine = addr.String() + "  TLS (grpcurl -cacert CA " + addr.String() + " list)"
+		}
 	}
 	met.watchComponents(comps)
-	names := make([]string, 0, len(tools))
-	for _, t := range tools {
+	names := make([]string, 0, len(served))
+	for _, t := range served {
 		names = append(names, t.Def.GetName())
 	}
+	try := tryLines(served, srv.ClientURL(), *port, svcCfg.NATS.TLSCertFile != "")
 	return runComponents(ctx, func() {
 		fmt.Fprintf(stdout, `Loki is up (ready in %s)
   NATS       %s  (JetStream data in %s)
@@ -205,23 +223,27 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
   metrics    %s
   services   %s
   boards     %s
-  tools      %d from %s: %s
+  tools      %d served: %s  (%d from %s)
   auth       identities in %s (loki auth list)
-  try        loki call add a=1 b=2
+  try        %s
   nats CLI   %s
-             nats req loki.exec.add '{"a":1,"b":2}'
+             %s
   stop       Ctrl-C
 `, time.Since(started).Round(time.Millisecond), srv.ClientURL(), *dataDir, mqttLine, grpcLine, met.line(),
 			strings.Join(services, ", "), svcCfg.boardNames(),
-			len(tools), source, strings.Join(names, ", "), authDir, natsContextCommand(authority, srv.ClientURL(), "loki", subjects.RoleClient))
+			len(served), strings.Join(names, ", "), len(tools), source, authDir, try.cli,
+			natsContextCommand(authority, srv.ClientURL(), "loki", subjects.RoleClient), try.nats)
 	}, comps...)
 }
 
 func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	const components = "loki, hel, fenrir, jormungandr, gateway"
+	if len(args) > 0 && isHelp(args[0]) {
+		serveUsage(ctx, stdout, strings.Split(components, ", "))
+		return nil
+	}
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		fmt.Fprintf(stderr, "Usage: loki serve COMPONENT [flags]\n\nRuns one component against an external NATS server with JetStream.\nComponents: %s\n", components)
-		return &exitError{code: 2, err: errors.New("serve: name a component")}
+		return usageMistake("serve", errors.New("serve: name a component: "+components))
 	}
 	name, args := args[0], args[1:]
 	switch name {
@@ -253,6 +275,9 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if fs.NArg() > 0 {
+		return usageMistake("serve "+name, fmt.Errorf("serve %s: unexpected argument %q", name, fs.Arg(0)))
+	}
 	log, err := newLog()
 	if err != nil {
 		return err
@@ -261,6 +286,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if dataDir != nil {
 		dir = *dataDir
 	}
+	defer logStopped(ctx, log)()
 	svcCfg, err := loadServiceConfig(*serviceConfig, dir)
 	if err != nil {
 		return err
@@ -403,6 +429,174 @@ func register(ctx context.Context, nc *nats.Conn, log *slog.Logger, tools []*lok
 	}
 	log.Info("tools registered", "count", len(tools))
 	return nil
+}
+
+// servedTools returns the tools in the registry, sorted by name: those
+// just registered and any registered earlier.
+func servedTools(ctx context.Context, nc *nats.Conn, log *slog.Logger) ([]*loki.Compiled, error) {
+	reg, err := loki.OpenRegistry(ctx, nc, log)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	loaded := make(chan struct{})
+	done := make(chan error, 1)
+	go func() { done <- reg.Watch(ctx, func() { close(loaded) }) }()
+	select {
+	case <-loaded:
+		cancel()
+		<-done
+		return reg.List(), nil
+	case err := <-done:
+		if err == nil {
+			err = ctx.Err()
+		}
+		return nil, fmt.Errorf("list registered tools: %w", err)
+	case <-ctx.Done():
+		<-done
+		return nil, fmt.Errorf("list registered tools: %w", ctx.Err())
+	}
+}
+
+// tryCommands are the banner's example calls.
+type tryCommands struct{ cli, nats string }
+
+// tryLines returns example calls of a served tool: add when served (the
+// built-in example), else the first. The CLI line names the NATS URL when
+// the port is not the CLI's default, and the CA when the server has TLS.
+func tryLines(served []*loki.Compiled, url string, port int, tls bool) tryCommands {
+	if len(served) == 0 {
+		return tryCommands{cli: "loki register FILE  (no tools are served yet)", nats: "nats micro ls"}
+	}
+	tool := served[0]
+	for _, t := range served {
+		if t.Def.GetName() == "add" {
+			tool = t
+			break
+		}
+	}
+	name := tool.Def.GetName()
+	subj, err := subjects.ToolExec(name)
+	if err != nil {
+		subj = subjects.LokiExecPrefix + ".TOOL" // not reached: registered names are valid
+	}
+	cli := []string{"loki", "call", name}
+	var js []string
+	if name == "add" {
+		cli = append(cli, "a=1", "b=2")
+		js = append(js, `"a":1`, `"b":2`)
+	} else {
+		for _, p := range tool.Def.GetParams() {
+			if !p.GetRequired() {
+				continue
+			}
+			v, j := "VALUE", `"VALUE"`
+			switch p.GetType() {
+			case "number", "integer":
+				v, j = "1", "1"
+			case "boolean":
+				v, j = "true", "true"
+			case "string":
+				v, j = "text", `"text"`
+			}
+			cli = append(cli, p.GetName()+"="+v)
+			js = append(js, fmt.Sprintf("%q:%s", p.GetName(), j))
+		}
+	}
+	if port != 4222 && port != 0 || tls {
+		cli = append(cli, "--nats-url", url)
+	}
+	if tls {
+		cli = append(cli, "--tls-ca", "CA")
+	}
+	return tryCommands{
+		cli:  strings.Join(cli, " "),
+		nats: "nats req " + subj + " '{" + strings.Join(js, ",") + "}'",
+	}
+}
+
+// portCheck is one address `loki up` listens on and the flag that moves it.
+type portCheck struct{ flag, addr string }
+
+// upPorts are the fixed ports `loki up` will listen on: -1 (a free port)
+// and 0 (off) need no check; metrics only when the address was chosen
+// (the default address busy only turns metrics off).
+func upPorts(host string, natsPort, mqttPort, grpcPort int, metricsAddr string) []portCheck {
+	if natsPort == 0 {
+		natsPort = 4222 // natsrv's default
+	}
+	var checks []portCheck
+	for _, p := range []struct {
+		flag string
+		port int
+	}{{"--nats-port", natsPort}, {"--mqtt-port", mqttPort}, {"--grpc-port", grpcPort}} {
+		if p.port > 0 {
+			checks = append(checks, portCheck{p.flag, net.JoinHostPort(host, strconv.Itoa(p.port))})
+		}
+	}
+	if metricsAddr != "" {
+		// An address, not a port: name it as given.
+		checks = append(checks, portCheck{"--metrics-listen " + metricsAddr, metricsAddr})
+	}
+	return checks
+}
+
+// checkPorts listens on every address at once (so one port given to two
+// flags clashes too), closes them again, and reports every one that
+// cannot be listened on in a single error naming its flag.
+func checkPorts(checks []portCheck) error {
+	var problems []string
+	ports := false
+	for _, c := range checks {
+		l, err := net.Listen("tcp", c.addr)
+		if err == nil {
+			defer l.Close()
+			continue
+		}
+		_, port, _ := net.SplitHostPort(c.addr)
+		if errors.Is(err, syscall.EADDRINUSE) {
+			problems = append(problems, fmt.Sprintf("port %s (%s) is in use", port, c.flag))
+		} else {
+			problems = append(problems, fmt.Sprintf("cannot listen on %s (%s): %v", c.addr, c.flag, err))
+		}
+		ports = ports || !strings.HasPrefix(c.flag, "--metrics-listen")
+	}
+	if len(problems) == 0 {
+		return nil
+	}
+	move := "move it with that flag"
+	if len(problems) > 1 {
+		move = "move them with those flags"
+	}
+	if ports {
+		move += " (-1 picks a free port)"
+	}
+	return fmt.Errorf("%s: %s", strings.Join(problems, "; "), move)
+}
+
+// logStopped returns the function, to defer before anything starts, that
+// logs the one line saying everything has stopped, with how long stopping
+// took since ctx was cancelled (the signal).
+func logStopped(ctx context.Context, log *slog.Logger) func() {
+	var mu sync.Mutex
+	var at time.Time
+	stop := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		at = time.Now()
+		mu.Unlock()
+	})
+	return func() {
+		stop()
+		mu.Lock()
+		t := at
+		mu.Unlock()
+		if t.IsZero() {
+			log.Info("stopped")
+			return
+		}
+		log.Info("stopped", "took", time.Since(t).Round(time.Millisecond))
+	}
 }
 
 func defaultDataDir() string {

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"regexp"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -152,6 +153,10 @@ type endpoint struct {
 	processing                 time.Duration
 }
 
+// semver is a semantic version (semver.org), as micro.AddService requires
+// and tools such as `nats micro` show.
+var semver = regexp.MustCompile(`^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$`)
+
 // ErrStopped is returned by AddEndpoint after Stop.
 var ErrStopped = errors.New("service stopped")
 
@@ -160,6 +165,9 @@ var ErrStopped = errors.New("service stopped")
 func Start(nc *nats.Conn, cfg Config, log *slog.Logger) (*Service, error) {
 	if cfg.Name == "" || cfg.Version == "" {
 		return nil, errors.New("microsvc: Name and Version are required")
+	}
+	if !semver.MatchString(cfg.Version) {
+		return nil, fmt.Errorf("microsvc: Version %q is not a semantic version such as 1.2.3", cfg.Version)
 	}
 	if cfg.QueueGroup == "" {
 		cfg.QueueGroup = micro.DefaultQueueGroup

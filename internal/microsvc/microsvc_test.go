@@ -249,3 +249,12 @@ func TestReplyMustBeAnInbox(t *testing.T) {
 		}
 	}
 }
+
+func TestStartRefusesNonSemverVersion(t *testing.T) {
+	nc := natstest.Connect(t, natstest.Start(t))
+	for _, v := range []string{"", "1", "v1.0.0", "1.0"} {
+		if _, err := microsvc.Start(nc, microsvc.Config{Name: "svc", Version: v}, slog.New(slog.NewTextHandler(io.Discard, nil))); err == nil {
+			t.Errorf("version %q: got a service, want an error", v)
+		}
+	}
+}

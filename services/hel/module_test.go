@@ -162,6 +162,12 @@ return err
 '''
 
 [[tools]]
+name = "nil_key"
+returns = "any"
+grants = ["hel.kv"]
+script = 'return hel.kv.get("b", nil)'
+
+[[tools]]
 name = "bad_args"
 returns = "any"
 grants = ["hel.kv", "hel.files"]
@@ -329,6 +335,20 @@ func TestModuleErrors(t *testing.T) {
 		if s, _ := list[i].(string); !strings.HasPrefix(s, w) {
 			t.Errorf("case %d: got %q, want it to start with %q", i+1, s, w)
 		}
+	}
+}
+
+// TestModuleArgErrorIsTheScripts checks a bad argument a script passes to
+// a module reaches the caller as SCRIPT_ERROR: INVALID_ARGUMENT is kept for
+// the caller's own arguments.
+func TestModuleArgErrorIsTheScripts(t *testing.T) {
+	e := setupLoki(t, moduleTools)
+	_, err := e.call(t, "nil_key", `{}`)
+	if got := fault.CodeOf(err); got != fault.ScriptError {
+		t.Fatalf("got %v (%v), want %s", got, err, fault.ScriptError)
+	}
+	if !strings.Contains(err.Error(), "hel.kv.get: argument #2") {
+		t.Fatalf("got %v, want it to name the module function and argument", err)
 	}
 }
 

@@ -134,6 +134,17 @@ func (l LocalMQTT) compile() (*localListener, error) {
 }
 
 // is reports whether a connection to ip:port reaches the listener.
+// url is the broker URL a connection to the listener dials: its address,
+// or 127.0.0.1 when it listens on every address. Whether it speaks TLS is
+// up to l.tls, whatever the scheme.
+func (l *localListener) url() string {
+	host := "127.0.0.1"
+	if !l.any {
+		host = l.addr.String()
+	}
+	return "tcp://" + net.JoinHostPort(host, strconv.Itoa(l.port))
+}
+
 func (l *localListener) is(ip netip.Addr, port int) bool {
 	if l == nil || port != l.port || !ip.IsValid() {
 		return false

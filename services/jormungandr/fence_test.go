@@ -299,7 +299,7 @@ func TestLocalMQTTFence(t *testing.T) {
 	})
 	t.Run("a grant of an internal topic", func(t *testing.T) {
 		_, err := f.call(t, "internal_topic", map[string]any{})
-		wantCode(t, err, fault.InvalidArgument)
+		wantCode(t, err, fault.ScriptError)
 		if !strings.Contains(err.Error(), "belong to Loki itself") {
 			t.Fatalf("got %v, want it to say why", err)
 		}
@@ -591,5 +591,48 @@ func TestToolLoaderChecksNetGrants(t *testing.T) {
 				t.Fatalf("grant %q: got %v, want ErrInvalidTool naming the grant", tc.grant, err)
 			}
 		})
+	}
+}
+
+const localBrokerTools = `
+[[tools]]
+name = "local_pub"
+returns = "boolean"
+grants = ["net.mqtt:127.0.0.1/readings"]
+script = '''
+local h = net.mqtt.connect{broker = broker}
+h:publish("readings/local", "hi", 1)
+h:close()
+return true
+'''
+  [[tools.params]]
+  name = "broker"
+  type = "string"
+  required = true
+
+[[tools]]
+name = "local_pinned"
+returns = "boolean"
+grants = ["net.mqtt:127.0.0.1:1/readings"]
+script = 'net.mqtt.connect{broker = broker} return true'
+  [[tools.params]]
+  name = "broker"
+  type = "string"
+  required = true
+`
+
+// TestLocalBroker checks broker "local" reaches Loki's own listener on
+// whatever port it has, fenced, with the grants that name no port.
+func TestLocalBroker(t *testing.T) {
+	f := setupFenced(t, localBrokerTools)
+	f.arrives(t, "readings.local", func() {
+		if _, err := f.call(t, "local_pub", map[string]any{"broker": jormungandr.LocalBroker}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	_, err := f.call(t, "local_pinned", map[string]any{"broker": jormungandr.LocalBroker})
+	wantCode(t, err, fault.PermissionDenied)
+	if !strings.Contains(err.Error(), "no port") {
+		t.Fatalf("got %v, want it to say the grant must name no port", err)
 	}
 }

@@ -155,6 +155,26 @@ type mqttAccess struct {
 // not parse is INVALID_ARGUMENT naming it (CheckGrant refuses it when the
 // tool is loaded).
 func mqttGrants(gs engine.Grants, t target) (mqttAccess, error) {
+	return mqttGrantsCovering(gs, t, mqttGrant.covers)
+}
+
+// localMQTTGrants is what a tool's grants allow on broker "local", Loki's
+// own MQTT listener, wherever it listens: the grants for a loopback host
+// (or any host) that name no port. The service picks the address, so the
+// access names no hosts.
+func localMQTTGrants(gs engine.Grants) (mqttAccess, error) {
+	a, err := mqttGrantsCovering(gs, target{host: "127.0.0.1", ip: netip.AddrFrom4([4]byte{127, 0, 0, 1})}, func(g mqttGrant, _ target) bool {
+		return g.port == 0 && (g.anyHost || g.ip.IsValid() && g.ip.IsLoopback() || strings.EqualFold(g.host, "localhost"))
+	})
+	if fault.CodeOf(err) == fault.PermissionDenied {
+		return a, fault.New(fault.PermissionDenied, "broker %q is Loki's own MQTT listener: the tool needs a grant such as "+
+			"\"net.mqtt:127.0.0.1/<topic>\" (no port: the listener may move)", LocalBroker)
+	}
+	a.hosts = nil
+	return a, err
+}
+
+func mqttGrantsCovering(gs engine.Grants, t target, covers func(mqttGrant, target) bool) (mqttAccess, error) {
 	var a mqttAccess
 	anyHost, found := false, false
 	for _, g := range gs {
@@ -165,7 +185,7 @@ func mqttGrants(gs engine.Grants, t target) (mqttAccess, error) {
 		if err != nil {
 			return a, fault.New(fault.InvalidArgument, "tool grant %q: %v", g.String(), err)
 		}
-		if !mg.covers(t) {
+		if !covers(mg, t) {
 			continue
 		}
 		found = true

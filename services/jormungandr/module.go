@@ -363,13 +363,18 @@ func (x *execution) mqttConnect(L *lua.LState) int {
 		Password: fieldString(L, "mqtt.connect", t, "password"),
 	}
 	if req.Broker == "" {
-		return badField(L, "mqtt.connect", "broker", "is required")
+		return badField(L, "mqtt.connect", "broker", "is required (%q is Loki's own MQTT listener)", LocalBroker)
 	}
-	broker, err := parseTarget(req.Broker, mqttSchemes)
-	if err != nil {
-		return fail(L, err)
+	var access mqttAccess
+	var err error
+	if req.Broker == LocalBroker {
+		access, err = localMQTTGrants(x.call.Grants)
+	} else {
+		var broker target
+		if broker, err = parseTarget(req.Broker, mqttSchemes); err == nil {
+			access, err = mqttGrants(x.call.Grants, broker)
+		}
 	}
-	access, err := mqttGrants(x.call.Grants, broker)
 	if err != nil {
 		return fail(L, err)
 	}

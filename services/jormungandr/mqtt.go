@@ -29,6 +29,14 @@ func (s *Service) serveMQTTConnect(ctx context.Context, r *microsvc.Request) ([]
 	if err != nil {
 		return nil, nil, err
 	}
+	if req.Broker == LocalBroker {
+		if s.local == nil {
+			return nil, nil, fault.New(fault.FailedPrecondition,
+				"mqtt broker %q is Loki's own MQTT listener, and this Jörmungandr has none "+
+					"(`loki up` has one unless --mqtt-port is 0; `loki serve jormungandr` has not): name the broker's URL, such as tcp://host:1883", LocalBroker)
+		}
+		req.Broker = s.local.url()
+	}
 	t, err := s.allowTarget(req.Broker, mqttSchemes, req.Hosts)
 	if err != nil {
 		return nil, nil, err

@@ -2,6 +2,7 @@ package jormungandr_test
 
 import (
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -116,4 +117,17 @@ func TestMQTTPolicy(t *testing.T) {
 	}
 	_, err := e.c.ConnectMQTT(ctx, jormungandr.MQTTConnectRequest{Broker: "http://127.0.0.1:" + port})
 	wantCode(t, err, fault.InvalidArgument)
+}
+
+// TestMQTTLocalWithoutListener checks broker "local" names what is missing
+// when Jörmungandr runs without Loki's own MQTT listener.
+func TestMQTTLocalWithoutListener(t *testing.T) {
+	e, _ := mqttSetup(t)
+	_, err := e.c.ConnectMQTT(ctxT(t), jormungandr.MQTTConnectRequest{Broker: jormungandr.LocalBroker, Topics: []string{"readings/#"}})
+	if got := fault.CodeOf(err); got != fault.FailedPrecondition {
+		t.Fatalf("got %v (%v), want %s", got, err, fault.FailedPrecondition)
+	}
+	if !strings.Contains(err.Error(), "Loki's own MQTT listener") {
+		t.Fatalf("got %v, want it to say what \"local\" is", err)
+	}
 }

@@ -67,10 +67,15 @@ type WSConnectRequest struct {
 	Hosts []string `json:"hosts,omitempty"`
 }
 
+// LocalBroker is the MQTTConnectRequest.Broker (and a script's broker)
+// that means Loki's own MQTT listener (Config.LocalMQTT), on whatever
+// address and port it listens. Without one it is FAILED_PRECONDITION.
+const LocalBroker = "local"
+
 // MQTTConnectRequest is the body of a JormungandrMQTTConnect request.
 type MQTTConnectRequest struct {
 	// Broker is tcp://host:port, mqtt://host:port (1883 by default) or
-	// ssl://, tls://, mqtts:// (8883 by default).
+	// ssl://, tls://, mqtts:// (8883 by default), or LocalBroker.
 	Broker   string `json:"broker"`
 	ClientID string `json:"client_id,omitempty"`
 	Username string `json:"username,omitempty"`
@@ -191,8 +196,10 @@ func DecodeMQTTConnectRequest(data []byte) (MQTTConnectRequest, error) {
 		return r, err
 	}
 	r.Hosts, r.Topics = nilIfEmptySlice(r.Hosts), nilIfEmptySlice(r.Topics)
-	if err := checkURL(r.Broker); err != nil {
-		return r, err
+	if r.Broker != LocalBroker {
+		if err := checkURL(r.Broker); err != nil {
+			return r, err
+		}
 	}
 	switch {
 	case len(r.ClientID) > maxClientIDBytes || !printable(r.ClientID):

@@ -196,6 +196,8 @@ func RaiseError(L *lua.LState, err error) int {
 
 // ArgError raises INVALID_ARGUMENT "<module>.<fn>: argument #n: <message>"
 // in L, the way every module names a bad argument. It does not return.
+// pcall sees that code; uncaught, the execution fails with SCRIPT_ERROR,
+// since the bad argument is the script's, not its caller's.
 func ArgError(L *lua.LState, module, fn string, n int, format string, args ...any) int {
 	return RaiseError(L, fault.New(fault.InvalidArgument, "%s.%s: argument #%d: %s", module, fn, n, fmt.Sprintf(format, args...)))
 }

@@ -280,6 +280,14 @@ func (s *state) mapError(err error) (*fault.Error, bool) {
 		line, msg = s.splitPosition(string(v))
 		if fe, ok := fault.Parse(msg); ok {
 			code, msg = fe.Code, fe.Msg
+			if code == fault.InvalidArgument {
+				// INVALID_ARGUMENT tells the caller its arguments were bad;
+				// those are checked against the params before the script
+				// runs. Raised inside the script (a module's ArgError, a
+				// service refusing what the script sent), it is the script's
+				// fault.
+				code = fault.ScriptError
+			}
 		} else if msg == "stack overflow" {
 			code = fault.ResourceExhausted
 			msg = fmt.Sprintf("stack overflow (more than %d nested calls)", s.en.lim.CallStackSize)
