@@ -141,7 +141,7 @@ func (s *Service) Run(ctx context.Context) (err error) {
 	}
 	close(s.ready)
 	for _, d := range devices {
-		s.log.Info("fenrir serving board", logKeyBoard, d.cfg.Name, logKeyBackend, d.cfg.Backend)
+		s.log.Debug("fenrir serving board", logKeyBoard, d.cfg.Name, logKeyBackend, d.cfg.Backend)
 	}
 	<-ctx.Done()
 	return svc.Stop(s.cfg.DrainTimeout)

@@ -152,7 +152,7 @@ func (s *Service) Run(ctx context.Context) error {
 		return fmt.Errorf("hel: %w", err)
 	}
 	close(s.ready)
-	s.log.Info("hel serving", "files_root", s.cfg.Files.Root)
+	s.log.Debug("hel serving", "files_root", s.cfg.Files.Root)
 	<-ctx.Done()
 	return svc.Stop(s.cfg.DrainTimeout)
 }

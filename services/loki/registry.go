@@ -167,7 +167,9 @@ func (r *Registry) Watch(ctx context.Context, ready func()) error {
 				}
 				continue
 			}
-			r.apply(e)
+			// The initial snapshot is summed up by the service's one
+			// "serving" line; later changes are news worth a line each.
+			r.apply(e, ready == nil)
 			r.signal()
 		}
 	}
@@ -185,7 +187,13 @@ func (r *Registry) Len() int {
 // hold the same tools.
 func (r *Registry) Revision() uint64 { return r.revision.Load() }
 
-func (r *Registry) apply(e jetstream.KeyValueEntry) {
+// apply installs or removes the tool of e; live says whether it is a
+// change after the initial snapshot (logged at INFO) or part of it (DEBUG).
+func (r *Registry) apply(e jetstream.KeyValueEntry, live bool) {
+	level := slog.LevelDebug
+	if live {
+		level = slog.LevelInfo
+	}
 	name := e.Key()
 	for {
 		cur := r.revision.Load()
@@ -197,7 +205,7 @@ func (r *Registry) apply(e jetstream.KeyValueEntry) {
 		r.mu.Lock()
 		delete(r.tools, name)
 		r.mu.Unlock()
-		r.log.Info("tool removed", "tool", name, "revision", e.Revision())
+		r.log.Log(context.Background(), level, "tool removed", "tool", name, "revision", e.Revision())
 		return
 	}
 	if cur, ok := r.Get(name); ok && cur.Def.GetRevision() == e.Revision() {
@@ -220,7 +228,7 @@ func (r *Registry) apply(e jetstream.KeyValueEntry) {
 	r.mu.Lock()
 	r.tools[name] = c
 	r.mu.Unlock()
-	r.log.Info("tool loaded", "tool", name, "revision", e.Revision())
+	r.log.Log(context.Background(), level, "tool loaded", "tool", name, "revision", e.Revision())
 }
 
 func (r *Registry) remove(name string) {
