@@ -50,6 +50,7 @@ type Gateway struct {
 	lc     *loki.Client
 	srv    *grpc.Server
 	health *health.Server
+	auth   *authenticator
 
 	scripts atomic.Pointer[scriptSet]
 	// healthState is the status last set; only refresh touches it.
@@ -89,6 +90,7 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Gateway, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
+	g.auth = auth
 	rec := recoverer{log: log}
 	unary := []grpc.UnaryServerInterceptor{rec.unary, auth.unary}
 	stream := []grpc.StreamServerInterceptor{rec.stream, auth.stream}
@@ -146,6 +148,25 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Gateway, error) {
 	return g, nil
 }
 
+// SetTokens makes tokens (the client role) and adminTokens the bearer
+// tokens calls need from now on, as Config.Tokens and Config.AdminTokens
+// do at start: with neither, calls need no token. Calls already admitted
+// (a running stream included) are not checked again. It refuses tokens
+// Config.Validate would refuse, and then changes nothing. It is safe for
+// concurrent use, before or during Serve.
+func (g *Gateway) SetTokens(tokens, adminTokens []string) error {
+	cfg := g.cfg
+	cfg.Tokens, cfg.AdminTokens = tokens, adminTokens
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("gateway config: %w", err)
+	}
+	g.auth.setTokens(tokens, adminTokens)
+	if cfg.TLSCertFile == "" && cfg.hasTokens() {
+		g.log.Warn("bearer tokens are configured without TLS: they cross the network in clear text")
+	}
+	return nil
+}
+
 // Ready is closed once Serve has loaded the registry and accepts calls.
 func (g *Gateway) Ready() <-chan struct{} { return g.ready }
 
@@ -200,7 +221,7 @@ func (g *Gateway) Serve(ctx context.Context, lis net.Listener) error {
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- g.srv.Serve(lis) }()
-	g.log.Info("serving gRPC", keyAddr, lis.Addr().String(), "tls", g.cfg.TLSCertFile != "",
+	g.log.Debug("serving gRPC", keyAddr, lis.Addr().String(), "tls", g.cfg.TLSCertFile != "",
 		"tokens", len(g.cfg.Tokens), "admin_tokens", len(g.cfg.AdminTokens), "tools", len(reg.List()))
 	if !g.cfg.hasTokens() && !isLoopback(lis.Addr()) {
 		g.log.Warn("no tokens configured on a non-loopback address: anyone who can reach it may call, list and watch tools "+

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 
 	"github.com/loki-iot/loki/internal/fault"
 	"github.com/loki-iot/loki/subjects"
@@ -19,7 +20,9 @@ import (
 // constant time, and checks every configured token of both roles, so
 // neither a token's length nor its position or list shows in the timing.
 type authenticator struct {
-	tokens []tokenDigest
+	// tokens are the configured tokens' digests; setTokens swaps the whole
+	// list, and each call checks against the list it loaded first.
+	tokens atomic.Pointer[[]tokenDigest]
 	// exempt reports methods that need no token (health and reflection,
 	// unless configured otherwise).
 	exempt func(fullMethod string) bool
@@ -40,16 +43,24 @@ func newAuthenticator(cfg Config, log *slog.Logger) (*authenticator, error) {
 		return nil, err
 	}
 	a := &authenticator{log: log, rights: rights, exempt: func(string) bool { return false }}
-	for _, t := range cfg.Tokens {
-		a.tokens = append(a.tokens, tokenDigest{sum: sha256.Sum256([]byte(t)), role: subjects.RoleClient})
-	}
-	for _, t := range cfg.AdminTokens {
-		a.tokens = append(a.tokens, tokenDigest{sum: sha256.Sum256([]byte(t)), role: subjects.RoleAdmin})
-	}
+	a.setTokens(cfg.Tokens, cfg.AdminTokens)
 	if !cfg.AuthHealthAndReflection {
 		a.exempt = isHealthOrReflection
 	}
 	return a, nil
+}
+
+// setTokens makes tokens (client role) and adminTokens the accepted
+// tokens, for calls that start from now on.
+func (a *authenticator) setTokens(tokens, adminTokens []string) {
+	digests := make([]tokenDigest, 0, len(tokens)+len(adminTokens))
+	for _, t := range tokens {
+		digests = append(digests, tokenDigest{sum: sha256.Sum256([]byte(t)), role: subjects.RoleClient})
+	}
+	for _, t := range adminTokens {
+		digests = append(digests, tokenDigest{sum: sha256.Sum256([]byte(t)), role: subjects.RoleAdmin})
+	}
+	a.tokens.Store(&digests)
 }
 
 // isHealthOrReflection reports methods of grpc.health.v1.Health and of both
@@ -65,8 +76,9 @@ func isHealthOrReflection(fullMethod string) bool {
 // token's role may not make it. Without configured tokens every caller has
 // the client role.
 func (a *authenticator) check(ctx context.Context, fullMethod string) error {
-	if len(a.tokens) == 0 {
-		return a.authorize(subjects.RoleClient, fullMethod)
+	tokens := *a.tokens.Load()
+	if len(tokens) == 0 {
+		return a.authorize(tokens, subjects.RoleClient, fullMethod)
 	}
 	if a.exempt(fullMethod) {
 		return nil
@@ -82,33 +94,33 @@ func (a *authenticator) check(ctx context.Context, fullMethod string) error {
 		if !ok || !strings.EqualFold(scheme, "bearer") {
 			continue
 		}
-		if role, ok := a.roleOf(strings.TrimSpace(tok)); ok {
-			return a.authorize(role, fullMethod)
+		if role, ok := roleOf(tokens, strings.TrimSpace(tok)); ok {
+			return a.authorize(tokens, role, fullMethod)
 		}
 	}
 	return statusError(a.log, fault.New(fault.Unauthenticated, "invalid bearer token"), "", "")
 }
 
-// roleOf returns the role of the configured token tok, comparing it with
-// every configured token.
-func (a *authenticator) roleOf(tok string) (subjects.Role, bool) {
+// roleOf returns the role of tok among the configured tokens, comparing
+// it with every one of them.
+func roleOf(tokens []tokenDigest, tok string) (subjects.Role, bool) {
 	d := sha256.Sum256([]byte(tok))
 	match := -1
-	for i := range a.tokens {
-		eq := subtle.ConstantTimeCompare(d[:], a.tokens[i].sum[:])
+	for i := range tokens {
+		eq := subtle.ConstantTimeCompare(d[:], tokens[i].sum[:])
 		match = subtle.ConstantTimeSelect(eq, i, match)
 	}
 	if match < 0 {
 		return "", false
 	}
-	return a.tokens[match].role, true
+	return tokens[match].role, true
 }
 
 // authorize returns nil when role may call fullMethod, else a
 // PERMISSION_DENIED status error naming the role it needs. Methods the
 // gateway does not serve pass: they are answered UNIMPLEMENTED without
-// touching NATS.
-func (a *authenticator) authorize(role subjects.Role, fullMethod string) error {
+// touching NATS. tokens are those the call was checked against.
+func (a *authenticator) authorize(tokens []tokenDigest, role subjects.Role, fullMethod string) error {
 	acc, ok := accessOf(fullMethod)
 	if !ok || a.rights[role][acc] {
 		return nil
@@ -118,7 +130,7 @@ func (a *authenticator) authorize(role subjects.Role, fullMethod string) error {
 	switch {
 	case !a.rights[subjects.RoleAdmin][acc]:
 		msg = fmt.Sprintf("%s is not allowed through the gateway", method)
-	case len(a.tokens) == 0:
+	case len(tokens) == 0:
 		msg = fmt.Sprintf("%s needs an admin token: this gateway has no tokens configured, so every caller has the client role (set admin_tokens)", method)
 	default:
 		msg = fmt.Sprintf("%s needs an admin token; this is a %s token", method, role)

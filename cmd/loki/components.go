@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -24,16 +25,37 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-// serviceConfig is the --service-config file: optional [nats], [loki], [hel],
+// serviceConfig is the --service-config file: optional [log], [nats], [loki], [hel],
 // [fenrir], [jormungandr] and [gateway] tables over the defaults. Unknown keys are errors.
-// Fenrir's boards come from --board, not from here.
+// Fenrir's boards come from --board, not from here. SIGHUP applies some
+// settings live (see serviceReloader and each component's live settings).
 type serviceConfig struct {
+	Log         logSettings        `toml:"log"`
 	NATS        natsSettings       `toml:"nats"`
 	Loki        lokiSettings       `toml:"loki"`
 	Hel         hel.Config         `toml:"hel"`
 	Fenrir      fenrir.Config      `toml:"fenrir"`
 	Jormungandr jormungandr.Config `toml:"jormungandr"`
 	Gateway     gateway.Config     `toml:"gateway"`
+}
+
+// logSettings is the [log] table.
+type logSettings struct {
+	// Level, when set, overrides --log-level, at start and on SIGHUP:
+	// debug, info, warn or error.
+	Level string `toml:"level"`
+}
+
+// level is the log level the table sets, or def (--log-level) when it
+// sets none; set reports whether it set one.
+func (l logSettings) level(def slog.Level) (lv slog.Level, set bool, err error) {
+	if l.Level == "" {
+		return def, false, nil
+	}
+	if err := lv.UnmarshalText([]byte(l.Level)); err != nil {
+		return def, false, fmt.Errorf("level = %q: want debug, info, warn or error", l.Level)
+	}
+	return lv, true, nil
 }
 
 type lokiSettings struct {
@@ -141,6 +163,9 @@ func loadServiceConfig(path, dataDir string) (serviceConfig, error) {
 			return cfg, fmt.Errorf("service config %s: unknown key %q", path, und[0].String())
 		}
 	}
+	if _, _, err := cfg.Log.level(slog.LevelInfo); err != nil {
+		return cfg, fmt.Errorf("service config %s: [log]: %w", orDefault(path), err)
+	}
 	if err := cfg.NATS.validate(filepath.Dir(path)); err != nil {
 		return cfg, fmt.Errorf("service config %s: [nats]: %w", orDefault(path), err)
 	}
@@ -214,6 +239,9 @@ type component struct {
 	name  string
 	run   func(ctx context.Context) error
 	ready <-chan struct{}
+	// live are the service-config settings it applies on SIGHUP without
+	// a restart.
+	live []liveSetting
 }
 
 // runComponents runs every component until ctx is done or one of them
@@ -274,7 +302,12 @@ func lokiComponent(cfg loki.Config, nc *nats.Conn, log *slog.Logger) (component,
 	if err != nil {
 		return component{}, err
 	}
-	return component{name: "loki", run: svc.Run, ready: svc.Ready()}, nil
+	// Concurrency and the queue size the endpoints: they need a restart.
+	live := []liveSetting{{keys: []string{"[loki] memory_limit_mib"}, apply: func(c serviceConfig) error {
+		svc.SetMemoryLimit(uint64(c.Loki.MemoryLimitMiB) << 20)
+		return nil
+	}}}
+	return component{name: "loki", run: svc.Run, ready: svc.Ready(), live: live}, nil
 }
 
 func helComponent(cfg hel.Config, nc *nats.Conn, log *slog.Logger) (component, error) {
@@ -323,7 +356,18 @@ func jormungandrComponent(cfg jormungandr.Config, nc *nats.Conn, log *slog.Logge
 	if err != nil {
 		return component{}, err
 	}
-	return component{name: "jormungandr", run: svc.Run, ready: svc.Ready()}, nil
+	live := []liveSetting{{keys: []string{"[jormungandr] policy"}, apply: func(c serviceConfig) error {
+		p := c.Jormungandr.Policy
+		p.AllowHosts = slices.Clone(p.AllowHosts)
+		// Under `loki up`, scripts keep reaching the local MQTT listener.
+		if addr := cfg.LocalMQTT.Addr; addr != "" {
+			if err := p.AllowAddr(addr); err != nil {
+				return err
+			}
+		}
+		return svc.SetPolicy(p)
+	}}}
+	return component{name: "jormungandr", run: svc.Run, ready: svc.Ready(), live: live}, nil
 }
 
 // gatewayComponent listens at once, so a busy port fails start-up clearly.
@@ -336,7 +380,11 @@ func gatewayComponent(cfg gateway.Config, nc *nats.Conn, log *slog.Logger, addr 
 	if err != nil {
 		return component{}, nil, fmt.Errorf("gateway: listen on %s: %w", addr, err)
 	}
-	return component{name: "gateway", run: func(ctx context.Context) error { return gw.Serve(ctx, lis) }, ready: gw.Ready()}, lis.Addr(), nil
+	live := []liveSetting{{keys: []string{"[gateway] tokens", "[gateway] admin_tokens"}, apply: func(c serviceConfig) error {
+		return gw.SetTokens(c.Gateway.Tokens, c.Gateway.AdminTokens)
+	}}}
+	return component{name: "gateway", run: func(ctx context.Context) error { return gw.Serve(ctx, lis) }, ready: gw.Ready(),
+		live: live}, lis.Addr(), nil
 }
 
 func grpcAddr(host string, port int) string {

@@ -361,21 +361,34 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 
 // logFlags registers --log-level and returns a constructor for the logger.
 func logFlags(fs *flag.FlagSet, stderr io.Writer) func() (*slog.Logger, error) {
-	level := fs.String("log-level", envOr("LOKI_LOG_LEVEL", "info"), "log level: debug, info, warn, error (env LOKI_LOG_LEVEL)")
-	format := fs.String("log-format", envOr("LOKI_LOG_FORMAT", "text"), "log format: text or json (env LOKI_LOG_FORMAT)")
+	newLog := logFlagsVar(fs, stderr)
 	return func() (*slog.Logger, error) {
+		log, _, err := newLog()
+		return log, err
+	}
+}
+
+// logFlagsVar is logFlags whose constructor also returns the logger's
+// level, which may be changed while the logger is in use (SIGHUP applies
+// [log] level so).
+func logFlagsVar(fs *flag.FlagSet, stderr io.Writer) func() (*slog.Logger, *slog.LevelVar, error) {
+	level := fs.String("log-level", envOr("LOKI_LOG_LEVEL", "info"), "log level: debug, info, warn, error (env LOKI_LOG_LEVEL; [log] level in --service-config overrides it)")
+	format := fs.String("log-format", envOr("LOKI_LOG_FORMAT", "text"), "log format: text or json (env LOKI_LOG_FORMAT)")
+	return func() (*slog.Logger, *slog.LevelVar, error) {
 		var lv slog.Level
 		if err := lv.UnmarshalText([]byte(*level)); err != nil {
-			return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", *level)
+			return nil, nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", *level)
 		}
-		opts := &slog.HandlerOptions{Level: lv}
+		v := new(slog.LevelVar)
+		v.Set(lv)
+		opts := &slog.HandlerOptions{Level: v}
 		switch strings.ToLower(*format) {
 		case "text":
-			return slog.New(slog.NewTextHandler(stderr, opts)), nil
+			return slog.New(slog.NewTextHandler(stderr, opts)), v, nil
 		case "json":
-			return slog.New(slog.NewJSONHandler(stderr, opts)), nil
+			return slog.New(slog.NewJSONHandler(stderr, opts)), v, nil
 		}
-		return nil, fmt.Errorf("--log-format %q: want text or json", *format)
+		return nil, nil, fmt.Errorf("--log-format %q: want text or json", *format)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -68,9 +69,6 @@ type toolsReloader struct {
 	nc      *nats.Conn
 	log     *slog.Logger
 	watcher *fsnotify.Watcher
-	// restartNeeded names the service settings that changed on disk since
-	// start; they are not reloaded live.
-	restartNeeded func() ([]string, error)
 
 	// Only Run's goroutine touches these once Run has started.
 	owned   map[string]*lokiv1.Tool // the last good load: name to definition
@@ -78,10 +76,9 @@ type toolsReloader struct {
 }
 
 // newToolsReloader starts watching path, whose tools (already registered)
-// are tools. nc publishes the reload events; restartNeeded may be nil. The
-// watch stops when Run returns.
-func newToolsReloader(ctx context.Context, path string, tools []*loki.Compiled, nc *nats.Conn, log *slog.Logger,
-	restartNeeded func() ([]string, error)) (*toolsReloader, error) {
+// are tools. nc publishes the reload events. The watch stops when Run
+// returns.
+func newToolsReloader(ctx context.Context, path string, tools []*loki.Compiled, nc *nats.Conn, log *slog.Logger) (*toolsReloader, error) {
 	reg, err := loki.OpenRegistry(ctx, nc, log)
 	if err != nil {
 		return nil, err
@@ -97,17 +94,9 @@ func newToolsReloader(ctx context.Context, path string, tools []*loki.Compiled, 
 		w.Close()
 		return nil, fmt.Errorf("watch %s: %w", path, err)
 	}
-	r := &toolsReloader{path: path, reg: reg, nc: nc, log: log.With("component", "reload"), watcher: w,
-		restartNeeded: restartNeeded}
+	r := &toolsReloader{path: path, reg: reg, nc: nc, log: log.With("component", "reload"), watcher: w}
 	r.keep(tools)
 	return r, nil
-}
-
-// component runs the reloader alongside the services.
-func (r *toolsReloader) component() component {
-	ready := make(chan struct{})
-	close(ready)
-	return component{name: "reload", run: r.Run, ready: ready}
 }
 
 // keep records tools as the file's last good load.
@@ -153,27 +142,8 @@ func (r *toolsReloader) Run(ctx context.Context) error {
 			fire = nil
 			r.reload(ctx, "file changed")
 		case <-hup:
-			r.noteRestart()
 			r.reload(ctx, "SIGHUP")
 		}
-	}
-}
-
-// noteRestart logs, on SIGHUP, which service settings changed on disk:
-// only the tool config is reloaded live.
-func (r *toolsReloader) noteRestart() {
-	if r.restartNeeded == nil {
-		return
-	}
-	changed, err := r.restartNeeded()
-	switch {
-	case err != nil:
-		r.log.Warn("SIGHUP reloads the tool config only; the service config does not load, and is not reloaded", logKeyErr, err)
-	case len(changed) > 0:
-		r.log.Warn("SIGHUP reloads the tool config only; these service-config settings changed and need a restart",
-			"restart_needed", changed)
-	default:
-		r.log.Info("SIGHUP: reloading the tool config (service-config settings, --board and flags need a restart; none changed)")
 	}
 }
 
@@ -247,29 +217,164 @@ func (r *toolsReloader) publish(subject string, ev *lokiv1.ConfigReload) {
 	}
 }
 
-// serviceConfigCheck loads the service config at path now and returns a
-// function that loads it again and names the tables ("[loki]", ...) that
-// differ: a service config is not reloaded live, so those need a restart.
-func serviceConfigCheck(path, dataDir string) func() ([]string, error) {
+// reloadComponent runs what SIGHUP reloads, either of which may be nil:
+// first the live settings of the service config (svc), then the tool
+// config (tools), which also reloads when its file changes.
+func reloadComponent(svc *serviceReloader, tools *toolsReloader) component {
+	ready := make(chan struct{})
+	close(ready)
+	run := func(ctx context.Context) error {
+		hup := reloadSignal(ctx)
+		fwd := make(chan os.Signal, 1)
+		toolsDone := make(chan error, 1)
+		if tools != nil {
+			go func() { toolsDone <- tools.Run(withReloadSignal(ctx, fwd)) }()
+		}
+		for {
+			select {
+			case <-ctx.Done():
+				if tools != nil {
+					return <-toolsDone
+				}
+				return nil
+			case err := <-toolsDone:
+				return err
+			case sig := <-hup:
+				if svc != nil {
+					svc.reload("SIGHUP")
+				}
+				if tools != nil {
+					select {
+					case fwd <- sig:
+					default: // a reload is pending already
+					}
+				}
+			}
+		}
+	}
+	return component{name: "reload", run: run, ready: ready}
+}
+
+// liveSetting is a group of service-config settings that a running
+// component applies without a restart.
+type liveSetting struct {
+	// keys are the settings, as changedKeys names them: "[gateway] tokens".
+	keys []string
+	// apply puts the settings of cfg, a valid config, into effect.
+	apply func(cfg serviceConfig) error
+}
+
+// serviceReloader reloads the --service-config file on SIGHUP. If the file
+// is invalid, it logs why and changes nothing; else it applies the settings
+// that can change live ([log] level and those of the running components'
+// live settings) and names those that changed since start but need a
+// restart. Only the goroutine calling reload touches it.
+type serviceReloader struct {
+	path, dataDir string
+	log           *slog.Logger
+	live          []liveSetting
+	start         serviceConfig // as loaded at start: what needs a restart differs from it
+	last          serviceConfig // the last load applied
+}
+
+// newServiceReloader returns the reloader of the service config at path
+// (nil when path is ""), as start loaded it (before flags or wiring changed
+// it). Its [log] level sets level (--log-level, when the file sets none,
+// is flagLevel); its other live settings are those of comps.
+func newServiceReloader(path, dataDir string, start serviceConfig, log *slog.Logger, level *slog.LevelVar,
+	flagLevel slog.Level, comps ...component) *serviceReloader {
 	if path == "" {
 		return nil
 	}
-	base, baseErr := loadServiceConfig(path, dataDir)
-	return func() ([]string, error) {
-		if baseErr != nil {
-			return nil, baseErr
+	r := &serviceReloader{path: path, dataDir: dataDir, log: log.With("component", "reload"), start: start, last: start}
+	r.live = append(r.live, liveSetting{keys: []string{logLevelKey}, apply: func(c serviceConfig) error {
+		lv, _, err := c.Log.level(flagLevel)
+		if err == nil {
+			level.Set(lv)
 		}
-		cur, err := loadServiceConfig(path, dataDir)
-		if err != nil {
-			return nil, err
-		}
-		var changed []string
-		bv, cv := reflect.ValueOf(base), reflect.ValueOf(cur)
-		for i := range bv.NumField() {
-			if !reflect.DeepEqual(bv.Field(i).Interface(), cv.Field(i).Interface()) {
-				changed = append(changed, "["+bv.Type().Field(i).Tag.Get("toml")+"]")
+		return err
+	}})
+	for _, c := range comps {
+		r.live = append(r.live, c.live...)
+	}
+	return r
+}
+
+// logLevelKey is the [log] level setting, as changedKeys names it.
+const logLevelKey = "[log] level"
+
+// reload loads the file again and applies what it can; cause names what
+// asked for it, in the log.
+func (r *serviceReloader) reload(cause string) {
+	cur, err := loadServiceConfig(r.path, r.dataDir)
+	if err != nil {
+		r.log.Error("service config reload refused; the settings in use stay", logKeyFile, r.path,
+			logKeyCause, cause, logKeyErr, err)
+		return
+	}
+	changed := changedKeys(r.last, cur)
+	liveKeys := map[string]bool{}
+	var applied []string
+	ok := true
+	for _, ls := range r.live {
+		var keys []string
+		for _, k := range ls.keys {
+			liveKeys[k] = true
+			if slices.Contains(changed, k) {
+				keys = append(keys, k)
 			}
 		}
-		return changed, nil
+		if len(keys) == 0 {
+			continue
+		}
+		if err := ls.apply(cur); err != nil {
+			ok = false
+			r.log.Error("service config reload: a setting could not be applied; it stays as it was", logKeyFile, r.path,
+				"settings", keys, logKeyErr, err)
+			continue
+		}
+		applied = append(applied, keys...)
 	}
+	if ok {
+		r.last = cur
+	}
+	var restart []string
+	for _, k := range changedKeys(r.start, cur) {
+		if !liveKeys[k] {
+			restart = append(restart, k)
+		}
+	}
+	if len(applied) == 0 {
+		applied = append(applied, "none")
+	}
+	r.log.Info("service config reloaded", logKeyFile, r.path, logKeyCause, cause, "applied", strings.Join(applied, ", "))
+	if len(restart) > 0 {
+		r.log.Warn("service config: these settings changed since start and need a restart", logKeyFile, r.path,
+			"restart_needed", strings.Join(restart, ", "))
+	}
+}
+
+// changedKeys names the settings that differ between a and b, in file
+// order: "[table] key" (a nested table is one key: "[jormungandr] policy").
+func changedKeys(a, b serviceConfig) []string {
+	var changed []string
+	av, bv := reflect.ValueOf(a), reflect.ValueOf(b)
+	for i := range av.NumField() {
+		table := av.Type().Field(i).Tag.Get("toml")
+		at, bt := av.Field(i), bv.Field(i)
+		for j := range at.NumField() {
+			f := at.Type().Field(j)
+			key, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+			if !f.IsExported() || key == "-" {
+				continue // computed, or wiring rather than file content
+			}
+			if key == "" {
+				key = strings.ToLower(f.Name)
+			}
+			if !reflect.DeepEqual(at.Field(j).Interface(), bt.Field(j).Interface()) {
+				changed = append(changed, "["+table+"] "+key)
+			}
+		}
+	}
+	return changed
 }

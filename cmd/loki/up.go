@@ -42,9 +42,12 @@ which the loki CLI uses by default (see 'loki auth' and docs/SECURITY.md).
 JetStream fsyncs every write before acknowledging it ([nats] sync).
 One loki up per data dir: a second is refused.
 
+SIGHUP reloads --config and the settings of --service-config that apply live
+([log] level, [jormungandr.policy], [gateway] tokens and admin_tokens, [loki]
+memory_limit_mib), and logs those that changed but need a restart.
 SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.`, stderr)
 	config := fs.String("config", "", "tool config (TOML), reloaded when it changes and on SIGHUP; default: the built-in examples")
-	serviceConfig := fs.String("service-config", "", "service settings (TOML with optional [nats] (TLS, sync), [loki], [hel], [fenrir], [jormungandr], [gateway] tables)")
+	serviceConfig := fs.String("service-config", "", "service settings (TOML with optional [log], [nats] (TLS, sync), [loki], [hel], [fenrir], [jormungandr], [gateway] tables); SIGHUP applies what can change live")
 	board := fs.String("board", "", "Fenrir boards (TOML with [[boards]]); default: the built-in simulated board \"sim\"")
 	dataDir := fs.String("data-dir", defaultDataDir(), "directory for all data: JetStream (tools, KV, objects) and Hel's files (env LOKI_DATA_DIR)")
 	port := fs.Int("nats-port", 4222, "NATS client port (-1 picks a free port)")
@@ -53,14 +56,14 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
 	mqttPort := fs.Int("mqtt-port", 1883, "MQTT 3.1.1 listener port of the NATS server (-1 picks a free port, 0 turns it off)")
 	concurrency := fs.Int("concurrency", 0, "tools running at once (default 4 per core)")
 	metricsFlag := addMetricsFlag(fs)
-	newLog := logFlags(fs, stderr)
+	newLog := logFlagsVar(fs, stderr)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("up: unexpected argument %q", fs.Arg(0))
 	}
-	log, err := newLog()
+	log, level, err := newLog()
 	if err != nil {
 		return err
 	}
@@ -75,6 +78,11 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
 	svcCfg, err := loadServiceConfig(*serviceConfig, *dataDir)
 	if err != nil {
 		return err
+	}
+	fileCfg := svcCfg // as the file has it, for SIGHUP to compare with
+	flagLevel := level.Level()
+	if lv, set, _ := svcCfg.Log.level(flagLevel); set {
+		level.Set(lv) // [log] level overrides --log-level
 	}
 	if *concurrency > 0 {
 		svcCfg.Loki.Concurrency = *concurrency
@@ -186,13 +194,12 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
 	authSvc := auth.NewService(authority, conns[subjects.RoleAuth], log)
 	comps := []component{lokiComp, helComp, fenrirComp, netComp,
 		{name: "auth", run: authSvc.Run, ready: authSvc.Ready()}}
+	var rl *toolsReloader
 	if *config != "" {
 		// Edits to --config (and SIGHUP) reload its tools; see reload.go.
-		rl, err := newToolsReloader(ctx, *config, tools, nc, log, serviceConfigCheck(*serviceConfig, *dataDir))
-		if err != nil {
+		if rl, err = newToolsReloader(ctx, *config, tools, nc, log); err != nil {
 			return err
 		}
-		comps = append(comps, rl.component())
 	}
 	services := []string{"loki", "hel", "fenrir", "jormungandr"}
 	grpcLine := "off (--grpc-port 0)"
@@ -208,6 +215,11 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
 		if svcCfg.Gateway.TLSCertFile != "" {
 			grpcLine = addr.String() + "  TLS (grpcurl -cacert CA " + addr.String() + " list)"
 		}
+	}
+	// SIGHUP applies the service config's live settings, then reloads --config.
+	svcRl := newServiceReloader(*serviceConfig, *dataDir, fileCfg, log, level, flagLevel, comps...)
+	if svcRl != nil || rl != nil {
+		comps = append(comps, reloadComponent(svcRl, rl))
 	}
 	met.watchComponents(comps)
 	names := make([]string, 0, len(served))
@@ -253,7 +265,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	fs := newFlags("serve "+name, fmt.Sprintf("Usage: loki serve %s --nats-url URL [flags]\n\n%s", name, serveHelp[name]), stderr)
 	nf := addNATSFlags(fs, subjects.Role(name))
-	serviceConfig := fs.String("service-config", "", "service settings (TOML with optional [loki], [hel], [fenrir], [jormungandr], [gateway] tables)")
+	serviceConfig := fs.String("service-config", "", "service settings (TOML with optional [log], [loki], [hel], [fenrir], [jormungandr], [gateway] tables); SIGHUP applies what can change live")
 	var config, dataDir, grpcListen, board *string
 	var sim *bool
 	var concurrency *int
@@ -271,14 +283,14 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		grpcListen = fs.String("grpc-listen", "127.0.0.1:50051", "address the gRPC gateway listens on")
 	}
 	metricsFlag := addMetricsFlag(fs)
-	newLog := logFlags(fs, stderr)
+	newLog := logFlagsVar(fs, stderr)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return usageMistake("serve "+name, fmt.Errorf("serve %s: unexpected argument %q", name, fs.Arg(0)))
 	}
-	log, err := newLog()
+	log, level, err := newLog()
 	if err != nil {
 		return err
 	}
@@ -290,6 +302,11 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	svcCfg, err := loadServiceConfig(*serviceConfig, dir)
 	if err != nil {
 		return err
+	}
+	fileCfg := svcCfg // as the file has it, for SIGHUP to compare with
+	flagLevel := level.Level()
+	if lv, set, _ := svcCfg.Log.level(flagLevel); set {
+		level.Set(lv) // [log] level overrides --log-level
 	}
 	if name == "fenrir" {
 		switch {
@@ -326,7 +343,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	svcCfg.Gateway.Metrics = met.reg
 	svcCfg.Hel.Metrics, svcCfg.Fenrir.Metrics, svcCfg.Jormungandr.Metrics = met.reg, met.reg, met.reg
 	var comp component
-	var extra []component // run beside comp
+	var rl *toolsReloader
 	switch name {
 	case "loki":
 		if err := register(ctx, nc, log, tools); err != nil {
@@ -339,10 +356,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		lokiCfg.Metrics = met.reg
 		comp, err = lokiComponent(lokiCfg, nc, log)
 		if err == nil && *config != "" {
-			var rl *toolsReloader
-			if rl, err = newToolsReloader(ctx, *config, tools, nc, log, serviceConfigCheck(*serviceConfig, dir)); err == nil {
-				extra = append(extra, rl.component())
-			}
+			rl, err = newToolsReloader(ctx, *config, tools, nc, log)
 		}
 	case "hel":
 		if err = mustDir(dir); err == nil {
@@ -362,11 +376,17 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	met.watchComponents(append([]component{comp}, extra...))
+	comps := []component{comp}
+	// SIGHUP applies the service config's live settings, then reloads --config.
+	svcRl := newServiceReloader(*serviceConfig, dir, fileCfg, log, level, flagLevel, comp)
+	if svcRl != nil || rl != nil {
+		comps = append(comps, reloadComponent(svcRl, rl))
+	}
+	met.watchComponents(comps)
 	if met.srv != nil {
 		log.Info("metrics listening", "url", met.srv.URL()+"/metrics")
 	}
-	return runComponents(ctx, func() { log.Info("ready", "component", name, "nats", nc.ConnectedUrl()) }, append([]component{comp}, extra...)...)
+	return runComponents(ctx, func() { log.Info("ready", "component", name, "nats", nc.ConnectedUrl()) }, comps...)
 }
 
 // serveHelp says what running one more instance of each component does.
@@ -427,7 +447,7 @@ func register(ctx context.Context, nc *nats.Conn, log *slog.Logger, tools []*lok
 	if err := reg.Put(ctx, tools...); err != nil {
 		return err
 	}
-	log.Info("tools registered", "count", len(tools))
+	log.Debug("tools registered", "count", len(tools))
 	return nil
 }
 

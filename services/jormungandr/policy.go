@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -81,6 +82,27 @@ type policy struct {
 	hosts []hostRule
 	cidrs []netip.Prefix
 	ports map[int]bool
+}
+
+// livePolicy is the policy a Service checks now: SetPolicy swaps it, and
+// every check and dial loads the current one, so a change applies to the
+// next request and the next (re)connect, not to connections already open.
+type livePolicy struct{ cur atomic.Pointer[policy] }
+
+func (l *livePolicy) check(t target) error { return l.cur.Load().check(t) }
+
+func (l *livePolicy) dial(ctx context.Context, t target) (net.Conn, error) {
+	return l.cur.Load().dial(ctx, t)
+}
+
+// dialer checks each address against the policy current when it is dialed.
+func (l *livePolicy) dialer(host string, timeout time.Duration) *net.Dialer {
+	return &net.Dialer{
+		Timeout: timeout,
+		Control: func(network, address string, c syscall.RawConn) error {
+			return l.cur.Load().dialer(host, timeout).Control(network, address, c)
+		},
+	}
 }
 
 // compile checks every entry of p, naming the first bad one by its TOML key.

@@ -58,7 +58,7 @@ type Service struct {
 	cfg   Config
 	nc    *nats.Conn
 	log   *slog.Logger
-	pol   *policy
+	pol   livePolicy
 	local *localListener // nil: no MQTT listener to fence
 	ready chan struct{}
 
@@ -107,11 +107,11 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Service, error) {
 		cfg:     cfg,
 		nc:      nc,
 		log:     log.With("component", "jormungandr"),
-		pol:     pol,
 		local:   local,
 		ready:   make(chan struct{}),
 		handles: newHandleTable(cfg.Handles.Max),
 	}
+	s.pol.cur.Store(pol)
 	if local != nil && local.noCert {
 		s.log.Warn("scripts cannot reach Loki's own MQTT listener: it requires a client certificate; "+
 			"set local_mqtt_cert_file and local_mqtt_key_file in [jormungandr]", logKeyAddr, cfg.LocalMQTT.Addr)
@@ -146,6 +146,25 @@ func (s *Service) newTransport(h2 bool) *http.Transport {
 		t.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
 	}
 	return t
+}
+
+// SetPolicy makes p the egress policy from the next request on: a request
+// is checked, and every connection dialed, against the policy current at
+// that moment; connections and handles already open keep running. It
+// refuses an invalid p with ErrConfig, naming the entry, and then changes
+// nothing. It is safe for concurrent use, before or during Run.
+func (s *Service) SetPolicy(p Policy) error {
+	pol, err := p.compile()
+	if err != nil {
+		return err
+	}
+	s.pol.cur.Store(pol)
+	// An idle keep-alive connection was dialed under the old policy; the
+	// request check refuses a now-denied host before reusing one, but
+	// dropping them keeps what is open to what the policy allowed.
+	s.httpTransport.CloseIdleConnections()
+	s.wsTransport.CloseIdleConnections()
+	return nil
 }
 
 // Ready is closed once the endpoints serve.
@@ -188,7 +207,7 @@ func (s *Service) Run(ctx context.Context) error {
 		s.expireIdle(janitor)
 	}()
 	close(s.ready)
-	s.log.Info("jormungandr serving", "instance", s.instance)
+	s.log.Debug("jormungandr serving", "instance", s.instance)
 	<-ctx.Done()
 	err = svc.Stop(s.cfg.DrainTimeout)
 	stopJanitor()

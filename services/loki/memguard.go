@@ -21,7 +21,7 @@ import (
 // costs the calls that ran beside it, not the process. A hard bound per
 // script would need a worker process per execution slot.
 type memoryGuard struct {
-	limit  uint64
+	limit  atomic.Uint64 // bytes; SetMemoryLimit changes it while run runs
 	every  time.Duration
 	log    *slog.Logger
 	over   atomic.Bool
@@ -35,7 +35,20 @@ type memoryGuard struct {
 const heapMetric = "/memory/classes/heap/objects:bytes"
 
 func newMemoryGuard(limit uint64, every time.Duration, log *slog.Logger) *memoryGuard {
-	return &memoryGuard{limit: limit, every: every, log: log, sample: []metrics.Sample{{Name: heapMetric}}}
+	g := &memoryGuard{every: every, log: log, sample: []metrics.Sample{{Name: heapMetric}}}
+	g.limit.Store(limit)
+	return g
+}
+
+// SetMemoryLimit makes limit bytes the heap size past which the replica
+// stops its running scripts and refuses calls, from the guard's next
+// sample on (0: DefaultMemoryLimit), as Config.MemoryLimit does at start.
+// It is safe for concurrent use, before or during Run.
+func (s *Service) SetMemoryLimit(limit uint64) {
+	if limit == 0 {
+		limit = DefaultMemoryLimit()
+	}
+	s.mem.limit.Store(limit)
 }
 
 func (g *memoryGuard) heap() uint64 {
@@ -54,15 +67,15 @@ func (g *memoryGuard) run(ctx context.Context, d *deadlines) {
 			return
 		case <-t.C:
 		}
-		h := g.heap()
-		if h > g.limit {
+		h, limit := g.heap(), g.limit.Load()
+		if h > limit {
 			// Garbage counts until it is swept: collect before deciding.
 			runtime.GC()
 			h = g.heap()
 		}
-		if h <= g.limit {
+		if h <= limit {
 			if g.over.CompareAndSwap(true, false) {
-				g.log.Info("memory back under the limit: taking calls again", "heap_mib", h>>20, "limit_mib", g.limit>>20)
+				g.log.Info("memory back under the limit: taking calls again", "heap_mib", h>>20, "limit_mib", limit>>20)
 			}
 			continue
 		}
@@ -72,7 +85,7 @@ func (g *memoryGuard) run(ctx context.Context, d *deadlines) {
 		}
 		if !g.over.Swap(true) || n > 0 {
 			g.log.Warn("memory limit passed: stopped running tools, refusing new calls until it is back under",
-				"heap_mib", h>>20, "limit_mib", g.limit>>20, "stopped", n)
+				"heap_mib", h>>20, "limit_mib", limit>>20, "stopped", n)
 		}
 	}
 }

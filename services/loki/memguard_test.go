@@ -72,3 +72,29 @@ func TestDefaultMemoryLimit(t *testing.T) {
 		t.Fatalf("DefaultMemoryLimit() = %d MiB, want between 64 MiB and 2 GiB", l>>20)
 	}
 }
+
+// TestSetMemoryLimit: a limit raised on a running replica takes it out of
+// refusing calls, and one lowered under the heap puts it back.
+func TestSetMemoryLimit(t *testing.T) {
+	srv := natstest.Start(t)
+	nc := natstest.Connect(t, srv)
+	registerTools(t, nc, testTools)
+	svc := startLoki(t, srv, loki.Config{MemoryLimit: 1}) // any heap is over it
+	c := loki.NewClient(nc)
+	waitFor := func(what string, ok func(err error) bool) {
+		t.Helper()
+		var err error
+		for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if _, err = call(t, c, "add", `{"a":1,"b":2}`); ok(err) {
+				return
+			}
+		}
+		t.Fatalf("%s: last call got %v", what, err)
+	}
+	overLimit := func(err error) bool { return fault.CodeOf(err) == fault.ResourceExhausted }
+	waitFor("refused over a 1-byte limit", overLimit)
+	svc.SetMemoryLimit(0) // the default, far above this test's heap
+	waitFor("served after raising the limit", func(err error) bool { return err == nil })
+	svc.SetMemoryLimit(1)
+	waitFor("refused after lowering it again", overLimit)
+}

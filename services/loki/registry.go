@@ -9,6 +9,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/loki-iot/loki/internal/fault"
 	lokiv1 "github.com/loki-iot/loki/proto/loki/v1"
@@ -109,6 +110,23 @@ func (r *Registry) Register(ctx context.Context, c *Compiled) (*lokiv1.Tool, err
 	def := proto.Clone(c.Def).(*lokiv1.Tool)
 	def.Revision = e.Revision()
 	return def, nil
+}
+
+// registerVisibleWait bounds how long a registration waits for its own
+// replica's watch to apply it (sub-millisecond on loopback).
+const registerVisibleWait = 2 * time.Second
+
+// WaitRevision waits until Watch has applied revision rev, ctx ends or max
+// passes, whichever is first; it reports whether rev was applied.
+func (r *Registry) WaitRevision(ctx context.Context, rev uint64, max time.Duration) bool {
+	deadline := time.Now().Add(max)
+	for r.revision.Load() < rev {
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
+	return true
 }
 
 // Delete removes a tool; NOT_FOUND if there is none by that name.

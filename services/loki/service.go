@@ -222,7 +222,7 @@ func (s *Service) Run(ctx context.Context) error {
 		_ = svc.Stop(s.cfg.DrainTimeout)
 		return fmt.Errorf("loki: flush subscriptions: %w", err)
 	}
-	s.log.Info("serving", "id", svc.ID(), "tools", len(reg.List()), "concurrency", s.cfg.Concurrency, "memory_limit_mib", s.cfg.MemoryLimit>>20)
+	s.log.Debug("serving", "id", svc.ID(), "tools", len(reg.List()), "concurrency", s.cfg.Concurrency, "memory_limit_mib", s.cfg.MemoryLimit>>20)
 	close(s.ready)
 	<-ctx.Done()
 	s.log.Info("draining", "timeout", s.cfg.DrainTimeout)
@@ -428,6 +428,9 @@ func (s *Service) handleRegister(ctx context.Context, r *microsvc.Request) ([]by
 	if err != nil {
 		return nil, nil, err
 	}
+	// Read your writes: answer once this replica serves the new revision,
+	// so a call right after registering, answered here, finds the tool.
+	s.reg.WaitRevision(ctx, stored.GetRevision(), registerVisibleWait)
 	s.log.Info("tool registered", "tool", def.GetName(), "revision", stored.GetRevision())
 	return marshal(stored)
 }
