@@ -297,17 +297,19 @@ func runComponents(ctx context.Context, onReady func(), comps ...component) erro
 	return first
 }
 
-func lokiComponent(cfg loki.Config, nc *nats.Conn, log *slog.Logger) (component, error) {
+// lokiComponent also returns the service, whose Registry is what the
+// replica serves once it is ready.
+func lokiComponent(cfg loki.Config, nc *nats.Conn, log *slog.Logger) (component, *loki.Service, error) {
 	svc, err := loki.New(cfg, nc, log)
 	if err != nil {
-		return component{}, err
+		return component{}, nil, err
 	}
 	// Concurrency and the queue size the endpoints: they need a restart.
 	live := []liveSetting{{keys: []string{"[loki] memory_limit_mib"}, apply: func(c serviceConfig) error {
 		svc.SetMemoryLimit(uint64(c.Loki.MemoryLimitMiB) << 20)
 		return nil
 	}}}
-	return component{name: "loki", run: svc.Run, ready: svc.Ready(), live: live}, nil
+	return component{name: "loki", run: svc.Run, ready: svc.Ready(), live: live}, svc, nil
 }
 
 func helComponent(cfg hel.Config, nc *nats.Conn, log *slog.Logger) (component, error) {

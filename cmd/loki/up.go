@@ -144,15 +144,9 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
 	if err := register(ctx, nc, log, tools); err != nil {
 		return err
 	}
-	// The registry may hold more than --config: tools registered before a
-	// restart stay served. The banner lists what is served.
-	served, err := servedTools(ctx, nc, log)
-	if err != nil {
-		return err
-	}
 	lokiCfg := svcCfg.lokiConfig(nc)
 	lokiCfg.Metrics = met.reg
-	lokiComp, err := lokiComponent(lokiCfg, nc, log)
+	lokiComp, lokiSvc, err := lokiComponent(lokiCfg, nc, log)
 	if err != nil {
 		return err
 	}
@@ -222,12 +216,15 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
 		comps = append(comps, reloadComponent(svcRl, rl))
 	}
 	met.watchComponents(comps)
-	names := make([]string, 0, len(served))
-	for _, t := range served {
-		names = append(names, t.Def.GetName())
-	}
-	try := tryLines(served, srv.ClientURL(), *port, svcCfg.NATS.TLSCertFile != "")
 	return runComponents(ctx, func() {
+		// The registry may hold more than --config: tools registered before
+		// a restart stay served. The banner lists what the replica serves.
+		served := lokiSvc.Registry().List()
+		names := make([]string, 0, len(served))
+		for _, t := range served {
+			names = append(names, t.Def.GetName())
+		}
+		try := tryLines(served, srv.ClientURL(), *port, svcCfg.NATS.TLSCertFile != "")
 		fmt.Fprintf(stdout, `Loki is up (ready in %s)
   NATS       %s  (JetStream data in %s)
   MQTT       %s
@@ -354,7 +351,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		lokiCfg := svcCfg.lokiConfig(nc)
 		lokiCfg.Metrics = met.reg
-		comp, err = lokiComponent(lokiCfg, nc, log)
+		comp, _, err = lokiComponent(lokiCfg, nc, log)
 		if err == nil && *config != "" {
 			rl, err = newToolsReloader(ctx, *config, tools, nc, log)
 		}
@@ -451,34 +448,6 @@ func register(ctx context.Context, nc *nats.Conn, log *slog.Logger, tools []*lok
 	return nil
 }
 
-// servedTools returns the tools in the registry, sorted by name: those
-// just registered and any registered earlier.
-func servedTools(ctx context.Context, nc *nats.Conn, log *slog.Logger) ([]*loki.Compiled, error) {
-	reg, err := loki.OpenRegistry(ctx, nc, log)
-	if err != nil {
-		return nil, err
-	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	loaded := make(chan struct{})
-	done := make(chan error, 1)
-	go func() { done <- reg.Watch(ctx, func() { close(loaded) }) }()
-	select {
-	case <-loaded:
-		cancel()
-		<-done
-		return reg.List(), nil
-	case err := <-done:
-		if err == nil {
-			err = ctx.Err()
-		}
-		return nil, fmt.Errorf("list registered tools: %w", err)
-	case <-ctx.Done():
-		<-done
-		return nil, fmt.Errorf("list registered tools: %w", ctx.Err())
-	}
-}
-
 // tryCommands are the banner's example calls.
 type tryCommands struct{ cli, nats string }
 
@@ -487,7 +456,7 @@ type tryCommands struct{ cli, nats string }
 // the port is not the CLI's default, and the CA when the server has TLS.
 func tryLines(served []*loki.Compiled, url string, port int, tls bool) tryCommands {
 	if len(served) == 0 {
-		return tryCommands{cli: "loki register FILE  (no tools are served yet)", nats: "nats micro ls"}
+		return tryCommands{cli: "loki tools register FILE  (no tools are served yet)", nats: "nats micro ls"}
 	}
 	tool := served[0]
 	for _, t := range served {
