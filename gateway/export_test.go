@@ -26,9 +26,3 @@ func RequestDescriptor(tool *lokiv1.Tool) (protoreflect.MessageDescriptor, error
 	}
 	return fd.Services().Get(0).Methods().ByName(protoreflect.Name(UnaryPrefix + tool.GetName())).Input(), nil
 }
-
-// Subject matching, checked against the NATS server's.
-var (
-	SubjectCovers   = subjectCovers
-	SubjectsCollide = subjectsCollide
-)

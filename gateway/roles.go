@@ -110,62 +110,14 @@ func roleRights(roles ...subjects.Role) (map[subjects.Role]map[*busAccess]bool, 
 // permits reports whether p allows everything a does.
 func permits(p subjects.Permissions, a *busAccess) bool {
 	for _, s := range a.pub {
-		if !allowed(p.PubAllow, p.PubDeny, s) {
+		if !p.AllowsPublish(s) {
 			return false
 		}
 	}
 	for _, s := range a.sub {
-		if !allowed(p.SubAllow, p.SubDeny, s) {
+		if !p.AllowsSubscribe(s) {
 			return false
 		}
 	}
 	return true
-}
-
-// allowed reports whether every subject subj (which may hold wildcards)
-// can match is allowed and none is denied.
-func allowed(allow, deny []string, subj string) bool {
-	for _, d := range deny {
-		if subjectsCollide(d, subj) {
-			return false
-		}
-	}
-	for _, f := range allow {
-		if subjectCovers(f, subj) {
-			return true
-		}
-	}
-	return false
-}
-
-// subjectCovers reports whether the NATS filter matches every subject that
-// subj, which may hold wildcards itself, matches.
-func subjectCovers(filter, subj string) bool {
-	f, s := strings.Split(filter, "."), strings.Split(subj, ".")
-	for i, ft := range f {
-		if ft == ">" {
-			return i < len(s)
-		}
-		if i >= len(s) || s[i] == ">" {
-			return false
-		}
-		if ft != "*" && ft != s[i] {
-			return false
-		}
-	}
-	return len(f) == len(s)
-}
-
-// subjectsCollide reports whether some subject matches both a and b.
-func subjectsCollide(a, b string) bool {
-	at, bt := strings.Split(a, "."), strings.Split(b, ".")
-	for i := 0; i < len(at) && i < len(bt); i++ {
-		if at[i] == ">" || bt[i] == ">" {
-			return true
-		}
-		if at[i] != "*" && bt[i] != "*" && at[i] != bt[i] {
-			return false
-		}
-	}
-	return len(at) == len(bt)
 }

@@ -21,6 +21,61 @@ type Permissions struct {
 	MQTTOnly bool
 }
 
+// AllowsPublish reports whether p lets its identity publish on every
+// subject subj matches (subj may hold wildcards): an allow pattern covers
+// all of subj and no deny pattern can match any of it, as nats-server
+// decides.
+func (p Permissions) AllowsPublish(subj string) bool { return allows(p.PubAllow, p.PubDeny, subj) }
+
+// AllowsSubscribe is AllowsPublish for subscriptions.
+func (p Permissions) AllowsSubscribe(subj string) bool { return allows(p.SubAllow, p.SubDeny, subj) }
+
+func allows(allow, deny []string, subj string) bool {
+	for _, d := range deny {
+		if subjectsCollide(d, subj) {
+			return false
+		}
+	}
+	for _, f := range allow {
+		if subjectCovers(f, subj) {
+			return true
+		}
+	}
+	return false
+}
+
+// subjectCovers reports whether the NATS filter matches every subject that
+// subj, which may hold wildcards itself, matches.
+func subjectCovers(filter, subj string) bool {
+	f, s := strings.Split(filter, "."), strings.Split(subj, ".")
+	for i, ft := range f {
+		if ft == ">" {
+			return i < len(s)
+		}
+		if i >= len(s) || s[i] == ">" {
+			return false
+		}
+		if ft != "*" && ft != s[i] {
+			return false
+		}
+	}
+	return len(f) == len(s)
+}
+
+// subjectsCollide reports whether some subject matches both a and b.
+func subjectsCollide(a, b string) bool {
+	at, bt := strings.Split(a, "."), strings.Split(b, ".")
+	for i := 0; i < len(at) && i < len(bt); i++ {
+		if at[i] == ">" || bt[i] == ">" {
+			return true
+		}
+		if at[i] != "*" && bt[i] != "*" && at[i] != bt[i] {
+			return false
+		}
+	}
+	return len(at) == len(bt)
+}
+
 // Role names what an identity is for. Component roles are held by the
 // services themselves; client and admin by people and programs; device by
 // one Jotunheim device; script-mqtt by one tool's MQTT connection to the

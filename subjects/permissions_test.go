@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/loki-iot/loki/subjects"
+	"github.com/nats-io/nats-server/v2/server"
 )
 
 func TestMQTTFilterSubjects(t *testing.T) {
@@ -119,26 +120,6 @@ func TestRolePermissionsRefuses(t *testing.T) {
 
 // matches reports whether the NATS subject pattern p matches the literal
 // subject s.
-func matches(p, s string) bool {
-	pt, st := strings.Split(p, "."), strings.Split(s, ".")
-	for i, tok := range pt {
-		switch {
-		case tok == ">":
-			return len(st) > i
-		case i >= len(st):
-			return false
-		case tok != "*" && tok != st[i]:
-			return false
-		}
-	}
-	return len(pt) == len(st)
-}
-
-func allowed(allow, deny []string, s string) bool {
-	ok := slices.ContainsFunc(allow, func(p string) bool { return matches(p, s) })
-	return ok && !slices.ContainsFunc(deny, func(p string) bool { return matches(p, s) })
-}
-
 // TestRolePermissionsConsequences checks, on the lists themselves, the
 // consequences the bus tests (internal/auth) check on a real server.
 func TestRolePermissionsConsequences(t *testing.T) {
@@ -206,11 +187,11 @@ func TestRolePermissionsConsequences(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			for r, p := range perms {
-				allow, deny := p.PubAllow, p.PubDeny
+				got := p.AllowsPublish(tc.subject)
 				if tc.sub {
-					allow, deny = p.SubAllow, p.SubDeny
+					got = p.AllowsSubscribe(tc.subject)
 				}
-				if got, want := allowed(allow, deny, tc.subject), slices.Contains(tc.who, r); got != want {
+				if want := slices.Contains(tc.who, r); got != want {
 					t.Errorf("%s on %s: got allowed=%v, want %v", r, tc.subject, got, want)
 				}
 			}
@@ -224,6 +205,27 @@ func TestRolePermissionsConsequences(t *testing.T) {
 		for _, s := range p.SubAllow {
 			if strings.HasPrefix(s, subjects.InboxRoot) && s != subjects.InboxRoot+"."+key+".>" {
 				t.Errorf("%s subscribes to %s, want only its own inbox", r, s)
+			}
+		}
+	}
+}
+
+// TestSubjectMatching checks the matching behind AllowsPublish and
+// AllowsSubscribe (which the gateway uses to turn role permissions into
+// rights over RPCs) against the NATS server's own.
+func TestSubjectMatching(t *testing.T) {
+	subjs := []string{
+		"loki.exec.*", "loki.exec.add", "loki.exec", "loki.exec.add.x", "loki.>", "loki.*", ">", "*",
+		"loki.tools.register", "loki.tools.*", "loki.*.register", "$SRV.STATS", "$SRV.STATS.*", "$SRV.>",
+		"loki.events.>", "loki.events.add.started", "loki.events.*.*", "hel.kv.get",
+	}
+	for _, a := range subjs {
+		for _, b := range subjs {
+			if got, want := subjects.SubjectCovers(a, b), server.SubjectMatchesFilter(b, a); got != want {
+				t.Errorf("covers(%q, %q): got %v, want %v", a, b, got, want)
+			}
+			if got, want := subjects.SubjectsCollide(a, b), server.SubjectsCollide(a, b); got != want {
+				t.Errorf("collide(%q, %q): got %v, want %v", a, b, got, want)
 			}
 		}
 	}

@@ -1,0 +1,7 @@
+package subjects
+
+// Subject matching, checked in tests against the NATS server's.
+var (
+	SubjectCovers   = subjectCovers
+	SubjectsCollide = subjectsCollide
+)
