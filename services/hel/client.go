@@ -346,7 +346,15 @@ type transfer struct {
 	sub   *nats.Subscription
 	inbox string
 	subj  string
+	// uploading is set once chunks go to the service's upload subject.
+	// A chunk that finds no subscriber there then means the service has
+	// ended the upload (refused it); its final reply is on its way.
+	uploading bool
 }
+
+// endedUploadGrace is how long a client waits for the service's final
+// reply after a chunk found the upload subject gone.
+const endedUploadGrace = 2 * time.Second
 
 func (c *Client) startTransfer(ctx context.Context, subj string, a *args) (*transfer, error) {
 	if a.err != nil {
@@ -373,14 +381,30 @@ func (t *transfer) close() { _ = t.sub.Unsubscribe() }
 // next returns the next frame or final reply; service errors are returned
 // as errors.
 func (t *transfer) next(ctx context.Context) (*nats.Msg, error) {
-	m, err := t.sub.NextMsgWithContext(ctx)
-	if err != nil {
-		return nil, microsvc.TransportError(err, subjects.HelService, t.subj)
+	var ended error // set once a chunk found the upload subject gone
+	for {
+		wait := ctx
+		if ended != nil {
+			var cancel context.CancelFunc
+			wait, cancel = context.WithTimeout(ctx, endedUploadGrace)
+			defer cancel()
+		}
+		m, err := t.sub.NextMsgWithContext(wait)
+		if err != nil {
+			if ended != nil && ctx.Err() == nil {
+				return nil, ended
+			}
+			return nil, microsvc.TransportError(err, subjects.HelService, t.subj)
+		}
+		if err := microsvc.ReplyError(m, subjects.HelService, t.subj); err != nil {
+			if t.uploading && m.Header.Get("Status") == "503" {
+				ended = err
+				continue
+			}
+			return nil, err
+		}
+		return m, nil
 	}
-	if err := microsvc.ReplyError(m, subjects.HelService, t.subj); err != nil {
-		return nil, err
-	}
-	return m, nil
 }
 
 func protocolError(subj, format string, args ...any) error {
@@ -422,6 +446,7 @@ func (c *Client) PutObject(ctx context.Context, bucket, name string, r io.Reader
 	if ready.Header.Get(HeaderFrame) != FrameReady || upload == "" || window == 0 || chunkSize <= 0 {
 		return ObjectInfo{}, protocolError(t.subj, "want a ready frame with upload subject, window and chunk size")
 	}
+	t.uploading = true
 	cancel := func() { _ = c.nc.PublishMsg(frameMsg(upload, "", FrameCancel, 0)) }
 	h := sha256.New()
 	buf := make([]byte, chunkSize)
