@@ -92,12 +92,13 @@ const (
 	RoleJormungandr Role = "jormungandr"
 	RoleGateway     Role = "gateway"
 	RoleAuth        Role = "auth"
+	RoleJotunheim   Role = "jotunheim"
 	RoleDevice      Role = "device"
 	RoleScriptMQTT  Role = "script-mqtt"
 )
 
 // ComponentRoles are the roles `loki up` holds one identity of each for.
-var ComponentRoles = []Role{RoleLoki, RoleHel, RoleFenrir, RoleJormungandr, RoleGateway, RoleAuth}
+var ComponentRoles = []Role{RoleLoki, RoleHel, RoleFenrir, RoleJormungandr, RoleGateway, RoleAuth, RoleJotunheim}
 
 // PersonRoles are the roles `loki auth add` issues.
 var PersonRoles = []Role{RoleClient, RoleAdmin}
@@ -105,7 +106,8 @@ var PersonRoles = []Role{RoleClient, RoleAdmin}
 // Valid reports whether r is a known role.
 func (r Role) Valid() bool {
 	switch r {
-	case RoleAdmin, RoleClient, RoleLoki, RoleHel, RoleFenrir, RoleJormungandr, RoleGateway, RoleAuth, RoleDevice, RoleScriptMQTT:
+	case RoleAdmin, RoleClient, RoleLoki, RoleHel, RoleFenrir, RoleJormungandr, RoleGateway, RoleAuth, RoleJotunheim,
+		RoleDevice, RoleScriptMQTT:
 		return true
 	}
 	return false
@@ -283,16 +285,20 @@ func RolePermissions(r Role, inbox string, scope ...string) (Permissions, error)
 	// $SRV requests of any caller: publishing to inboxes reveals nothing.
 	replies := InboxRoot + ".>"
 	toolsKV := kvStream(ToolsBucket)
+	// What a controller may do with devices: list, look, command, watch.
+	devicesUse := []string{DevicesList, DevicesGet, DevicesCmd, DevicesCaps}
 	switch r {
 	case RoleAdmin:
 		return Permissions{PubAllow: []string{">"}, SubAllow: []string{">"}}, nil
 	case RoleClient:
 		return Permissions{
-			PubAllow: []string{LokiExecAll, LokiToolsList, LokiToolsGet, LokiCapabilities, LokiCancel, srvAll},
-			SubAllow: []string{LokiEventsAll, ConfigReloadAll, myInbox},
+			PubAllow: append([]string{LokiExecAll, LokiToolsList, LokiToolsGet, LokiCapabilities, LokiCancel, srvAll}, devicesUse...),
+			SubAllow: []string{LokiEventsAll, ConfigReloadAll, DevicesEventsAll, myInbox},
 		}, nil
 	case RoleLoki:
-		pub := []string{LokiEventsAll, ConfigReloadAll, replies, HelAll, FenrirAll, JormungandrAll, jsAccountInfo, "$KV." + ToolsBucket + ".>"}
+		// DevicesCmd: the jotunheim Lua module.
+		pub := []string{LokiEventsAll, ConfigReloadAll, replies, HelAll, FenrirAll, JormungandrAll, DevicesCmd,
+			jsAccountInfo, "$KV." + ToolsBucket + ".>"}
 		// Create, never update: an update could add subjects (say
 		// _INBOX.>) to the registry's stream and capture others' replies.
 		pub = append(pub, jsStreamRead(toolsKV)...)
@@ -303,13 +309,14 @@ func RolePermissions(r Role, inbox string, scope ...string) (Permissions, error)
 	case RoleHel:
 		// Hel's bucket names are user-chosen (hel_kv_<name>, ...) and a NATS
 		// permission cannot match part of a token, so Hel is allowed every
-		// stream but those it must not touch: the tool registry and the MQTT
-		// listener's. It may purge: deleting an object purges its chunks.
+		// stream but those it must not touch: the tool registry, the device
+		// registry and the MQTT listener's. It may purge: deleting an object
+		// purges its chunks.
 		pub := []string{replies, jsAccountInfo, "$KV.*.>", "$O.*.>",
 			jsAPI + ".STREAM.PURGE.*"}
 		pub = append(pub, jsStreamUse("*")...)
-		deny := []string{"$KV." + ToolsBucket + ".>"}
-		for _, s := range append([]string{toolsKV}, MQTTStreams...) {
+		deny := []string{"$KV." + ToolsBucket + ".>", "$KV." + DevicesBucket + ".>"}
+		for _, s := range append([]string{toolsKV, kvStream(DevicesBucket)}, MQTTStreams...) {
 			deny = append(deny, jsStreamAll(s)...)
 		}
 		return Permissions{PubAllow: pub, PubDeny: deny,
@@ -326,10 +333,29 @@ func RolePermissions(r Role, inbox string, scope ...string) (Permissions, error)
 		// The gateway watches the registry (read only) to serve one RPC per tool.
 		pub := []string{LokiExecAll, LokiToolsList, LokiToolsGet, LokiToolsRegister, LokiToolsUnregister,
 			LokiCapabilities, LokiCancel, srvAll, jsAccountInfo}
+		pub = append(pub, devicesUse...)
 		return Permissions{
 			PubAllow: append(pub, jsStreamRead(toolsKV)...),
-			SubAllow: []string{LokiEventsAll, ConfigReloadAll, myInbox},
+			SubAllow: []string{LokiEventsAll, ConfigReloadAll, DevicesEventsAll, myInbox},
 		}, nil
+	case RoleJotunheim:
+		// The device service hears what devices publish, answers them on
+		// the topics they subscribe to, keeps device tools in the registry
+		// through Loki, runs the tools devices call, and owns its bucket.
+		var sub, pub []string
+		for _, k := range []string{DeviceStatus, DeviceManifest, DeviceResult, DeviceState, DeviceEvent, DeviceHeartbeat, DeviceCall} {
+			s, _ := DeviceSubjectAll(k)
+			sub = append(sub, s)
+		}
+		for _, k := range []string{DeviceNegotiation, DeviceCapsGet, DeviceCmd, DeviceCallResult} {
+			s, _ := DeviceSubjectAll(k)
+			pub = append(pub, s)
+		}
+		pub = append(pub, replies, DevicesEventsAll, LokiExecAll, LokiToolsList, LokiToolsGet, LokiToolsRegister,
+			LokiToolsUnregister, jsAccountInfo, "$KV."+DevicesBucket+".>")
+		pub = append(pub, jsStreamUse(kvStream(DevicesBucket))...)
+		sub = append(sub, DevicesPrefix+".*", myInbox)
+		return Permissions{PubAllow: pub, SubAllow: append(sub, srvSubs(JotunheimService)...)}, nil
 	case RoleAuth:
 		return Permissions{PubAllow: []string{replies},
 			SubAllow: append([]string{AuthAll, myInbox}, srvSubs(AuthService)...)}, nil
@@ -366,7 +392,7 @@ func RolePermissions(r Role, inbox string, scope ...string) (Permissions, error)
 
 // InternalRoots are the first tokens of the subjects Loki's components,
 // devices and inboxes use. No MQTT topic grant may reach them.
-var InternalRoots = []string{"loki", HelPrefix, FenrirPrefix, JormungandrPrefix, DevicePrefix, InboxRoot, "_loki_bench"}
+var InternalRoots = []string{"loki", HelPrefix, FenrirPrefix, JormungandrPrefix, DevicePrefix, DevicesPrefix, InboxRoot, "_loki_bench"}
 
 func internalTrees() []string {
 	var d []string

@@ -123,7 +123,12 @@ type Tool struct {
 	Grants []string `protobuf:"bytes,7,rep,name=grants,proto3" json:"grants,omitempty"`
 	Params []*Param `protobuf:"bytes,8,rep,name=params,proto3" json:"params,omitempty"`
 	// Registry revision of this definition; set on reads, ignored on writes.
-	Revision      uint64 `protobuf:"varint,9,opt,name=revision,proto3" json:"revision,omitempty"`
+	Revision uint64 `protobuf:"varint,9,opt,name=revision,proto3" json:"revision,omitempty"`
+	// Who keeps this tool in step: empty for tools from files and
+	// registrations; "device:<id>" for a device's sensor or actuator, which
+	// the device service adds, updates and removes with the device's
+	// manifest, and never lets replace a tool it does not own.
+	Owner         string `protobuf:"bytes,10,opt,name=owner,proto3" json:"owner,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -219,6 +224,13 @@ func (x *Tool) GetRevision() uint64 {
 		return x.Revision
 	}
 	return 0
+}
+
+func (x *Tool) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
 }
 
 // ToolList answers loki.tools.list.
@@ -1116,7 +1128,7 @@ const file_loki_v1_loki_proto_rawDesc = "" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x12\x1a\n" +
 	"\brequired\x18\x03 \x01(\bR\brequired\x12 \n" +
 	"\vdescription\x18\x04 \x01(\tR\vdescription\x120\n" +
-	"\adefault\x18\x05 \x01(\v2\x16.google.protobuf.ValueR\adefault\"\xa0\x02\n" +
+	"\adefault\x18\x05 \x01(\v2\x16.google.protobuf.ValueR\adefault\"\xb6\x02\n" +
 	"\x04Tool\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x18\n" +
@@ -1127,7 +1139,9 @@ const file_loki_v1_loki_proto_rawDesc = "" +
 	"sourceName\x12\x16\n" +
 	"\x06grants\x18\a \x03(\tR\x06grants\x12&\n" +
 	"\x06params\x18\b \x03(\v2\x0e.loki.v1.ParamR\x06params\x12\x1a\n" +
-	"\brevision\x18\t \x01(\x04R\brevision\"/\n" +
+	"\brevision\x18\t \x01(\x04R\brevision\x12\x14\n" +
+	"\x05owner\x18\n" +
+	" \x01(\tR\x05owner\"/\n" +
 	"\bToolList\x12#\n" +
 	"\x05tools\x18\x01 \x03(\v2\r.loki.v1.ToolR\x05tools\"$\n" +
 	"\x0eGetToolRequest\x12\x12\n" +

@@ -1,0 +1,227 @@
+package subjects
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Device message kinds: the levels after jotunheim/<id>/ of a device's MQTT
+// topics, and after jotunheim.<id>. of their NATS subjects. docs/DEVICES.md
+// gives each one's direction, QoS, retain flag and payload.
+const (
+	// DeviceStatus carries presence: "online" (retained, on connect) or
+	// "offline" (the will, and on a clean stop).
+	DeviceStatus = "status"
+	// DeviceManifest carries the device's Manifest.
+	DeviceManifest = "manifest"
+	// DeviceNegotiation carries the platform's Negotiation.
+	DeviceNegotiation = "negotiation"
+	// DeviceCapsGet carries the platform's CapsRequest.
+	DeviceCapsGet = "caps/get"
+	// DeviceCmd carries commands to the device.
+	DeviceCmd = "cmd"
+	// DeviceResult carries the device's CommandResults.
+	DeviceResult = "result"
+	// DeviceState prefixes state/<entity>, an entity's retained State.
+	DeviceState = "state"
+	// DeviceEvent carries the device's Events.
+	DeviceEvent = "event"
+	// DeviceHeartbeat carries the device's Heartbeats.
+	DeviceHeartbeat = "heartbeat"
+	// DeviceCall carries the device's ToolCalls.
+	DeviceCall = "call"
+	// DeviceCallResult carries the platform's ToolResults.
+	DeviceCallResult = "call/result"
+)
+
+// Presence payloads on a device's status topic.
+const (
+	PresenceOnline  = "online"
+	PresenceOffline = "offline"
+)
+
+// deviceKinds are the kinds a device topic may end in (state takes an entity).
+var deviceKinds = []string{DeviceStatus, DeviceManifest, DeviceNegotiation, DeviceCapsGet, DeviceCmd,
+	DeviceResult, DeviceState, DeviceEvent, DeviceHeartbeat, DeviceCall, DeviceCallResult}
+
+func validDeviceKind(kind string) error {
+	for _, k := range deviceKinds {
+		if k == kind {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: unknown device message kind %q", ErrInvalidToken, kind)
+}
+
+// ValidEntity returns an error unless name can name a device's sensor or
+// actuator: 1 to 64 of [A-Za-z0-9_-], like a device id.
+func ValidEntity(name string) error {
+	if !deviceID.MatchString(name) {
+		return fmt.Errorf("%w: entity name %q must be 1 to 64 of [A-Za-z0-9_-]", ErrInvalidToken, name)
+	}
+	return nil
+}
+
+// DeviceTopic returns the MQTT topic jotunheim/<id>/<kind>; for
+// DeviceState, entity names the entity (jotunheim/<id>/state/<entity>).
+func DeviceTopic(id, kind string, entity ...string) (string, error) {
+	levels, err := deviceLevels(id, kind, entity)
+	if err != nil {
+		return "", err
+	}
+	return strings.Join(levels, "/"), nil
+}
+
+// DeviceSubject returns the NATS subject of DeviceTopic(id, kind, entity...),
+// as the server's MQTT listener maps it: jotunheim.<id>.<kind>.
+func DeviceSubject(id, kind string, entity ...string) (string, error) {
+	levels, err := deviceLevels(id, kind, entity)
+	if err != nil {
+		return "", err
+	}
+	return strings.Join(levels, "."), nil
+}
+
+func deviceLevels(id, kind string, entity []string) ([]string, error) {
+	if err := ValidDeviceID(id); err != nil {
+		return nil, err
+	}
+	if err := validDeviceKind(kind); err != nil {
+		return nil, err
+	}
+	levels := append([]string{DevicePrefix, id}, strings.Split(kind, "/")...)
+	switch {
+	case kind == DeviceState && len(entity) == 1:
+		if err := ValidEntity(entity[0]); err != nil {
+			return nil, err
+		}
+		return append(levels, entity[0]), nil
+	case kind == DeviceState:
+		return nil, fmt.Errorf("%w: a state topic needs one entity", ErrInvalidToken)
+	case len(entity) > 0:
+		return nil, fmt.Errorf("%w: only state topics take an entity", ErrInvalidToken)
+	}
+	return levels, nil
+}
+
+// DeviceSubjectAll returns the subscription subject of kind for every
+// device: jotunheim.*.<kind> (jotunheim.*.state.* for DeviceState).
+func DeviceSubjectAll(kind string) (string, error) {
+	if err := validDeviceKind(kind); err != nil {
+		return "", err
+	}
+	s := DevicePrefix + ".*." + strings.ReplaceAll(kind, "/", ".")
+	if kind == DeviceState {
+		s += ".*"
+	}
+	return s, nil
+}
+
+// ParseDeviceSubject splits a device subject into the device id, the kind
+// and, for state, the entity. It refuses anything DeviceSubject would not
+// build, so the id it returns is the one the server let publish there.
+func ParseDeviceSubject(subj string) (id, kind, entity string, err error) {
+	toks := strings.Split(subj, ".")
+	if len(toks) < 3 || toks[0] != DevicePrefix {
+		return "", "", "", fmt.Errorf("%w: %q is not a device subject", ErrInvalidToken, subj)
+	}
+	id, kind = toks[1], strings.Join(toks[2:], "/")
+	if len(toks) == 4 && toks[2] == DeviceState {
+		kind, entity = DeviceState, toks[3]
+		if err := ValidEntity(entity); err != nil {
+			return "", "", "", err
+		}
+	} else if kind == DeviceState {
+		return "", "", "", fmt.Errorf("%w: %q: a state subject needs one entity", ErrInvalidToken, subj)
+	}
+	if err := ValidDeviceID(id); err != nil {
+		return "", "", "", err
+	}
+	if err := validDeviceKind(kind); err != nil {
+		return "", "", "", err
+	}
+	return id, kind, entity, nil
+}
+
+// The device service's own subjects, on a root of its own so that no
+// device id can collide with them.
+const (
+	// JotunheimService is the NATS micro service name of the device service.
+	JotunheimService = "jotunheim"
+	// DevicesPrefix prefixes every device service subject.
+	DevicesPrefix = "devices"
+	// DevicesList answers with a DeviceList of every known device.
+	DevicesList = DevicesPrefix + ".list"
+	// DevicesGet answers with the Device named by a DeviceRequest.
+	DevicesGet = DevicesPrefix + ".get"
+	// DevicesCmd sends a CommandRequest's command to its device and answers
+	// with the result's data, or the device's error.
+	DevicesCmd = DevicesPrefix + ".cmd"
+	// DevicesCaps asks an online device for its manifest again and answers
+	// with the updated Device.
+	DevicesCaps = DevicesPrefix + ".caps"
+	// DevicesRemove forgets a device: its record and its tools.
+	DevicesRemove = DevicesPrefix + ".remove"
+	// DevicesEventsPrefix prefixes devices.events.<id>.<kind>.
+	DevicesEventsPrefix = DevicesPrefix + ".events"
+	// DevicesEventsAll matches every device event.
+	DevicesEventsAll = DevicesEventsPrefix + ".>"
+	// DevicesBucket is the JetStream KV bucket of the device registry,
+	// keyed by device id.
+	DevicesBucket = "jotunheim_devices"
+)
+
+// DeviceEventKinds are the kinds of device events the service publishes.
+var DeviceEventKinds = []string{"online", "offline", "manifest", "refused", "state", "event"}
+
+// DeviceEventSubject returns devices.events.<id>.<kind>.
+func DeviceEventSubject(id, kind string) (string, error) {
+	if err := ValidDeviceID(id); err != nil {
+		return "", err
+	}
+	for _, k := range DeviceEventKinds {
+		if k == kind {
+			return DevicesEventsPrefix + "." + id + "." + kind, nil
+		}
+	}
+	return "", fmt.Errorf("%w: unknown device event kind %q", ErrInvalidToken, kind)
+}
+
+// DeviceEvents returns the subscription subject for device events filtered
+// by device and kind; an empty id or kind matches all.
+func DeviceEvents(id, kind string) (string, error) {
+	d, k := "*", "*"
+	if id != "" {
+		if err := ValidDeviceID(id); err != nil {
+			return "", err
+		}
+		d = id
+	}
+	if kind != "" {
+		s, err := DeviceEventSubject("x", kind)
+		if err != nil {
+			return "", err
+		}
+		k = s[strings.LastIndexByte(s, '.')+1:]
+	}
+	return DevicesEventsPrefix + "." + d + "." + k, nil
+}
+
+// DeviceToolName returns the name of the Loki tool made from entity of
+// device id: the id lower-cased with '-' as '_', then '_' and the entity
+// likewise. It fails when that is not a valid tool name (an id that starts
+// with a digit, or a name over 64 characters).
+func DeviceToolName(id, entity string) (string, error) {
+	if err := ValidDeviceID(id); err != nil {
+		return "", err
+	}
+	if err := ValidEntity(entity); err != nil {
+		return "", err
+	}
+	norm := func(s string) string { return strings.ReplaceAll(strings.ToLower(s), "-", "_") }
+	name := norm(id) + "_" + norm(entity)
+	if err := ValidToolName(name); err != nil {
+		return "", fmt.Errorf("device %q entity %q: %w", id, entity, err)
+	}
+	return name, nil
+}
