@@ -16,6 +16,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"github.com/loki-iot/loki/gateway"
+	"github.com/loki-iot/loki/hardware"
 	"github.com/loki-iot/loki/internal/natsrv"
 	"github.com/loki-iot/loki/services/fenrir"
 	"github.com/loki-iot/loki/services/hel"
@@ -325,9 +326,9 @@ func helComponent(cfg hel.Config, nc *nats.Conn, log *slog.Logger) (component, e
 // settings with them.
 func (c *serviceConfig) loadBoards(path string) error {
 	if path == "" {
-		c.Fenrir.Boards = []fenrir.BoardConfig{fenrir.SimBoardConfig()}
+		c.Fenrir.Boards = []hardware.BoardConfig{hardware.SimBoardConfig()}
 	} else {
-		boards, err := fenrir.LoadBoards(path)
+		boards, err := hardware.LoadBoards(path)
 		if err != nil {
 			return err
 		}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"time"
 
+	"github.com/loki-iot/loki/hardware"
 	"github.com/loki-iot/loki/internal/fault"
 	"github.com/loki-iot/loki/internal/microsvc"
 	"github.com/loki-iot/loki/internal/middleware"
@@ -80,44 +81,44 @@ func call[T any](ctx context.Context, c *Client, board, op string, req Request) 
 }
 
 // Read reads a pin (by name or number) of board.
-func (c *Client) Read(ctx context.Context, board, pin string) (PinState, error) {
-	return call[PinState](ctx, c, board, subjects.FenrirGPIORead, Request{Pin: pin})
+func (c *Client) Read(ctx context.Context, board, pin string) (hardware.PinState, error) {
+	return call[hardware.PinState](ctx, c, board, subjects.FenrirGPIORead, Request{Pin: pin})
 }
 
 // Write drives an output pin to level 0 or 1.
-func (c *Client) Write(ctx context.Context, board, pin string, level int) (PinState, error) {
-	return call[PinState](ctx, c, board, subjects.FenrirGPIOWrite, Request{Pin: pin, Level: &level})
+func (c *Client) Write(ctx context.Context, board, pin string, level int) (hardware.PinState, error) {
+	return call[hardware.PinState](ctx, c, board, subjects.FenrirGPIOWrite, Request{Pin: pin, Level: &level})
 }
 
-// Mode sets a pin's direction (ModeIn, ModeOut) and, for an input, its pull.
-func (c *Client) Mode(ctx context.Context, board, pin, mode, pull string) (PinState, error) {
-	return call[PinState](ctx, c, board, subjects.FenrirGPIOMode, Request{Pin: pin, Mode: mode, Pull: pull})
+// Mode sets a pin's direction (hardware.ModeIn, hardware.ModeOut) and, for an input, its pull.
+func (c *Client) Mode(ctx context.Context, board, pin, mode, pull string) (hardware.PinState, error) {
+	return call[hardware.PinState](ctx, c, board, subjects.FenrirGPIOMode, Request{Pin: pin, Mode: mode, Pull: pull})
 }
 
 // PWM outputs duty (0..1) at hz (0 means 1000) on an output pin.
-func (c *Client) PWM(ctx context.Context, board, pin string, duty, hz float64) (PinState, error) {
-	return call[PinState](ctx, c, board, subjects.FenrirGPIOPWM, Request{Pin: pin, Duty: &duty, Hz: hz})
+func (c *Client) PWM(ctx context.Context, board, pin string, duty, hz float64) (hardware.PinState, error) {
+	return call[hardware.PinState](ctx, c, board, subjects.FenrirGPIOPWM, Request{Pin: pin, Duty: &duty, Hz: hz})
 }
 
-// WaitEdge waits up to timeout for edge (EdgeRising, EdgeFalling, EdgeBoth)
-// on an input pin. A timeout is not an error: the Edge has Edge false.
-func (c *Client) WaitEdge(ctx context.Context, board, pin, edge string, timeout time.Duration) (Edge, error) {
-	return call[Edge](ctx, c, board, subjects.FenrirGPIOWait, Request{Pin: pin, Edge: edge, Timeout: timeout.String()})
+// WaitEdge waits up to timeout for edge (hardware.EdgeRising,
+// hardware.EdgeFalling or hardware.EdgeBoth) on an input pin. A timeout is not an error: the Edge has Edge false.
+func (c *Client) WaitEdge(ctx context.Context, board, pin, edge string, timeout time.Duration) (hardware.Edge, error) {
+	return call[hardware.Edge](ctx, c, board, subjects.FenrirGPIOWait, Request{Pin: pin, Edge: edge, Timeout: timeout.String()})
 }
 
 // ReadSensor reads a named sensor.
-func (c *Client) ReadSensor(ctx context.Context, board, name string) (Reading, error) {
-	return call[Reading](ctx, c, board, subjects.FenrirSensorRead, Request{Name: name})
+func (c *Client) ReadSensor(ctx context.Context, board, name string) (hardware.Reading, error) {
+	return call[hardware.Reading](ctx, c, board, subjects.FenrirSensorRead, Request{Name: name})
 }
 
 // SetActuator drives a named actuator: "on", "off", "toggle", a boolean, a
 // number (LED brightness 0..1, motor speed -1..1) or, for a motor,
 // map[string]any{"speed": 0..1, "direction": "forward"|"reverse"}.
-func (c *Client) SetActuator(ctx context.Context, board, name string, value any) (ActuatorState, error) {
-	return call[ActuatorState](ctx, c, board, subjects.FenrirActuatorSet, Request{Name: name, Value: value})
+func (c *Client) SetActuator(ctx context.Context, board, name string, value any) (hardware.ActuatorState, error) {
+	return call[hardware.ActuatorState](ctx, c, board, subjects.FenrirActuatorSet, Request{Name: name, Value: value})
 }
 
 // List describes the board's pins, sensors and actuators.
-func (c *Client) List(ctx context.Context, board string) (BoardInfo, error) {
-	return call[BoardInfo](ctx, c, board, subjects.FenrirBoardList, Request{})
+func (c *Client) List(ctx context.Context, board string) (hardware.BoardInfo, error) {
+	return call[hardware.BoardInfo](ctx, c, board, subjects.FenrirBoardList, Request{})
 }

@@ -3,24 +3,27 @@ package fenrir
 import (
 	"errors"
 	"fmt"
-	"github.com/loki-iot/loki/internal/metrics"
 	"runtime"
 	"time"
+
+	"github.com/loki-iot/loki/hardware"
+	"github.com/loki-iot/loki/internal/metrics"
 )
 
 // Config configures a Fenrir instance. It decodes from TOML (the keys are
 // the toml tags); start from DefaultConfig so omitted keys keep their
 // defaults. The boards an instance serves come from their own file (see
-// LoadBoards) or SimBoardConfig.
+// hardware.LoadBoards) or hardware.SimBoardConfig.
 type Config struct {
 	// Metrics, when not nil, receives the service's request counts and
 	// latencies (see docs/METRICS.md). Wiring, not TOML.
 	Metrics *metrics.Registry `toml:"-"`
 	// Boards are the boards this instance owns and serves; at least one.
-	Boards []BoardConfig `toml:"-"`
-	// OpenBoard returns the Board for a board's config; nil means OpenBoard
-	// (by backend). Tests use it to keep hold of a SimBoard.
-	OpenBoard func(BoardConfig) (Board, error) `toml:"-"`
+	Boards []hardware.BoardConfig `toml:"-"`
+	// OpenBoard returns the Board for a board's config; nil means
+	// hardware.OpenBoard (by backend). Tests use it to keep hold of a
+	// hardware.SimBoard.
+	OpenBoard func(hardware.BoardConfig) (hardware.Board, error) `toml:"-"`
 
 	// Workers is how many requests of one kind (one subject of one board)
 	// run at once; Queue how many more may wait before RESOURCE_EXHAUSTED.
@@ -50,7 +53,8 @@ func DefaultConfig() Config {
 	}
 }
 
-// ErrConfig is wrapped by every error of Validate and of board loading.
+// ErrConfig is wrapped by every error of Validate. Errors of loading a
+// boards file wrap hardware.ErrConfig instead.
 var ErrConfig = errors.New("invalid fenrir config")
 
 // Validate reports the first unusable setting, naming its TOML key, and

@@ -8,25 +8,6 @@ import (
 	"github.com/loki-iot/loki/services/fenrir"
 )
 
-// FuzzParseBoards: any input either parses into boards that validate, or
-// fails with ErrConfig; it never panics.
-func FuzzParseBoards(f *testing.F) {
-	f.Add([]byte(goodBoard))
-	f.Add([]byte("[[boards]]\nname = \"x\"\nbackend = \"sim\"\n[[boards.pins]]\nname = \"a\"\nnumber = 1\n"))
-	f.Add([]byte("[[boards]]\nname = \"x\"\n"))
-	f.Fuzz(func(t *testing.T, data []byte) {
-		bs, err := fenrir.ParseBoards("fuzz.toml", data)
-		if err != nil {
-			return
-		}
-		for _, b := range bs {
-			if err := b.Validate(); err != nil {
-				t.Fatalf("parsed board %q does not validate: %v", b.Name, err)
-			}
-		}
-	})
-}
-
 // FuzzDecodeRequest: a request either decodes and re-encodes to something
 // that decodes the same, or is refused with INVALID_ARGUMENT.
 func FuzzDecodeRequest(f *testing.F) {

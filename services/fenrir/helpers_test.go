@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/loki-iot/loki/hardware"
 	"github.com/loki-iot/loki/internal/lokitest"
 	"github.com/loki-iot/loki/internal/natsrv"
 	"github.com/loki-iot/loki/internal/natstest"
@@ -32,11 +33,11 @@ type env struct {
 // and stimulate periph's fake pins under the service.
 type simBoards struct {
 	mu     sync.Mutex
-	boards map[string]*fenrir.SimBoard
+	boards map[string]*hardware.SimBoard
 }
 
-func (s *simBoards) open(cfg fenrir.BoardConfig) (fenrir.Board, error) {
-	b := fenrir.NewSimBoard(cfg)
+func (s *simBoards) open(cfg hardware.BoardConfig) (hardware.Board, error) {
+	b := hardware.NewSimBoard(cfg)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.boards[cfg.Name] = b
@@ -49,7 +50,7 @@ func (s *simBoards) fake(t testing.TB, name string) *gpiotest.Pin {
 	s.mu.Lock()
 	b := s.boards["sim"]
 	s.mu.Unlock()
-	for _, p := range fenrir.SimBoardConfig().Pins {
+	for _, p := range hardware.SimBoardConfig().Pins {
 		if p.Name == name {
 			io, err := b.Pin(p)
 			if err != nil {
@@ -72,13 +73,13 @@ func (s *simBoards) setInput(t testing.TB, name string, l gpio.Level) {
 	}
 }
 
-func simConfig() fenrir.BoardConfig {
-	b := fenrir.SimBoardConfig()
+func simConfig() hardware.BoardConfig {
+	b := hardware.SimBoardConfig()
 	b.SimMotionEvery = 0
 	return b
 }
 
-func testConfig(sim *simBoards, boards ...fenrir.BoardConfig) fenrir.Config {
+func testConfig(sim *simBoards, boards ...hardware.BoardConfig) fenrir.Config {
 	cfg := fenrir.DefaultConfig()
 	cfg.Boards = boards
 	cfg.OpenBoard = sim.open
@@ -90,7 +91,7 @@ func testConfig(sim *simBoards, boards ...fenrir.BoardConfig) fenrir.Config {
 func setup(t testing.TB) *env {
 	t.Helper()
 	srv := natstest.Start(t)
-	sim := &simBoards{boards: map[string]*fenrir.SimBoard{}}
+	sim := &simBoards{boards: map[string]*hardware.SimBoard{}}
 	startFenrir(t, srv, testConfig(sim, simConfig()))
 	nc := natstest.Connect(t, srv)
 	return &env{srv: srv, nc: nc, c: fenrir.NewClient(nc), sim: sim}

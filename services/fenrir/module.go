@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/loki-iot/loki/hardware"
 	"github.com/loki-iot/loki/internal/fault"
 	"github.com/loki-iot/loki/services/loki/engine"
 	"github.com/loki-iot/loki/subjects"
@@ -24,6 +25,14 @@ const (
 	areaActuator = "actuator"
 	areaBoard    = "board"
 )
+
+// trunc shortens s for error messages.
+func trunc(s string) string {
+	if len(s) <= 64 {
+		return s
+	}
+	return s[:64] + "..."
+}
 
 // maxActuatorValueBytes caps the JSON of an actuator value from a script.
 const maxActuatorValueBytes = 1 << 10
@@ -205,7 +214,7 @@ func (m *module) do(L *lua.LState, c *engine.Call, board, op string, req Request
 func (m *module) gpioRead(L *lua.LState, c *engine.Call) int {
 	board, pin := boardArg(L, "gpio.read", 1), pinArg(L, "gpio.read", 2)
 	m.check(L, c, areaGPIO, board, pin)
-	var st PinState
+	var st hardware.PinState
 	if err := json.Unmarshal(m.do(L, c, board, subjects.FenrirGPIORead, Request{Pin: pin}), &st); err != nil {
 		return fail(L, fault.Wrap(fault.Internal, err, "decode fenrir gpio.read reply: %v", err))
 	}
@@ -258,7 +267,7 @@ func (m *module) gpioPWM(L *lua.LState, c *engine.Call) int {
 // gpio.wait(board, pin [, edge [, timeout_seconds]]) → edge seen (boolean), level
 func (m *module) gpioWait(L *lua.LState, c *engine.Call) int {
 	board, pin := boardArg(L, "gpio.wait", 1), pinArg(L, "gpio.wait", 2)
-	edge := optString(L, "gpio.wait", 3, "edge", EdgeBoth)
+	edge := optString(L, "gpio.wait", 3, "edge", hardware.EdgeBoth)
 	secs := number(L, "gpio.wait", 4, "timeout_seconds", true, 1)
 	if secs <= 0 || secs > float64(math.MaxInt64/int64(time.Second)) {
 		return badArg(L, "gpio.wait", 4, "timeout_seconds must be above 0, got %v", secs)
@@ -268,7 +277,7 @@ func (m *module) gpioWait(L *lua.LState, c *engine.Call) int {
 		timeout = max(min(timeout, time.Until(dl)), time.Millisecond)
 	}
 	m.check(L, c, areaGPIO, board, pin)
-	var e Edge
+	var e hardware.Edge
 	data := m.do(L, c, board, subjects.FenrirGPIOWait, Request{Pin: pin, Edge: edge, Timeout: timeout.String()})
 	if err := json.Unmarshal(data, &e); err != nil {
 		return fail(L, fault.Wrap(fault.Internal, err, "decode fenrir gpio.wait reply: %v", err))

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/loki-iot/loki/hardware"
 	"github.com/loki-iot/loki/internal/fault"
 	"github.com/loki-iot/loki/internal/lokitest"
 	"github.com/loki-iot/loki/services/fenrir"
@@ -97,7 +98,7 @@ return fenrir.gpio.read(board, pin)`) +
 		{name: "unknown sensor", tool: "sensor", args: `{"value":"co2"}`, wantCode: fault.NotFound},
 		{name: "actuator", tool: "actuate", args: `{"pin":"fan","value":{"speed":0.5,"direction":"reverse"}}`, want: map[string]any{"name": "fan", "kind": "motor", "on": true, "level": 0.5, "direction": "reverse"}},
 		{name: "actuator bad value", tool: "actuate", args: `{"pin":"led","value":"bright"}`, wantCode: fault.ScriptError},
-		{name: "list", tool: "list", args: `{}`, want: map[string]any{"name": "sim", "pins": float64(len(fenrir.SimBoardConfig().Pins))}},
+		{name: "list", tool: "list", args: `{}`, want: map[string]any{"name": "sim", "pins": float64(len(hardware.SimBoardConfig().Pins))}},
 		{name: "pin grant by name", tool: "aux_only", args: `{"pin":"aux"}`, want: 1.0},
 		{name: "pin grant by number", tool: "aux_only", args: `{"pin":5}`, want: 1.0},
 		{name: "pin grant other pin", tool: "aux_only", args: `{"pin":"button"}`, wantCode: fault.PermissionDenied, wantMsg: "fenrir.gpio:sim/button"},

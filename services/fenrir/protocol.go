@@ -8,7 +8,6 @@ import (
 	"math"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/loki-iot/loki/internal/fault"
 )
@@ -17,23 +16,6 @@ import (
 // ("1.5s"); the service bounds the request by it (capped at
 // Config.MaxRequestTimeout).
 const HeaderTimeout = "Fenrir-Timeout"
-
-// Pin modes and pulls.
-const (
-	ModeIn  = "in"
-	ModeOut = "out"
-
-	PullUp   = "up"
-	PullDown = "down"
-	PullNone = "none"
-)
-
-// Edges gpio.wait can wait for.
-const (
-	EdgeRising  = "rising"
-	EdgeFalling = "falling"
-	EdgeBoth    = "both"
-)
 
 // MaxRequestBytes caps a request body.
 const MaxRequestBytes = 4 << 10
@@ -131,68 +113,3 @@ func jsonKind(kind string) string {
 	}
 	return "a " + kind
 }
-
-// PinState is a pin as gpio.read, gpio.write, gpio.mode and gpio.pwm answer
-// it, and as board.list lists it.
-type PinState struct {
-	Name   string `json:"name"`
-	Number int    `json:"number"`
-	Mode   string `json:"mode"`
-	Pull   string `json:"pull"`
-	Level  int    `json:"level"`
-	// Duty and Hz are set while the pin outputs PWM.
-	Duty float64 `json:"duty,omitempty"`
-	Hz   float64 `json:"hz,omitempty"`
-	// WiredTo names the sensor or actuator on the pin, if any.
-	WiredTo string `json:"wired_to,omitempty"`
-}
-
-// Edge is the answer of gpio.wait. On timeout Edge is false and Level is
-// the pin's level then: a timeout is a result, not an error.
-type Edge struct {
-	Pin   string  `json:"pin"`
-	Edge  bool    `json:"edge"`
-	Level int     `json:"level"`
-	At    float64 `json:"at"`
-}
-
-// Reading is a sensor value: Value is a number (°C, %RH, hPa) or, for
-// motion, a boolean; At is Unix time in seconds.
-type Reading struct {
-	Sensor string  `json:"sensor"`
-	Kind   string  `json:"kind"`
-	Value  any     `json:"value"`
-	Unit   string  `json:"unit"`
-	At     float64 `json:"at"`
-}
-
-// ActuatorState is an actuator's state after actuator.set, and as
-// board.list lists it. Level is 0..1: brightness of an LED, 0 or 1 for a
-// relay, speed of a motor (Direction "forward" or "reverse").
-type ActuatorState struct {
-	Name      string  `json:"name"`
-	Kind      string  `json:"kind"`
-	On        bool    `json:"on"`
-	Level     float64 `json:"level"`
-	Direction string  `json:"direction,omitempty"`
-}
-
-// SensorInfo describes a sensor in board.list.
-type SensorInfo struct {
-	Name   string `json:"name"`
-	Kind   string `json:"kind"`
-	Driver string `json:"driver"`
-	Unit   string `json:"unit"`
-	Pin    string `json:"pin,omitempty"`
-}
-
-// BoardInfo is the answer of board.list.
-type BoardInfo struct {
-	Name      string          `json:"name"`
-	Backend   string          `json:"backend"`
-	Pins      []PinState      `json:"pins"`
-	Sensors   []SensorInfo    `json:"sensors"`
-	Actuators []ActuatorState `json:"actuators"`
-}
-
-func unixSeconds(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }

@@ -2,10 +2,11 @@
 // actuators through periph.io. It serves the NATS micro service "fenrir"
 // with one set of subjects per board it owns, fenrir.<board>.<area>.<op>,
 // so many boards — one Fenrir instance per host they are wired to — share
-// one bus. Each board is described in TOML (LoadBoards) and runs on a
-// backend: "periph" for real hardware (Raspberry Pi-class boards), "sim"
-// for a simulated board built from periph.io's own fakes, with the same
-// driver code above it.
+// one bus. Each board is described in TOML (hardware.LoadBoards) and runs
+// on a backend: "periph" for real hardware (Raspberry Pi-class boards),
+// "sim" for a simulated board built from periph.io's own fakes, with the
+// same driver code above it. The boards themselves are package hardware;
+// this package serves them over NATS.
 //
 // Scripts reach it through the Lua module returned by NewModule; Go programs
 // through Client. The protocol and design choices are in docs/FENRIR.md.
@@ -17,9 +18,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"strings"
 	"time"
 
+	"github.com/loki-iot/loki/hardware"
 	"github.com/loki-iot/loki/internal/fault"
 	"github.com/loki-iot/loki/internal/microsvc"
 	"github.com/loki-iot/loki/internal/middleware"
@@ -58,11 +61,6 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Service, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	boards := make([]BoardConfig, len(cfg.Boards))
-	for i, b := range cfg.Boards {
-		boards[i], _ = b.normalized() // Validate has checked it
-	}
-	cfg.Boards = boards
 	return &Service{cfg: cfg, nc: nc, log: log.With("component", "fenrir"), ready: make(chan struct{})}, nil
 }
 
@@ -73,11 +71,11 @@ func (s *Service) Ready() <-chan struct{} { return s.ready }
 // serves one of them, serves until ctx is cancelled, then stops taking
 // requests, waits up to DrainTimeout for running ones and closes the boards.
 func (s *Service) Run(ctx context.Context) (err error) {
-	devices := make([]*device, 0, len(s.cfg.Boards))
+	devices := make([]*hardware.Device, 0, len(s.cfg.Boards))
 	defer func() {
 		for _, d := range devices {
-			if cerr := d.close(); cerr != nil {
-				s.log.Warn("close board", logKeyBoard, d.cfg.Name, logKeyErr, cerr)
+			if cerr := d.Close(); cerr != nil {
+				s.log.Warn("close board", logKeyBoard, d.Config().Name, logKeyErr, cerr)
 			}
 		}
 	}()
@@ -87,13 +85,13 @@ func (s *Service) Run(ctx context.Context) (err error) {
 		}
 		open := s.cfg.OpenBoard
 		if open == nil {
-			open = OpenBoard
+			open = hardware.OpenBoard
 		}
 		b, err := open(bc)
 		if err != nil {
 			return fmt.Errorf("fenrir: %w", err)
 		}
-		d, err := openDevice(bc, b)
+		d, err := hardware.NewDevice(bc, b)
 		if err != nil {
 			_ = b.Close()
 			return fmt.Errorf("fenrir: %w", err)
@@ -102,7 +100,7 @@ func (s *Service) Run(ctx context.Context) (err error) {
 	}
 	names := make([]string, len(devices))
 	for i, d := range devices {
-		names[i] = d.cfg.Name
+		names[i] = d.Config().Name
 	}
 	svc, err := microsvc.Start(s.nc, microsvc.Config{
 		Metrics:     s.cfg.Metrics,
@@ -118,7 +116,7 @@ func (s *Service) Run(ctx context.Context) (err error) {
 	var endpoints []microsvc.Endpoint
 	for _, d := range devices {
 		for _, o := range s.ops(d) {
-			subj, err := subjects.FenrirOp(d.cfg.Name, o.op)
+			subj, err := subjects.FenrirOp(d.Config().Name, o.op)
 			if err != nil {
 				_ = svc.Stop(s.cfg.DrainTimeout)
 				return fmt.Errorf("fenrir: %w", err)
@@ -128,11 +126,11 @@ func (s *Service) Run(ctx context.Context) (err error) {
 				timeout = s.cfg.MaxEdgeWait
 			}
 			endpoints = append(endpoints, microsvc.Endpoint{
-				Name:    d.cfg.Name + "_" + strings.ReplaceAll(o.op, ".", "_"),
+				Name:    d.Config().Name + "_" + strings.ReplaceAll(o.op, ".", "_"),
 				Subject: subj,
 				Handler: middleware.ErrorLog(s.log, subj, middleware.Deadline(HeaderTimeout, timeout, s.cfg.MaxRequestTimeout, o.handler)),
 				Workers: s.cfg.Workers, Queue: s.cfg.Queue,
-				Metadata: map[string]string{"board": d.cfg.Name},
+				Metadata: map[string]string{"board": d.Config().Name},
 			})
 		}
 	}
@@ -141,7 +139,7 @@ func (s *Service) Run(ctx context.Context) (err error) {
 	}
 	close(s.ready)
 	for _, d := range devices {
-		s.log.Debug("fenrir serving board", logKeyBoard, d.cfg.Name, logKeyBackend, d.cfg.Backend)
+		s.log.Debug("fenrir serving board", logKeyBoard, d.Config().Name, logKeyBackend, d.Config().Backend)
 	}
 	<-ctx.Done()
 	return svc.Stop(s.cfg.DrainTimeout)
@@ -175,42 +173,54 @@ type boardOp struct {
 	handler microsvc.Handler
 }
 
-func (s *Service) ops(d *device) []boardOp {
+func (s *Service) ops(d *hardware.Device) []boardOp {
 	return []boardOp{
-		{subjects.FenrirGPIORead, handle(d, func(_ context.Context, r Request) (any, error) { return d.read(r.Pin) })},
-		{subjects.FenrirGPIOWrite, handle(d, func(_ context.Context, r Request) (any, error) { return d.write(r.Pin, r.Level) })},
-		{subjects.FenrirGPIOMode, handle(d, func(_ context.Context, r Request) (any, error) { return d.setMode(r.Pin, r.Mode, r.Pull) })},
-		{subjects.FenrirGPIOPWM, handle(d, func(_ context.Context, r Request) (any, error) { return d.pwm(r.Pin, r.Duty, r.Hz) })},
+		{subjects.FenrirGPIORead, handle(d, func(_ context.Context, r Request) (any, error) { return d.Read(r.Pin) })},
+		{subjects.FenrirGPIOWrite, handle(d, func(_ context.Context, r Request) (any, error) {
+			level := -1 // a missing level is refused as an invalid one
+			if r.Level != nil {
+				level = *r.Level
+			}
+			return d.Write(r.Pin, level)
+		})},
+		{subjects.FenrirGPIOMode, handle(d, func(_ context.Context, r Request) (any, error) { return d.SetMode(r.Pin, r.Mode, r.Pull) })},
+		{subjects.FenrirGPIOPWM, handle(d, func(_ context.Context, r Request) (any, error) {
+			duty := math.NaN() // a missing duty is refused as an invalid one
+			if r.Duty != nil {
+				duty = *r.Duty
+			}
+			return d.PWM(r.Pin, duty, r.Hz)
+		})},
 		{subjects.FenrirGPIOWait, handle(d, func(ctx context.Context, r Request) (any, error) {
 			timeout, err := s.edgeTimeout(d, r)
 			if err != nil {
 				return nil, err
 			}
-			return d.waitEdge(ctx, r.Pin, r.Edge, timeout)
+			return d.WaitEdge(ctx, r.Pin, r.Edge, timeout)
 		})},
-		{subjects.FenrirSensorRead, handle(d, func(_ context.Context, r Request) (any, error) { return d.readSensor(r.Name) })},
-		{subjects.FenrirActuatorSet, handle(d, func(_ context.Context, r Request) (any, error) { return d.setActuator(r.Name, r.Value) })},
-		{subjects.FenrirBoardList, handle(d, func(context.Context, Request) (any, error) { return d.list(), nil })},
+		{subjects.FenrirSensorRead, handle(d, func(_ context.Context, r Request) (any, error) { return d.ReadSensor(r.Name) })},
+		{subjects.FenrirActuatorSet, handle(d, func(_ context.Context, r Request) (any, error) { return d.SetActuator(r.Name, r.Value) })},
+		{subjects.FenrirBoardList, handle(d, func(context.Context, Request) (any, error) { return d.Info(), nil })},
 	}
 }
 
 // edgeTimeout is the wait's timeout: required, positive, at most MaxEdgeWait.
-func (s *Service) edgeTimeout(d *device, r Request) (time.Duration, error) {
+func (s *Service) edgeTimeout(d *hardware.Device, r Request) (time.Duration, error) {
 	if r.Timeout == "" {
-		return 0, fault.New(fault.InvalidArgument, "board %q: gpio.wait: timeout is required (a duration such as \"5s\")", d.cfg.Name)
+		return 0, fault.New(fault.InvalidArgument, "board %q: gpio.wait: timeout is required (a duration such as \"5s\")", d.Config().Name)
 	}
 	t, err := time.ParseDuration(r.Timeout)
 	if err != nil || t <= 0 {
-		return 0, fault.New(fault.InvalidArgument, "board %q: gpio.wait: timeout %q must be a positive duration such as \"5s\"", d.cfg.Name, trunc(r.Timeout))
+		return 0, fault.New(fault.InvalidArgument, "board %q: gpio.wait: timeout %q must be a positive duration such as \"5s\"", d.Config().Name, trunc(r.Timeout))
 	}
 	if t > s.cfg.MaxEdgeWait {
-		return 0, fault.New(fault.InvalidArgument, "board %q: gpio.wait: timeout %v is over the limit of %v", d.cfg.Name, t, s.cfg.MaxEdgeWait)
+		return 0, fault.New(fault.InvalidArgument, "board %q: gpio.wait: timeout %v is over the limit of %v", d.Config().Name, t, s.cfg.MaxEdgeWait)
 	}
 	return t, nil
 }
 
 // handle decodes the request, runs op and encodes its answer as JSON.
-func handle(d *device, op func(context.Context, Request) (any, error)) microsvc.Handler {
+func handle(d *hardware.Device, op func(context.Context, Request) (any, error)) microsvc.Handler {
 	return func(ctx context.Context, r *microsvc.Request) ([]byte, nats.Header, error) {
 		req, err := DecodeRequest(r.Data())
 		if err != nil {
@@ -222,7 +232,7 @@ func handle(d *device, op func(context.Context, Request) (any, error)) microsvc.
 		}
 		b, err := json.Marshal(v)
 		if err != nil {
-			return nil, nil, fmt.Errorf("board %q: encode reply: %w", d.cfg.Name, err)
+			return nil, nil, fmt.Errorf("board %q: encode reply: %w", d.Config().Name, err)
 		}
 		return b, nil, nil
 	}

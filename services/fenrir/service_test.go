@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/loki-iot/loki/hardware"
 	"github.com/loki-iot/loki/internal/fault"
 	"github.com/loki-iot/loki/internal/microsvc"
 	"github.com/loki-iot/loki/internal/natstest"
@@ -25,7 +26,7 @@ func TestGPIOWriteRead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Level != 1 || st.Mode != fenrir.ModeOut || st.Number != 5 {
+	if st.Level != 1 || st.Mode != hardware.ModeOut || st.Number != 5 {
 		t.Fatalf("write answered %+v, want aux=5 out level 1", st)
 	}
 	if l := e.sim.fake(t, "aux").Read(); l != gpio.High {
@@ -44,7 +45,7 @@ func TestGPIOWriteRead(t *testing.T) {
 	}
 	// A button with a pull-up reads high until pressed.
 	st, err = e.c.Read(ctx, "sim", "button")
-	if err != nil || st.Level != 1 || st.Pull != fenrir.PullUp {
+	if err != nil || st.Level != 1 || st.Pull != hardware.PullUp {
 		t.Fatalf("read button: got %+v %v, want level 1 with pull up", st, err)
 	}
 	e.sim.setInput(t, "button", gpio.Low)
@@ -107,7 +108,7 @@ func TestGPIOErrors(t *testing.T) {
 	}
 	// Nothing was half-applied: aux is still a low output, no PWM.
 	st, err := e.c.Read(ctx, "sim", "aux")
-	if err != nil || st.Mode != fenrir.ModeOut || st.Level != 0 || st.Duty != 0 {
+	if err != nil || st.Mode != hardware.ModeOut || st.Level != 0 || st.Duty != 0 {
 		t.Fatalf("aux after refused requests: got %+v %v, want a low output without PWM", st, err)
 	}
 }
@@ -173,15 +174,15 @@ func TestModeAndPWM(t *testing.T) {
 		t.Fatalf("fake pin aux: duty %v at %v, want %v at 2kHz", d, f, gpio.DutyMax/4)
 	}
 	// Turning aux into an input with a pull-up ends the PWM.
-	st, err = e.c.Mode(ctx, "sim", "aux", fenrir.ModeIn, fenrir.PullUp)
-	if err != nil || st.Mode != fenrir.ModeIn || st.Pull != fenrir.PullUp || st.Duty != 0 || st.Level != 1 {
+	st, err = e.c.Mode(ctx, "sim", "aux", hardware.ModeIn, hardware.PullUp)
+	if err != nil || st.Mode != hardware.ModeIn || st.Pull != hardware.PullUp || st.Duty != 0 || st.Level != 1 {
 		t.Fatalf("mode in/up: got %+v %v", st, err)
 	}
 	if p := fake.Pull(); p != gpio.PullUp {
 		t.Fatalf("fake pin aux pull %v, want PullUp", p)
 	}
 	// The button becomes an output a script can drive.
-	if _, err := e.c.Mode(ctx, "sim", "button", fenrir.ModeOut, ""); err != nil {
+	if _, err := e.c.Mode(ctx, "sim", "button", hardware.ModeOut, ""); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.c.Write(ctx, "sim", "button", 1); err != nil {
@@ -194,19 +195,19 @@ func TestEdgeWait(t *testing.T) {
 	ctx := ctxT(t)
 
 	t.Run("times out", func(t *testing.T) {
-		got, err := e.c.WaitEdge(ctx, "sim", "button", fenrir.EdgeFalling, 50*time.Millisecond)
+		got, err := e.c.WaitEdge(ctx, "sim", "button", hardware.EdgeFalling, 50*time.Millisecond)
 		if err != nil || got.Edge || got.Level != 1 {
 			t.Fatalf("got %+v %v, want no edge, level 1", got, err)
 		}
 	})
 	t.Run("falling", func(t *testing.T) {
 		type result struct {
-			e   fenrir.Edge
+			e   hardware.Edge
 			err error
 		}
 		done := make(chan result, 1)
 		go func() {
-			e, err := e.c.WaitEdge(ctx, "sim", "button", fenrir.EdgeFalling, 15*time.Second)
+			e, err := e.c.WaitEdge(ctx, "sim", "button", hardware.EdgeFalling, 15*time.Second)
 			done <- result{e, err}
 		}()
 		e.sim.setInput(t, "button", gpio.Low)
@@ -220,12 +221,12 @@ func TestEdgeWait(t *testing.T) {
 		// press and release arrive, only the release counts.
 		e.sim.setInput(t, "button", gpio.High)
 		e.sim.setInput(t, "button", gpio.Low)
-		if _, err := e.c.Mode(ctx, "sim", "button", fenrir.ModeIn, fenrir.PullNone); err != nil { // flushes old edges
+		if _, err := e.c.Mode(ctx, "sim", "button", hardware.ModeIn, hardware.PullNone); err != nil { // flushes old edges
 			t.Fatal(err)
 		}
-		done := make(chan fenrir.Edge, 1)
+		done := make(chan hardware.Edge, 1)
 		go func() {
-			got, err := e.c.WaitEdge(ctx, "sim", "button", fenrir.EdgeRising, 15*time.Second)
+			got, err := e.c.WaitEdge(ctx, "sim", "button", hardware.EdgeRising, 15*time.Second)
 			if err != nil {
 				t.Error(err)
 			}
@@ -243,7 +244,7 @@ func TestEdgeWait(t *testing.T) {
 		defer cancel()
 		// The caller's deadline, passed in the request, ends the wait
 		// well before its own timeout.
-		got, err := e.c.WaitEdge(short, "sim", "pir_pin", fenrir.EdgeRising, 10*time.Minute)
+		got, err := e.c.WaitEdge(short, "sim", "pir_pin", hardware.EdgeRising, 10*time.Minute)
 		if err == nil && got.Edge {
 			t.Fatalf("got %+v, want no edge", got)
 		}
@@ -290,7 +291,7 @@ func TestSensors(t *testing.T) {
 func TestActuators(t *testing.T) {
 	e := setup(t)
 	ctx := ctxT(t)
-	set := func(name string, v any) fenrir.ActuatorState {
+	set := func(name string, v any) hardware.ActuatorState {
 		t.Helper()
 		st, err := e.c.SetActuator(ctx, "sim", name, v)
 		if err != nil {
@@ -335,7 +336,7 @@ func TestActuators(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	states := map[string]fenrir.ActuatorState{}
+	states := map[string]hardware.ActuatorState{}
 	for _, a := range info.Actuators {
 		states[a.Name] = a
 	}
@@ -386,8 +387,8 @@ func TestBoardList(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := fenrir.SimBoardConfig()
-	if info.Name != "sim" || info.Backend != fenrir.BackendSim || len(info.Pins) != len(cfg.Pins) ||
+	cfg := hardware.SimBoardConfig()
+	if info.Name != "sim" || info.Backend != hardware.BackendSim || len(info.Pins) != len(cfg.Pins) ||
 		len(info.Sensors) != len(cfg.Sensors) || len(info.Actuators) != len(cfg.Actuators) {
 		t.Fatalf("got %+v, want the sim board's %d pins, %d sensors, %d actuators", info, len(cfg.Pins), len(cfg.Sensors), len(cfg.Actuators))
 	}
@@ -401,7 +402,7 @@ func TestBoardList(t *testing.T) {
 func TestBoardOwnership(t *testing.T) {
 	e := setup(t)
 	ctx := ctxT(t)
-	sim := &simBoards{boards: map[string]*fenrir.SimBoard{}}
+	sim := &simBoards{boards: map[string]*hardware.SimBoard{}}
 	svc, err := fenrir.New(testConfig(sim, simConfig()), natstest.Connect(t, e.srv), quietLog())
 	if err != nil {
 		t.Fatal(err)
@@ -443,7 +444,7 @@ func TestConfigRefusesNoBoards(t *testing.T) {
 
 // noEdgeBoard is a sim board whose lines cannot detect edges, as some
 // hosts' GPIO drivers cannot.
-type noEdgeBoard struct{ *fenrir.SimBoard }
+type noEdgeBoard struct{ *hardware.SimBoard }
 
 type noEdgePin struct{ gpio.PinIO }
 
@@ -454,7 +455,7 @@ func (p noEdgePin) In(pull gpio.Pull, edge gpio.Edge) error {
 	return p.PinIO.In(pull, edge)
 }
 
-func (b noEdgeBoard) Pin(pc fenrir.PinConfig) (gpio.PinIO, error) {
+func (b noEdgeBoard) Pin(pc hardware.PinConfig) (gpio.PinIO, error) {
 	p, err := b.SimBoard.Pin(pc)
 	return noEdgePin{p}, err
 }
@@ -465,8 +466,8 @@ func (b noEdgeBoard) Pin(pc fenrir.PinConfig) (gpio.PinIO, error) {
 func TestNoEdgeDetection(t *testing.T) {
 	srv := natstest.Start(t)
 	cfg := testConfig(nil, simConfig())
-	cfg.OpenBoard = func(bc fenrir.BoardConfig) (fenrir.Board, error) {
-		return noEdgeBoard{fenrir.NewSimBoard(bc)}, nil
+	cfg.OpenBoard = func(bc hardware.BoardConfig) (hardware.Board, error) {
+		return noEdgeBoard{hardware.NewSimBoard(bc)}, nil
 	}
 	startFenrir(t, srv, cfg)
 	c := fenrir.NewClient(natstest.Connect(t, srv))
@@ -474,7 +475,7 @@ func TestNoEdgeDetection(t *testing.T) {
 	if st, err := c.Read(ctx, "sim", "button"); err != nil || st.Level != 1 {
 		t.Fatalf("read button: got %+v %v, want level 1", st, err)
 	}
-	_, err := c.WaitEdge(ctx, "sim", "button", fenrir.EdgeFalling, time.Second)
+	_, err := c.WaitEdge(ctx, "sim", "button", hardware.EdgeFalling, time.Second)
 	wantCode(t, err, fault.FailedPrecondition)
 	if !strings.Contains(err.Error(), "cannot detect edges on line GPIO23") {
 		t.Fatalf("got %q, want it to name the line", err)

@@ -1,8 +1,9 @@
-package fenrir
+package hardware
 
 import (
 	"bytes"
 	_ "embed"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -10,8 +11,11 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
-	"github.com/loki-iot/loki/subjects"
 )
+
+// ErrConfig is wrapped by every error of LoadBoards and ParseBoards, and by
+// NewDevice's error for an invalid BoardConfig.
+var ErrConfig = errors.New("invalid board config")
 
 // Backends a board may use.
 const (
@@ -24,18 +28,54 @@ const (
 
 // Sensor kinds, drivers and actuator kinds.
 const (
+	// KindTemperature is a temperature sensor; its value is in °C.
 	KindTemperature = "temperature"
-	KindHumidity    = "humidity"
-	KindPressure    = "pressure"
-	KindMotion      = "motion"
+	// KindHumidity is a relative humidity sensor; its value is in %RH.
+	KindHumidity = "humidity"
+	// KindPressure is a barometric pressure sensor; its value is in hPa.
+	KindPressure = "pressure"
+	// KindMotion is a motion sensor; its value is a boolean.
+	KindMotion = "motion"
 
+	// DriverBME280 is a Bosch BME280 (temperature, humidity, pressure) on I²C.
 	DriverBME280 = "bme280"
+	// DriverBMP280 is a Bosch BMP280 (temperature, pressure) on I²C.
 	DriverBMP280 = "bmp280"
-	DriverPIR    = "pir"
+	// DriverPIR is a PIR motion sensor whose output is an input pin.
+	DriverPIR = "pir"
 
-	KindLED   = "led"
+	// KindLED is an LED on an output pin: on/off or brightness 0..1 (PWM).
+	KindLED = "led"
+	// KindRelay is a relay on an output pin: on or off.
 	KindRelay = "relay"
+	// KindMotor is a motor: speed 0..1 as PWM on its pin, direction as the
+	// level of its dir_pin.
 	KindMotor = "motor"
+)
+
+// Pin modes and pulls.
+const (
+	// ModeIn is an input pin.
+	ModeIn = "in"
+	// ModeOut is an output pin.
+	ModeOut = "out"
+
+	// PullUp pulls an input up.
+	PullUp = "up"
+	// PullDown pulls an input down.
+	PullDown = "down"
+	// PullNone leaves an input floating; outputs always report it.
+	PullNone = "none"
+)
+
+// Edges Device.WaitEdge can wait for.
+const (
+	// EdgeRising is a low-to-high transition.
+	EdgeRising = "rising"
+	// EdgeFalling is a high-to-low transition.
+	EdgeFalling = "falling"
+	// EdgeBoth is either transition.
+	EdgeBoth = "both"
 )
 
 // BoardConfig describes one board: its pins, and the sensors and actuators
@@ -51,15 +91,22 @@ type BoardConfig struct {
 	// (0: never). Ignored by other backends.
 	SimMotionEvery time.Duration `toml:"sim_motion_every"`
 
-	Pins      []PinConfig      `toml:"pins"`
-	Sensors   []SensorConfig   `toml:"sensors"`
+	// Pins are the board's GPIO pins; sensors and actuators refer to them
+	// by name.
+	Pins []PinConfig `toml:"pins"`
+	// Sensors are the board's sensors.
+	Sensors []SensorConfig `toml:"sensors"`
+	// Actuators are the board's actuators.
 	Actuators []ActuatorConfig `toml:"actuators"`
 }
 
 // PinConfig describes one GPIO pin. Scripts address it by Name or Number.
 type PinConfig struct {
-	Name   string `toml:"name"`
-	Number int    `toml:"number"`
+	// Name is unique on the board among pins, sensors and actuators: 1 to
+	// 64 of [A-Za-z0-9_-], not a number.
+	Name string `toml:"name"`
+	// Number is the pin's number (0 to 4095), unique on the board.
+	Number int `toml:"number"`
 	// Line is the periph gpioreg name; default "GPIO<number>".
 	Line string `toml:"line"`
 	// Mode is the initial direction: "in" (default) or "out".
@@ -72,20 +119,28 @@ type PinConfig struct {
 // pressure (drivers bme280 or bmp280 on the board's I²C bus at Addr) or
 // motion (driver pir on input pin Pin).
 type SensorConfig struct {
-	Name   string `toml:"name"`
-	Kind   string `toml:"kind"`
+	// Name is unique on the board, as PinConfig.Name.
+	Name string `toml:"name"`
+	// Kind is KindTemperature, KindHumidity, KindPressure or KindMotion.
+	Kind string `toml:"kind"`
+	// Driver is DriverBME280 or DriverBMP280 (I²C kinds) or DriverPIR (motion).
 	Driver string `toml:"driver"`
 	// Addr is the I²C address: 0x76 (default) or 0x77.
 	Addr uint16 `toml:"i2c_addr"`
-	Pin  string `toml:"pin"`
+	// Pin names the input pin of a motion sensor; I²C sensors take none.
+	Pin string `toml:"pin"`
 }
 
 // ActuatorConfig describes one actuator: an LED or relay on output pin Pin,
 // or a motor whose speed is PWM on Pin and direction the level of DirPin.
 type ActuatorConfig struct {
-	Name   string `toml:"name"`
-	Kind   string `toml:"kind"`
-	Pin    string `toml:"pin"`
+	// Name is unique on the board, as PinConfig.Name.
+	Name string `toml:"name"`
+	// Kind is KindLED, KindRelay or KindMotor.
+	Kind string `toml:"kind"`
+	// Pin names the output pin that drives the actuator.
+	Pin string `toml:"pin"`
+	// DirPin names a motor's direction output pin (low forward, high reverse).
 	DirPin string `toml:"dir_pin"`
 	// PWMHz is the PWM frequency for LED brightness and motor speed; default 1000.
 	PWMHz float64 `toml:"pwm_hz"`
@@ -95,13 +150,13 @@ type ActuatorConfig struct {
 var simBoardTOML []byte
 
 // SimBoardConfig returns the built-in simulated board "sim" that `loki up`
-// serves: an LED, a relay, a motor "fan", a PIR motion sensor (motion every
+// serves (a new copy on every call): an LED, a relay, a motor "fan", a PIR motion sensor (motion every
 // 20s), a button, a free output pin "aux" and a BME280 (temperature,
 // humidity, pressure). See sim_board.toml.
 func SimBoardConfig() BoardConfig {
 	bs, err := ParseBoards("sim_board.toml", simBoardTOML)
 	if err != nil || len(bs) != 1 {
-		panic(fmt.Sprintf("fenrir: built-in sim board: %v", err)) // a build defect, caught by tests
+		panic(fmt.Sprintf("hardware: built-in sim board: %v", err)) // a build defect, caught by tests
 	}
 	return bs[0]
 }
@@ -117,7 +172,9 @@ func LoadBoards(path string) ([]BoardConfig, error) {
 	return ParseBoards(path, data)
 }
 
-// ParseBoards is LoadBoards on data read from file (used in messages).
+// ParseBoards is LoadBoards on data read from file (file is only used in
+// messages). The boards it returns are valid and have their defaults filled
+// in.
 func ParseBoards(file string, data []byte) ([]BoardConfig, error) {
 	var f struct {
 		Boards []BoardConfig `toml:"boards"`
@@ -147,6 +204,23 @@ func ParseBoards(file string, data []byte) ([]BoardConfig, error) {
 	return f.Boards, nil
 }
 
+// validName reports whether name can name a board, pin, sensor or actuator:
+// 1 to 64 of [A-Za-z0-9_-]. Fenrir puts these names in NATS subjects and grant
+// scopes, so it is the rule of subjects.ValidFenrirName (which the package
+// does not import: subjects depends on the NATS client).
+func validName(name string) bool {
+	if len(name) == 0 || len(name) > 64 {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
 // keyLine guesses the line of an undecoded key: the first line assigning
 // its last part (1 when not found).
 func keyLine(data []byte, k toml.Key) int {
@@ -161,7 +235,9 @@ func keyLine(data []byte, k toml.Key) int {
 }
 
 // Validate reports the first problem of the board: names, pins, drivers and
-// references between them.
+// references between them. The error describes the problem within the board
+// (it neither names the board nor wraps ErrConfig); nil means NewDevice
+// accepts the board.
 func (b BoardConfig) Validate() error {
 	_, err := b.normalized()
 	return err
@@ -179,7 +255,7 @@ func (b BoardConfig) normalized() (BoardConfig, error) {
 
 // normalize fills defaults and validates.
 func (b *BoardConfig) normalize() error {
-	if err := subjects.ValidFenrirName(b.Name); err != nil {
+	if !validName(b.Name) {
 		return fmt.Errorf("name must be 1 to 64 of [A-Za-z0-9_-]")
 	}
 	switch b.Backend {
@@ -194,7 +270,7 @@ func (b *BoardConfig) normalize() error {
 	}
 	names := map[string]string{} // every name on the board, to its kind
 	claim := func(kind, name string) error {
-		if err := subjects.ValidFenrirName(name); err != nil {
+		if !validName(name) {
 			return fmt.Errorf("%s name %q must be 1 to 64 of [A-Za-z0-9_-]", kind, name)
 		}
 		if _, err := strconv.Atoi(name); err == nil {

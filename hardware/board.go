@@ -1,4 +1,17 @@
-package fenrir
+// Package hardware is one implementation of a board: its configuration
+// (LoadBoards, ParseBoards, SimBoardConfig), where its pins and I²C bus come
+// from (Board: PeriphBoard for real hardware through periph.io, SimBoard
+// built from periph.io's fakes) and the runtime that drives them (Device:
+// pins, PWM, edge waits, BME280/BMP280 and PIR sensors, LEDs, relays and
+// motors). Fenrir serves a Device over NATS; the Jotunheim device agent
+// serves one over MQTT. The package imports no NATS and no Lua, so it can
+// run on a device (a test checks its dependencies).
+//
+// Errors of a Device operation are *fault.Error values: INVALID_ARGUMENT for
+// a bad argument, NOT_FOUND for an unknown pin, sensor or actuator,
+// FAILED_PRECONDITION for an operation the pin's state forbids, UNAVAILABLE
+// when the hardware itself fails.
+package hardware
 
 import (
 	"fmt"

@@ -1,4 +1,4 @@
-package fenrir
+package hardware
 
 import (
 	"context"
@@ -23,11 +23,13 @@ var pulls = map[string]gpio.Pull{PullUp: gpio.PullUp, PullDown: gpio.PullDown, P
 // lowers noise the drifting room values do not need.
 var sensorOpts = bmxx80.Opts{Temperature: bmxx80.O1x, Pressure: bmxx80.O1x, Humidity: bmxx80.O1x}
 
-// device is one board as Fenrir drives it: its pins with their state, its
-// sensors and its actuators. Every operation on a pin holds that pin's
-// lock, so writes to one pin are serialized; edge waits have a lock of
-// their own, so a wait does not hold up reads of the pin.
-type device struct {
+// Device is one board as Fenrir and the device agent drive it: its pins
+// with their state, its sensors and its actuators. It is safe for
+// concurrent use: every operation on a pin holds that pin's lock, so writes
+// to one pin are serialized; edge waits have a lock of their own, so a wait
+// does not hold up reads of the pin. Errors are *fault.Error values (see
+// the package documentation).
+type Device struct {
 	cfg   BoardConfig
 	board Board
 
@@ -68,9 +70,16 @@ type actuator struct {
 	reversed bool
 }
 
-// openDevice opens every pin of cfg on board and sets its configured mode.
-func openDevice(cfg BoardConfig, board Board) (*device, error) {
-	d := &device{
+// NewDevice validates cfg (an invalid board is an error wrapping ErrConfig),
+// fills in its defaults, opens every pin of cfg on board and sets its
+// configured mode. On success the Device owns board and Close closes it; on
+// error the caller still owns board and closes it.
+func NewDevice(cfg BoardConfig, board Board) (*Device, error) {
+	cfg, err := cfg.normalized()
+	if err != nil {
+		return nil, fmt.Errorf("%w: board %q: %v", ErrConfig, cfg.Name, err)
+	}
+	d := &Device{
 		cfg: cfg, board: board,
 		byName: map[string]*pin{}, byNumber: map[int]*pin{},
 		sensors: map[string]*SensorConfig{}, actuators: map[string]*actuator{},
@@ -109,9 +118,9 @@ func openDevice(cfg BoardConfig, board Board) (*device, error) {
 }
 
 // setMode configures the line; the caller holds p.mu (or owns p). Inputs
-// detect both edges, so gpio.wait works on every input — unless the host
+// detect both edges, so WaitEdge works on every input — unless the host
 // cannot detect edges on that line (not every GPIO driver can), in which
-// case the pin is still a readable input and gpio.wait says why it cannot
+// case the pin is still a readable input and WaitEdge says why it cannot
 // wait.
 func (p *pin) setMode(mode, pull string) error {
 	var err error
@@ -131,8 +140,13 @@ func (p *pin) setMode(mode, pull string) error {
 	return nil
 }
 
-// close halts every sensor and closes the board.
-func (d *device) close() error {
+// Config returns the board's configuration, with its defaults filled in.
+// The caller must not modify its slices.
+func (d *Device) Config() BoardConfig { return d.cfg }
+
+// Close halts every sensor and closes the board. The Device must not be
+// used afterwards.
+func (d *Device) Close() error {
 	d.envMu.Lock()
 	var errs []error
 	for _, dev := range d.env {
@@ -145,7 +159,7 @@ func (d *device) close() error {
 }
 
 // lookupPin finds a pin by name or decimal number.
-func (d *device) lookupPin(ref string) (*pin, error) {
+func (d *Device) lookupPin(ref string) (*pin, error) {
 	if ref == "" {
 		return nil, fault.New(fault.InvalidArgument, "board %q: pin is required (a name or a number)", d.cfg.Name)
 	}
@@ -161,7 +175,7 @@ func (d *device) lookupPin(ref string) (*pin, error) {
 	return nil, fault.New(fault.NotFound, "board %q has no pin %q (pins: %s)", d.cfg.Name, trunc(ref), d.pinList())
 }
 
-func (d *device) pinList() string {
+func (d *Device) pinList() string {
 	names := make([]string, len(d.pins))
 	for i, p := range d.pins {
 		names[i] = fmt.Sprintf("%s=%d", p.cfg.Name, p.cfg.Number)
@@ -170,7 +184,7 @@ func (d *device) pinList() string {
 }
 
 // hwError reports a failure of the hardware itself.
-func (d *device) hwError(err error, format string, args ...any) error {
+func (d *Device) hwError(err error, format string, args ...any) error {
 	return fault.Wrap(fault.Unavailable, err, "board %q: %s: %v", d.cfg.Name, fmt.Sprintf(format, args...), err)
 }
 
@@ -190,7 +204,7 @@ func levelInt(l gpio.Level) int {
 }
 
 // ownedBy refuses to drive a pin a sensor or actuator owns.
-func (d *device) ownedBy(p *pin, op string) error {
+func (d *Device) ownedBy(p *pin, op string) error {
 	if p.wiredTo == "" {
 		return nil
 	}
@@ -198,7 +212,9 @@ func (d *device) ownedBy(p *pin, op string) error {
 		d.cfg.Name, p.cfg.Name, p.wiredTo, op, p.wiredTo)
 }
 
-func (d *device) read(ref string) (PinState, error) {
+// Read returns the state of the pin ref: its name, or its number in
+// decimal ("led_pin", "17").
+func (d *Device) Read(ref string) (PinState, error) {
 	p, err := d.lookupPin(ref)
 	if err != nil {
 		return PinState{}, err
@@ -208,12 +224,15 @@ func (d *device) read(ref string) (PinState, error) {
 	return p.state(), nil
 }
 
-func (d *device) write(ref string, level *int) (PinState, error) {
+// Write drives the output pin ref to level 0 or 1 (any other level is
+// INVALID_ARGUMENT), ending any PWM on it. An input, or a pin wired to a
+// sensor or actuator, is FAILED_PRECONDITION.
+func (d *Device) Write(ref string, level int) (PinState, error) {
 	p, err := d.lookupPin(ref)
 	if err != nil {
 		return PinState{}, err
 	}
-	if level == nil || (*level != 0 && *level != 1) {
+	if level != 0 && level != 1 {
 		return PinState{}, fault.New(fault.InvalidArgument, "board %q: pin %q: level must be 0 or 1", d.cfg.Name, p.cfg.Name)
 	}
 	if err := d.ownedBy(p, "drive"); err != nil {
@@ -224,14 +243,17 @@ func (d *device) write(ref string, level *int) (PinState, error) {
 	if p.mode != ModeOut {
 		return PinState{}, fault.New(fault.FailedPrecondition, "board %q: pin %q is an input: set its mode to %q first", d.cfg.Name, p.cfg.Name, ModeOut)
 	}
-	if err := p.io.Out(gpio.Level(*level == 1)); err != nil {
+	if err := p.io.Out(gpio.Level(level == 1)); err != nil {
 		return PinState{}, d.hwError(err, "pin %q: write", p.cfg.Name)
 	}
 	p.duty, p.hz = 0, 0
 	return p.state(), nil
 }
 
-func (d *device) setMode(ref, mode, pull string) (PinState, error) {
+// SetMode sets the direction of pin ref to ModeIn or ModeOut and, for an
+// input, its pull (PullUp, PullDown, or PullNone when ""). An output starts
+// low. A pin wired to a sensor or actuator is FAILED_PRECONDITION.
+func (d *Device) SetMode(ref, mode, pull string) (PinState, error) {
 	p, err := d.lookupPin(ref)
 	if err != nil {
 		return PinState{}, err
@@ -259,13 +281,16 @@ func (d *device) setMode(ref, mode, pull string) (PinState, error) {
 	return p.state(), nil
 }
 
-// pwm validates duty (0..1) and hz (0 < hz <= 1e6), then drives the pin.
-func (d *device) pwm(ref string, duty *float64, hz float64) (PinState, error) {
+// PWM outputs duty (0..1) at hz (0 means 1000; at most 1e6) on the output
+// pin ref; duty 0 and 1 are steady levels. A NaN duty is INVALID_ARGUMENT, as
+// any duty out of range. An input, or a pin wired to a sensor or actuator,
+// is FAILED_PRECONDITION.
+func (d *Device) PWM(ref string, duty, hz float64) (PinState, error) {
 	p, err := d.lookupPin(ref)
 	if err != nil {
 		return PinState{}, err
 	}
-	if duty == nil || math.IsNaN(*duty) || *duty < 0 || *duty > 1 {
+	if math.IsNaN(duty) || duty < 0 || duty > 1 {
 		return PinState{}, fault.New(fault.InvalidArgument, "board %q: pin %q: duty must be a number from 0 to 1", d.cfg.Name, p.cfg.Name)
 	}
 	if hz == 0 {
@@ -282,7 +307,7 @@ func (d *device) pwm(ref string, duty *float64, hz float64) (PinState, error) {
 	if p.mode != ModeOut {
 		return PinState{}, fault.New(fault.FailedPrecondition, "board %q: pin %q is an input: set its mode to %q first", d.cfg.Name, p.cfg.Name, ModeOut)
 	}
-	if err := p.drive(*duty, hz); err != nil {
+	if err := p.drive(duty, hz); err != nil {
 		return PinState{}, d.hwError(err, "pin %q: pwm", p.cfg.Name)
 	}
 	return p.state(), nil
@@ -307,9 +332,13 @@ func (p *pin) drive(duty, hz float64) error {
 	return nil
 }
 
-// waitEdge waits for edge on an input pin until timeout or ctx ends. A
-// timeout is an answer (Edge false), not an error.
-func (d *device) waitEdge(ctx context.Context, ref, edge string, timeout time.Duration) (Edge, error) {
+// WaitEdge waits for edge (EdgeRising, EdgeFalling, or EdgeBoth when "") on
+// the input pin ref until timeout or ctx's deadline, whichever is first. A
+// timeout is an answer (Edge false), not an error. One wait runs on a pin at
+// a time: a second waits for the first, and is DEADLINE_EXCEEDED if ctx ends
+// first. An output is FAILED_PRECONDITION, as is an input on a line whose
+// host cannot detect edges.
+func (d *Device) WaitEdge(ctx context.Context, ref, edge string, timeout time.Duration) (Edge, error) {
 	p, err := d.lookupPin(ref)
 	if err != nil {
 		return Edge{}, err
@@ -351,9 +380,10 @@ func (d *device) waitEdge(ctx context.Context, ref, edge string, timeout time.Du
 	}
 }
 
-// readSensor reads one sensor: a BME280/BMP280 quantity over I²C, or a PIR
-// motion pin.
-func (d *device) readSensor(name string) (Reading, error) {
+// ReadSensor reads the sensor name: a BME280/BMP280 quantity over I²C
+// (taking one forced-mode measurement, about 8 ms), or a PIR motion pin. An
+// unknown sensor is NOT_FOUND; a bus or chip failure is UNAVAILABLE.
+func (d *Device) ReadSensor(name string) (Reading, error) {
 	s, ok := d.sensors[name]
 	if !ok {
 		return Reading{}, fault.New(fault.NotFound, "board %q has no sensor %q (sensors: %s)", d.cfg.Name, trunc(name), d.sensorNames())
@@ -393,7 +423,7 @@ func round(v float64, digits int) float64 {
 
 // sense takes one measurement of the BME280/BMP280 at addr, opening the
 // driver on first use.
-func (d *device) sense(addr uint16, e *physic.Env) error {
+func (d *Device) sense(addr uint16, e *physic.Env) error {
 	d.envMu.Lock()
 	defer d.envMu.Unlock()
 	dev, ok := d.env[addr]
@@ -410,7 +440,7 @@ func (d *device) sense(addr uint16, e *physic.Env) error {
 	return dev.Sense(e)
 }
 
-func (d *device) sensorNames() string {
+func (d *Device) sensorNames() string {
 	names := make([]string, len(d.cfg.Sensors))
 	for i, s := range d.cfg.Sensors {
 		names[i] = s.Name
@@ -418,8 +448,9 @@ func (d *device) sensorNames() string {
 	return strings.Join(names, ", ")
 }
 
-// list describes the whole board.
-func (d *device) list() BoardInfo {
+// Info describes the whole board with the current state of its pins and
+// actuators.
+func (d *Device) Info() BoardInfo {
 	info := BoardInfo{Name: d.cfg.Name, Backend: d.cfg.Backend, Pins: []PinState{}, Sensors: []SensorInfo{}, Actuators: []ActuatorState{}}
 	for _, p := range d.pins {
 		p.mu.Lock()
@@ -450,8 +481,13 @@ func (a *actuator) state() ActuatorState {
 	return s
 }
 
-// setActuator drives an actuator to value (see Request.Value).
-func (d *device) setActuator(name string, value any) (ActuatorState, error) {
+// SetActuator drives the actuator name to value, which is what JSON
+// decodes to: "on", "off", "toggle", a bool, a float64 (LED brightness 0..1,
+// relay 0 or 1, motor speed -1..1, negative in reverse) or, for a motor,
+// map[string]any{"speed": 0..1, "direction": "forward"|"reverse"}. Turning a
+// motor on or off, or stopping it, keeps its direction. An unknown actuator
+// is NOT_FOUND, a value the actuator's kind does not take INVALID_ARGUMENT.
+func (d *Device) SetActuator(name string, value any) (ActuatorState, error) {
 	a, ok := d.actuators[name]
 	if !ok {
 		names := make([]string, 0, len(d.actuators))

@@ -1,4 +1,4 @@
-package fenrir
+package hardware
 
 import (
 	"errors"

@@ -1,12 +1,10 @@
-package fenrir_test
+package hardware_test
 
 import (
 	"testing"
 
+	"github.com/loki-iot/loki/hardware"
 	"github.com/loki-iot/loki/internal/fault"
-
-	"github.com/loki-iot/loki/internal/natstest"
-	"github.com/loki-iot/loki/services/fenrir"
 	"periph.io/x/conn/v3/gpio"
 	"periph.io/x/conn/v3/i2c"
 	"periph.io/x/conn/v3/i2c/i2ctest"
@@ -14,13 +12,13 @@ import (
 
 // playbackBoard is a board whose I²C bus is periph's i2ctest.Playback: the
 // exact byte sequence the BME280 driver must send and the answers a real
-// BME280 gave (the sequence of periph.io's own bmxx80 tests, with Fenrir's
-// 1x oversampling).
+// BME280 gave (the sequence of periph.io's own bmxx80 tests, with the
+// package's 1x oversampling).
 type playbackBoard struct{ bus *i2ctest.Playback }
 
-func (b *playbackBoard) Pin(p fenrir.PinConfig) (gpio.PinIO, error) { panic("no pins") }
-func (b *playbackBoard) I2C() (i2c.Bus, error)                      { return b.bus, nil }
-func (b *playbackBoard) Close() error                               { return nil }
+func (b *playbackBoard) Pin(p hardware.PinConfig) (gpio.PinIO, error) { panic("no pins") }
+func (b *playbackBoard) I2C() (i2c.Bus, error)                        { return b.bus, nil }
+func (b *playbackBoard) Close() error                                 { return nil }
 
 func TestBME280ByteSequence(t *testing.T) {
 	measure := []i2ctest.IO{
@@ -46,25 +44,25 @@ func TestBME280ByteSequence(t *testing.T) {
 	ops = append(ops, measure...) // pressure
 	bus := &i2ctest.Playback{Ops: ops, DontPanic: true}
 
-	srv := natstest.Start(t)
-	cfg := fenrir.DefaultConfig()
-	cfg.Boards = []fenrir.BoardConfig{{
-		Name: "bench", Backend: fenrir.BackendPeriph,
-		Sensors: []fenrir.SensorConfig{
-			{Name: "t", Kind: fenrir.KindTemperature, Driver: fenrir.DriverBME280},
-			{Name: "h", Kind: fenrir.KindHumidity, Driver: fenrir.DriverBME280},
-			{Name: "p", Kind: fenrir.KindPressure, Driver: fenrir.DriverBME280},
+	cfg := hardware.BoardConfig{
+		Name: "bench", Backend: hardware.BackendPeriph,
+		Sensors: []hardware.SensorConfig{
+			{Name: "t", Kind: hardware.KindTemperature, Driver: hardware.DriverBME280},
+			{Name: "h", Kind: hardware.KindHumidity, Driver: hardware.DriverBME280},
+			{Name: "p", Kind: hardware.KindPressure, Driver: hardware.DriverBME280},
 		},
-	}}
-	cfg.OpenBoard = func(fenrir.BoardConfig) (fenrir.Board, error) { return &playbackBoard{bus: bus}, nil }
-	startFenrir(t, srv, cfg)
-	c := fenrir.NewClient(natstest.Connect(t, srv))
+	}
+	d, err := hardware.NewDevice(cfg, &playbackBoard{bus: bus})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = d.Close() }()
 
 	for _, tc := range []struct {
 		name, unit string
 		want       float64
 	}{{"t", "°C", 23.72}, {"h", "%RH", 65.31}, {"p", "hPa", 1009.43}} {
-		r, err := c.ReadSensor(ctxT(t), "bench", tc.name)
+		r, err := d.ReadSensor(tc.name)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
@@ -76,6 +74,7 @@ func TestBME280ByteSequence(t *testing.T) {
 		t.Fatalf("the driver did not send the whole sequence: %v", err)
 	}
 	// A bus that stops answering is an UNAVAILABLE sensor, not a crash.
-	_, err := c.ReadSensor(ctxT(t), "bench", "t")
-	wantCode(t, err, fault.Unavailable)
+	if _, err := d.ReadSensor("t"); fault.CodeOf(err) != fault.Unavailable {
+		t.Fatalf("got %v, want UNAVAILABLE", err)
+	}
 }

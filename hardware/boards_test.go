@@ -1,4 +1,4 @@
-package fenrir_test
+package hardware_test
 
 import (
 	"errors"
@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/loki-iot/loki/services/fenrir"
+	"github.com/loki-iot/loki/hardware"
 )
 
 const goodBoard = `
@@ -37,17 +37,17 @@ backend = "periph"
 `
 
 func TestParseBoards(t *testing.T) {
-	bs, err := fenrir.ParseBoards("boards.toml", []byte(goodBoard))
+	bs, err := hardware.ParseBoards("boards.toml", []byte(goodBoard))
 	if err != nil {
 		t.Fatal(err)
 	}
 	b := bs[0]
 	// Defaults are filled in.
-	if b.Pins[0].Line != "GPIO17" || b.Pins[1].Mode != fenrir.ModeIn || b.Pins[1].Pull != fenrir.PullNone ||
+	if b.Pins[0].Line != "GPIO17" || b.Pins[1].Mode != hardware.ModeIn || b.Pins[1].Pull != hardware.PullNone ||
 		b.Sensors[0].Addr != 0x76 || b.Actuators[0].PWMHz != 1000 {
 		t.Fatalf("defaults: got %+v", b)
 	}
-	if err := fenrir.SimBoardConfig().Validate(); err != nil {
+	if err := hardware.SimBoardConfig().Validate(); err != nil {
 		t.Fatalf("built-in sim board: %v", err)
 	}
 }
@@ -80,8 +80,8 @@ func TestParseBoardsRefuses(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := fenrir.ParseBoards("boards.toml", []byte(tc.src))
-			if !errors.Is(err, fenrir.ErrConfig) || !strings.Contains(err.Error(), tc.want) {
+			_, err := hardware.ParseBoards("boards.toml", []byte(tc.src))
+			if !errors.Is(err, hardware.ErrConfig) || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got %v, want ErrConfig mentioning %q", err, tc.want)
 			}
 		})
@@ -93,10 +93,10 @@ func TestLoadBoards(t *testing.T) {
 	if err := os.WriteFile(path, []byte(goodBoard), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if bs, err := fenrir.LoadBoards(path); err != nil || len(bs) != 1 || bs[0].Name != "pi" {
+	if bs, err := hardware.LoadBoards(path); err != nil || len(bs) != 1 || bs[0].Name != "pi" {
 		t.Fatalf("got %+v %v", bs, err)
 	}
-	if _, err := fenrir.LoadBoards(path + ".missing"); !errors.Is(err, fenrir.ErrConfig) {
+	if _, err := hardware.LoadBoards(path + ".missing"); !errors.Is(err, hardware.ErrConfig) {
 		t.Fatalf("missing file: got %v, want ErrConfig", err)
 	}
 }
