@@ -354,7 +354,8 @@ func RolePermissions(r Role, inbox string, scope ...string) (Permissions, error)
 		pub = append(pub, replies, DevicesEventsAll, LokiExecAll, LokiToolsList, LokiToolsGet, LokiToolsRegister,
 			LokiToolsUnregister, jsAccountInfo, "$KV."+DevicesBucket+".>")
 		pub = append(pub, jsStreamUse(kvStream(DevicesBucket))...)
-		sub = append(sub, DevicesPrefix+".*", myInbox)
+		// DevicesEventsAll: devices.caps hears a refusal another replica saw.
+		sub = append(sub, DevicesPrefix+".*", DevicesEventsAll, myInbox)
 		return Permissions{PubAllow: pub, SubAllow: append(sub, srvSubs(JotunheimService)...)}, nil
 	case RoleAuth:
 		return Permissions{PubAllow: []string{replies},

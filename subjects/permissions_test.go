@@ -191,7 +191,7 @@ func TestRolePermissionsConsequences(t *testing.T) {
 		{"read devices", true, "jotunheim.kitchen.status", []subjects.Role{subjects.RoleAdmin, subjects.RoleDevice, subjects.RoleJotunheim}},
 		{"read commands to a device", true, "jotunheim.kitchen.cmd", []subjects.Role{subjects.RoleAdmin, subjects.RoleDevice}},
 		{"serve devices", true, "devices.cmd", []subjects.Role{subjects.RoleAdmin, subjects.RoleJotunheim}},
-		{"watch devices", true, "devices.events.kitchen.online", []subjects.Role{subjects.RoleAdmin, subjects.RoleClient, subjects.RoleGateway}},
+		{"watch devices", true, "devices.events.kitchen.online", []subjects.Role{subjects.RoleAdmin, subjects.RoleClient, subjects.RoleGateway, subjects.RoleJotunheim}},
 		{"read readings", true, "readings.kitchen", []subjects.Role{subjects.RoleAdmin, subjects.RoleScriptMQTT}},
 	}
 	for _, tc := range tests {

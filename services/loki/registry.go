@@ -99,17 +99,52 @@ func (r *Registry) Put(ctx context.Context, tools ...*Compiled) error {
 
 // Register stores one tool and returns its definition with the registry
 // revision set; an unchanged tool keeps its revision.
+//
+// A tool kept by an owner (Tool.owner, say a device) may be replaced only
+// by a registration with the same owner, and an owned tool never replaces
+// one with another owner or none: ALREADY_EXISTS names who keeps it. The
+// check and the write are one compare-and-set, so a registration racing
+// another cannot slip in between.
 func (r *Registry) Register(ctx context.Context, c *Compiled) (*lokiv1.Tool, error) {
-	if err := r.Put(ctx, c); err != nil {
-		return nil, err
-	}
-	e, err := r.kv.Get(ctx, c.Def.GetName())
-	if err != nil {
-		return nil, fmt.Errorf("registry: read back %q: %w", c.Def.GetName(), err)
-	}
 	def := proto.Clone(c.Def).(*lokiv1.Tool)
-	def.Revision = e.Revision()
+	def.Revision = 0
+	name := def.GetName()
+	b, err := protojson.Marshal(def)
+	if err != nil {
+		return nil, fmt.Errorf("registry: encode tool %q: %w", name, err)
+	}
+	cur, err := r.kv.Get(ctx, name)
+	var rev uint64
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		rev, err = r.kv.Create(ctx, name, b)
+	case err != nil:
+		return nil, fmt.Errorf("registry: get %q: %w", name, err)
+	case bytes.Equal(cur.Value(), b):
+		rev = cur.Revision() // unchanged: keeps its revision
+	default:
+		old := &lokiv1.Tool{}
+		if uerr := protojson.Unmarshal(cur.Value(), old); uerr == nil && old.GetOwner() != def.GetOwner() {
+			return nil, fault.New(fault.AlreadyExists, "tool %q exists and is kept by %s; a registration by %s may not replace it",
+				name, ownerName(old.GetOwner()), ownerName(def.GetOwner()))
+		}
+		rev, err = r.kv.Update(ctx, name, b, cur.Revision())
+	}
+	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return nil, fault.Wrap(fault.Unavailable, err, "tool %q changed while it was being registered; register it again", name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("registry: put tool %q: %w", name, err)
+	}
+	def.Revision = rev
 	return def, nil
+}
+
+func ownerName(owner string) string {
+	if owner == "" {
+		return "its registrant (no owner)"
+	}
+	return owner
 }
 
 // registerVisibleWait bounds how long a registration waits for its own
@@ -213,12 +248,16 @@ func (r *Registry) apply(e jetstream.KeyValueEntry, live bool) {
 		level = slog.LevelInfo
 	}
 	name := e.Key()
-	for {
-		cur := r.revision.Load()
-		if e.Revision() <= cur || r.revision.CompareAndSwap(cur, e.Revision()) {
-			break
+	// The revision moves only once the entry is applied: a registration
+	// waits for it, and its caller must then find the tool.
+	defer func() {
+		for {
+			cur := r.revision.Load()
+			if e.Revision() <= cur || r.revision.CompareAndSwap(cur, e.Revision()) {
+				return
+			}
 		}
-	}
+	}()
 	if e.Operation() != jetstream.KeyValuePut {
 		r.mu.Lock()
 		delete(r.tools, name)

@@ -628,6 +628,49 @@ func TestRegisterAndUnregisterOverNATS(t *testing.T) {
 	}
 }
 
+// TestRegisterKeepsOwnedTools: a tool kept by an owner (a device's) is
+// replaced only by its owner, and never replaces a tool of another owner,
+// so a device cannot take over a user's tool nor a user a device's.
+func TestRegisterKeepsOwnedTools(t *testing.T) {
+	_, c := setup(t, loki.Config{})
+	ctx := context.Background()
+	devTool := func(src string) *lokiv1.Tool {
+		return &lokiv1.Tool{Name: "demo_led", Source: src, Owner: "device:demo"}
+	}
+	if _, err := c.Register(ctx, devTool("return 1")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Register(ctx, devTool("return 2")); err != nil {
+		t.Fatalf("owner updates its tool: %v", err)
+	}
+	tests := []struct {
+		name string
+		tool *lokiv1.Tool
+	}{
+		{"user replaces a device's tool", &lokiv1.Tool{Name: "demo_led", Source: "return 3"}},
+		{"another device replaces it", &lokiv1.Tool{Name: "demo_led", Source: "return 3", Owner: "device:other"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := c.Register(ctx, tc.tool)
+			if fault.CodeOf(err) != fault.AlreadyExists || !strings.Contains(fault.MessageOf(err), "kept by device:demo") {
+				t.Fatalf("got %v, want ALREADY_EXISTS naming device:demo", err)
+			}
+		})
+	}
+	if _, err := c.Register(ctx, &lokiv1.Tool{Name: "mine", Source: "return 1"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := c.Register(ctx, &lokiv1.Tool{Name: "mine", Source: "return 9", Owner: "device:demo"})
+	if fault.CodeOf(err) != fault.AlreadyExists {
+		t.Fatalf("device takes a user's tool: got %v, want ALREADY_EXISTS", err)
+	}
+	waitFor(t, func() bool { got, err := call(t, c, "demo_led", `{}`); return err == nil && got == "2" })
+	if got, err := call(t, c, "mine", `{}`); err != nil || got != "1" {
+		t.Fatalf("user's tool after a refused takeover: got %q %v, want 1", got, err)
+	}
+}
+
 // TestStreamCancelStopsScript: a streaming caller that gives up (its context
 // ends, or its chunk consumer fails) stops the script, long before the tool's
 // own timeout.

@@ -1,0 +1,105 @@
+package jotunheim
+
+import (
+	"errors"
+	"fmt"
+	"path"
+	"runtime"
+	"time"
+
+	"github.com/loki-iot/loki/internal/metrics"
+)
+
+// Config configures a device service replica. It decodes from TOML (the
+// keys are the toml tags); start from DefaultConfig so omitted keys keep
+// their defaults.
+type Config struct {
+	// Metrics, when not nil, receives the service's request counts and
+	// latencies and its count of refused device messages. Wiring, not TOML.
+	Metrics *metrics.Registry `toml:"-"`
+
+	// HeartbeatMisses is how many heartbeat periods (the manifest's
+	// heartbeat_seconds) may pass without any message from a device before
+	// it is marked offline ("heartbeat missed").
+	HeartbeatMisses int `toml:"heartbeat_misses"`
+	// CommandTimeout bounds a command whose caller sets no deadline;
+	// MaxCommandTimeout caps every command's wait.
+	CommandTimeout    time.Duration `toml:"command_timeout"`
+	MaxCommandTimeout time.Duration `toml:"max_command_timeout"`
+	// CapsTimeout bounds how long devices.caps waits for the device's
+	// manifest.
+	CapsTimeout time.Duration `toml:"caps_timeout"`
+	// DeviceCalls are globs (path.Match syntax: *, ?, [a-z]) of the Loki
+	// tools devices may call; empty (the default) lets them call none.
+	DeviceCalls []string `toml:"device_calls"`
+	// Workers is how many device messages, and how many requests of one
+	// endpoint, are handled at once; Queue how many more may wait.
+	Workers int `toml:"workers"`
+	Queue   int `toml:"queue"`
+	// DrainTimeout bounds how long Run waits for running requests at
+	// shutdown.
+	DrainTimeout time.Duration `toml:"drain_timeout"`
+	// Replicas of the registry bucket when it is created (an existing
+	// bucket keeps its own); more than 1 needs a JetStream cluster.
+	Replicas int `toml:"replicas"`
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	n := runtime.GOMAXPROCS(0)
+	return Config{
+		HeartbeatMisses:   3,
+		CommandTimeout:    10 * time.Second,
+		MaxCommandTimeout: 10 * time.Minute,
+		CapsTimeout:       5 * time.Second,
+		Workers:           4 * n,
+		Queue:             64 * n,
+		DrainTimeout:      10 * time.Second,
+		Replicas:          1,
+	}
+}
+
+// ErrConfig is wrapped by every error of Validate.
+var ErrConfig = errors.New("invalid jotunheim config")
+
+// Validate reports the first unusable setting, naming its TOML key.
+func (c Config) Validate() error {
+	for _, k := range []struct {
+		ok   bool
+		key  string
+		v    any
+		want string
+	}{
+		{c.HeartbeatMisses >= 1, "heartbeat_misses", c.HeartbeatMisses, "must be at least 1"},
+		{c.CommandTimeout > 0, "command_timeout", c.CommandTimeout, "must be positive"},
+		{c.MaxCommandTimeout >= c.CommandTimeout, "max_command_timeout", c.MaxCommandTimeout, "must be at least command_timeout"},
+		{c.CapsTimeout > 0, "caps_timeout", c.CapsTimeout, "must be positive"},
+		{c.Workers >= 1, "workers", c.Workers, "must be at least 1"},
+		{c.Queue >= 0, "queue", c.Queue, "must not be negative"},
+		{c.DrainTimeout > 0, "drain_timeout", c.DrainTimeout, "must be positive"},
+		{c.Replicas >= 1 && c.Replicas <= 5, "replicas", c.Replicas, "must be 1 to 5"},
+	} {
+		if !k.ok {
+			return fmt.Errorf("%w: %s = %v: %s", ErrConfig, k.key, k.v, k.want)
+		}
+	}
+	for i, g := range c.DeviceCalls {
+		if g == "" {
+			return fmt.Errorf("%w: device_calls[%d]: empty pattern", ErrConfig, i)
+		}
+		if _, err := path.Match(g, "x"); err != nil {
+			return fmt.Errorf("%w: device_calls[%d] = %q: %v", ErrConfig, i, g, err)
+		}
+	}
+	return nil
+}
+
+// deviceMayCall reports whether tool matches a glob of DeviceCalls.
+func (c Config) deviceMayCall(tool string) bool {
+	for _, g := range c.DeviceCalls {
+		if ok, _ := path.Match(g, tool); ok {
+			return true
+		}
+	}
+	return false
+}
