@@ -1,0 +1,314 @@
+// Package jotunheim is the Jotunheim device agent as a library: what runs
+// on a device. It reads a board (the hardware package: the same boards
+// Fenrir drives), connects to the platform over MQTT (the NATS server's
+// MQTT listener), announces itself with a capability manifest, publishes
+// its sensors' and actuators' states, runs the platform's commands and
+// lets code on the device call Loki tools. docs/DEVICES.md is the
+// protocol; devices/wire encodes and decodes it.
+//
+// The agent drives its own reconnects (exponential backoff with full
+// jitter, unlimited) and re-announces presence, manifest and state on
+// every connect. Losing the platform never changes an output.
+//
+// It imports no NATS server, no Lua and no gRPC, so that it fits a small
+// device: cmd/jotunheim only wires it.
+package jotunheim
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	jv1 "github.com/loki-iot/loki/proto/jotunheim/v1"
+	"github.com/loki-iot/loki/subjects"
+)
+
+// Errors Run returns.
+var (
+	// ErrRefused is the platform refusing the device: a protocol major
+	// version it does not speak, or an invalid manifest. Retrying is
+	// pointless until the agent or the platform is updated.
+	ErrRefused = errors.New("refused by the platform")
+	// ErrReboot is Run's answer to a reboot command, after the agent
+	// replied and published offline: the caller restarts the agent
+	// (cmd/jotunheim re-executes itself).
+	ErrReboot = errors.New("reboot requested")
+	// errNotConnected is a publish without a connection.
+	errNotConnected = errors.New("not connected to the platform")
+)
+
+// FirmwareVersion is the agent's version in its manifest; set it with
+// -ldflags "-X github.com/loki-iot/loki/devices/jotunheim.FirmwareVersion=v1.2.3".
+var FirmwareVersion = "dev"
+
+// Log keys.
+const (
+	logErr    = "err"
+	logEntity = "entity"
+	logCmd    = "command"
+	logTopic  = "topic"
+)
+
+// publishTimeout bounds waiting for one publish to be written (QoS 0) or
+// acknowledged (QoS 1).
+const publishTimeout = 10 * time.Second
+
+// CommandFunc runs a device-specific command registered with WithCommand.
+// ctx ends at the command's deadline or when the agent stops. The result
+// must marshal to JSON; an error carrying a *fault.Error code is answered
+// with that code.
+type CommandFunc func(ctx context.Context, args map[string]any) (any, error)
+
+// Option adjusts an Agent.
+type Option func(*Agent)
+
+// WithLevelVar lets config.set change the log level live through lv (the
+// level of the handler behind the agent's logger).
+func WithLevelVar(lv *slog.LevelVar) Option { return func(a *Agent) { a.level = lv } }
+
+// WithCommand adds a device-specific command name (not one of the
+// built-ins). It runs on the command worker like every command.
+func WithCommand(name string, fn CommandFunc) Option {
+	return func(a *Agent) { a.custom[name] = fn }
+}
+
+// Stats counts what the agent received and refused.
+type Stats struct {
+	// Received counts messages from the platform.
+	Received uint64
+	// Bad counts messages that could not be decoded (oversized, not the
+	// expected protojson, missing fields): logged and dropped.
+	Bad uint64
+	// Commands counts commands run; QueueFull those refused with
+	// RESOURCE_EXHAUSTED.
+	Commands, QueueFull uint64
+	// Queued is the number of commands waiting now.
+	Queued int
+	// Connects counts successful connections to the broker.
+	Connects uint64
+	// Online is true while connected and accepted by the platform.
+	Online bool
+}
+
+// Agent is one device's agent. Create it with New, run it with Run (once).
+// Its methods are safe for concurrent use.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	level   *slog.LevelVar
+	login   Login
+	tls     *tls.Config
+	started time.Time
+	custom  map[string]CommandFunc
+	queue   *queue
+	topics  topics
+
+	hw *hw // the board; swapped by UpdateBoard
+
+	mu         sync.Mutex
+	settings   Settings
+	settingsCh chan struct{} // closed and replaced when settings change
+	sess       *session      // nil while disconnected
+	states     map[string]string
+	calls      map[string]chan *jv1.ToolResult
+
+	heartbeatSeq atomic.Uint64
+	received     atomic.Uint64
+	bad          atomic.Uint64
+	commands     atomic.Uint64
+	queueFull    atomic.Uint64
+	connects     atomic.Uint64
+	online       atomic.Bool
+}
+
+// New validates cfg, opens the board it names and reads the state file.
+// It does not connect: Run does, and closes the board when it returns.
+func New(cfg Config, log *slog.Logger, opts ...Option) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	login, err := cfg.login()
+	if err != nil {
+		return nil, err
+	}
+	tc, err := tlsConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	settings := Settings{
+		TelemetrySeconds: uint32(cfg.Telemetry.Period / time.Second),
+		HeartbeatSeconds: uint32(cfg.Telemetry.Heartbeat / time.Second),
+		LogLevel:         "info",
+	}
+	a := &Agent{
+		cfg: cfg, log: log.With("component", "jotunheim", "device", cfg.Device.ID),
+		login: login, tls: tc, started: time.Now(),
+		custom:     map[string]CommandFunc{},
+		queue:      newQueue(cfg.Limits.MaxQueuedCommands),
+		topics:     newTopics(cfg.Device.ID),
+		settingsCh: make(chan struct{}),
+		states:     map[string]string{},
+		calls:      map[string]chan *jv1.ToolResult{},
+	}
+	for _, o := range opts {
+		o(a)
+	}
+	for name := range a.custom {
+		if builtin[name] {
+			return nil, fmt.Errorf("%w: WithCommand: %q is a built-in command", ErrConfig, name)
+		}
+	}
+	if a.level != nil {
+		settings.LogLevel = levelName(a.level.Level())
+	}
+	if settings, err = loadSettings(cfg.Telemetry.StateFile, settings); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+	}
+	a.settings = settings
+	a.applyLevel(settings.LogLevel)
+	board, err := boardConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if a.hw, err = openHW(board); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+func levelName(l slog.Level) string {
+	for n, v := range logLevels {
+		if v == l {
+			return n
+		}
+	}
+	return "info"
+}
+
+func (a *Agent) applyLevel(name string) {
+	if l, err := ParseLogLevel(name); err == nil && a.level != nil {
+		a.level.Set(l)
+	}
+}
+
+func tlsConfig(cfg Config) (*tls.Config, error) {
+	if cfg.Transport.CAFile == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(cfg.Transport.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: transport.ca_file: %v", ErrConfig, cfg.at("transport.ca_file"), err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%w: %s: transport.ca_file: %s holds no PEM certificate", ErrConfig, cfg.at("transport.ca_file"), cfg.Transport.CAFile)
+	}
+	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
+}
+
+// ID is the device id.
+func (a *Agent) ID() string { return a.cfg.Device.ID }
+
+// Settings returns the current runtime settings.
+func (a *Agent) Settings() Settings {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.settings
+}
+
+// Stats returns the agent's counters.
+func (a *Agent) Stats() Stats {
+	return Stats{
+		Received: a.received.Load(), Bad: a.bad.Load(), Commands: a.commands.Load(),
+		QueueFull: a.queueFull.Load(), Queued: a.queue.len(), Connects: a.connects.Load(), Online: a.online.Load(),
+	}
+}
+
+// Run connects and serves until ctx ends, reconnecting forever with
+// backoff. On ctx's end it publishes offline, disconnects, closes the board
+// and returns nil. It returns an error wrapping ErrRefused when the
+// platform refuses the device, and ErrReboot after a reboot command.
+func (a *Agent) Run(ctx context.Context) error {
+	defer a.hw.close()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	wg.Go(func() { a.worker(ctx, cancel) })
+	defer wg.Wait()
+	for attempt := 0; ; attempt++ {
+		accepted, err := a.session(ctx)
+		if ctx.Err() != nil {
+			if cause := context.Cause(ctx); errors.Is(cause, ErrReboot) {
+				return ErrReboot
+			}
+			return nil
+		}
+		if errors.Is(err, ErrRefused) {
+			cancel(err)
+			return err
+		}
+		if accepted {
+			attempt = 0
+		}
+		d := a.backoff(attempt)
+		a.log.Warn("not connected to the platform; retrying", logErr, err, "in", d.Round(time.Millisecond), "attempt", attempt+1)
+		if !sleep(ctx, d) {
+			continue // the check at the top of the loop returns
+		}
+	}
+}
+
+// backoff is the full-jitter delay before attempt n (0-based):
+// rand(0, min(cap, base·2^n)).
+func (a *Agent) backoff(n int) time.Duration {
+	base, ceil := a.cfg.Resilience.BackoffBase, a.cfg.Resilience.BackoffCap
+	d := ceil
+	if n < 40 && base<<n > 0 && base<<n < ceil {
+		d = base << n
+	}
+	return rand.N(d + 1)
+}
+
+// sleep waits d or until ctx ends; it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// topics are the device's MQTT topics, built once.
+type topics struct {
+	status, manifest, negotiation, capsGet, cmd, result, event, heartbeat, call, callResult string
+}
+
+func newTopics(id string) topics {
+	t := func(kind string) string {
+		s, err := subjects.DeviceTopic(id, kind)
+		if err != nil {
+			panic(err) // the id was validated by Config.Validate
+		}
+		return s
+	}
+	return topics{
+		status: t(subjects.DeviceStatus), manifest: t(subjects.DeviceManifest),
+		negotiation: t(subjects.DeviceNegotiation), capsGet: t(subjects.DeviceCapsGet),
+		cmd: t(subjects.DeviceCmd), result: t(subjects.DeviceResult), event: t(subjects.DeviceEvent),
+		heartbeat: t(subjects.DeviceHeartbeat), call: t(subjects.DeviceCall), callResult: t(subjects.DeviceCallResult),
+	}
+}

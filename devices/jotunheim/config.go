@@ -1,0 +1,362 @@
+package jotunheim
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	"github.com/loki-iot/loki/devices/wire"
+	"github.com/loki-iot/loki/subjects"
+)
+
+// ErrConfig marks a configuration the agent cannot run with. Its messages
+// name the file and line, or the key, of what is wrong.
+var ErrConfig = errors.New("jotunheim config")
+
+// TransportMQTT is the only transport kind so far.
+const TransportMQTT = "mqtt"
+
+// DefaultBroker is the MQTT listener of a local `loki up`.
+const DefaultBroker = "tcp://127.0.0.1:1883"
+
+// Config is the agent's settings, decoded from TOML (see ParseConfig).
+type Config struct {
+	Device     DeviceConfig     `toml:"device"`
+	Transport  TransportConfig  `toml:"transport"`
+	Board      BoardSource      `toml:"board"`
+	Resilience ResilienceConfig `toml:"resilience"`
+	Limits     LimitsConfig     `toml:"limits"`
+	Telemetry  TelemetryConfig  `toml:"telemetry"`
+
+	// file and lines locate the settings for error messages; empty for a
+	// Config built in code.
+	file  string
+	lines map[string]int
+}
+
+// DeviceConfig names the device.
+type DeviceConfig struct {
+	// ID is the device id: 1 to 64 of [A-Za-z0-9_-]. Required.
+	ID string `toml:"id"`
+	// Name is a human-readable name; default the id.
+	Name string `toml:"name"`
+	// Model is the model or type, e.g. "pi-zero-w".
+	Model string `toml:"model"`
+}
+
+// TransportConfig is how the agent reaches the platform.
+type TransportConfig struct {
+	// Kind is "mqtt".
+	Kind string `toml:"kind"`
+	// Broker is tcp://host:port or ssl://host:port. Default DefaultBroker.
+	Broker string `toml:"broker"`
+	// CAFile is a PEM file of the CA that signed an ssl:// broker's
+	// certificate; empty uses the system's roots.
+	CAFile string `toml:"ca_file"`
+	// Username defaults to the device id.
+	Username string `toml:"username"`
+	// At most one of Password, PasswordFile and LoginFile. LoginFile is
+	// the JSON {"username", "password"} `loki auth add-device ID --json`
+	// prints.
+	Password     string `toml:"password"`
+	PasswordFile string `toml:"password_file"`
+	LoginFile    string `toml:"login_file"`
+}
+
+// BoardSource is where the agent's hardware comes from: a board TOML in
+// Fenrir's [[boards]] format (its first board), or the simulated board.
+type BoardSource struct {
+	File string `toml:"file"`
+	Sim  bool   `toml:"sim"`
+}
+
+// ResilienceConfig tunes reconnects: the agent sleeps a random time
+// between 0 and min(BackoffCap, BackoffBase·2^n) before attempt n.
+type ResilienceConfig struct {
+	BackoffBase time.Duration `toml:"backoff_base"`
+	BackoffCap  time.Duration `toml:"backoff_cap"`
+	// NegotiateTimeout is how long the agent waits for the platform's
+	// answer to its manifest before sending it again.
+	NegotiateTimeout time.Duration `toml:"negotiate_timeout"`
+}
+
+// LimitsConfig caps what the agent accepts.
+type LimitsConfig struct {
+	// MaxQueuedCommands are queued before a command is refused with
+	// RESOURCE_EXHAUSTED.
+	MaxQueuedCommands int `toml:"max_queued_commands"`
+	// MaxMessageBytes caps every incoming message.
+	MaxMessageBytes int `toml:"max_message_bytes"`
+}
+
+// TelemetryConfig sets the periods of states and heartbeats. A config.set
+// command overrides them at run time (persisted in StateFile).
+type TelemetryConfig struct {
+	Period    time.Duration `toml:"period"`
+	Heartbeat time.Duration `toml:"heartbeat"`
+	// StateFile keeps the runtime settings config.set changes. Empty: no
+	// persistence (cmd/jotunheim picks a default path).
+	StateFile string `toml:"state_file"`
+}
+
+// DefaultConfig returns the defaults; Device.ID and a board must still be set.
+func DefaultConfig() Config {
+	return Config{
+		Transport:  TransportConfig{Kind: TransportMQTT, Broker: DefaultBroker},
+		Resilience: ResilienceConfig{BackoffBase: time.Second, BackoffCap: time.Minute, NegotiateTimeout: 10 * time.Second},
+		Limits:     LimitsConfig{MaxQueuedCommands: 32, MaxMessageBytes: wire.MaxMessageBytes},
+		Telemetry:  TelemetryConfig{Period: 30 * time.Second, Heartbeat: 15 * time.Second},
+	}
+}
+
+var typeErr = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]*)"\): (.*)$`)
+
+// LoadConfig reads the TOML file at path over DefaultConfig.
+func LoadConfig(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("%w: %v", ErrConfig, err)
+	}
+	return ParseConfig(path, data)
+}
+
+// ParseConfig decodes data (read from file, named in errors) over
+// DefaultConfig and validates it. Relative paths in it are relative to
+// file's directory. Unknown keys are errors naming file:line.
+func ParseConfig(file string, data []byte) (Config, error) {
+	cfg, err := DecodeConfig(file, data)
+	if err != nil {
+		return Config{}, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// DecodeConfig is ParseConfig without Validate, for callers that
+// override settings (command-line flags) before validating. Later
+// Validate errors still name the file's lines.
+func DecodeConfig(file string, data []byte) (Config, error) {
+	cfg := DefaultConfig()
+	md, err := toml.Decode(string(data), &cfg)
+	if err != nil {
+		var pe toml.ParseError
+		var ppe *toml.ParseError
+		switch {
+		case errors.As(err, &pe):
+		case errors.As(err, &ppe):
+			pe = *ppe
+		default:
+			// Type mismatches are plain errors: "toml: line N (last key "k"): ...".
+			if m := typeErr.FindStringSubmatch(err.Error()); m != nil {
+				return Config{}, fmt.Errorf("%w: %s:%s: %s: %s", ErrConfig, file, m[1], m[2], m[3])
+			}
+			return Config{}, fmt.Errorf("%w: %s: %v", ErrConfig, file, err)
+		}
+		return Config{}, fmt.Errorf("%w: %s:%d: %s", ErrConfig, file, pe.Position.Line, pe.Message)
+	}
+	cfg.file = file
+	cfg.lines = keyLines(data)
+	if und := md.Undecoded(); len(und) > 0 {
+		k := und[0].String()
+		return Config{}, fmt.Errorf("%w: %s: unknown key %q", ErrConfig, cfg.at(k), k)
+	}
+	dir := filepath.Dir(file)
+	for _, p := range []*string{&cfg.Transport.CAFile, &cfg.Transport.PasswordFile, &cfg.Transport.LoginFile,
+		&cfg.Board.File, &cfg.Telemetry.StateFile} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+	return cfg, nil
+}
+
+// at locates key for messages: file:line when known, else the file, else
+// nothing but the key.
+func (c Config) at(key string) string {
+	switch line, ok := c.lines[key]; {
+	case ok:
+		return fmt.Sprintf("%s:%d", c.file, line)
+	case c.file != "":
+		return c.file
+	}
+	return "config"
+}
+
+// keyLines maps dotted keys (table.key) to the line that assigns them,
+// following [table] headers. Good enough for the flat tables of this file.
+func keyLines(data []byte) map[string]int {
+	lines := map[string]int{}
+	table := ""
+	for i, raw := range bytes.Split(data, []byte("\n")) {
+		s := strings.TrimSpace(string(raw))
+		switch {
+		case s == "" || s[0] == '#':
+		case s[0] == '[':
+			table = strings.Trim(strings.SplitN(s, "#", 2)[0], "[] \t")
+			if _, ok := lines[table]; !ok {
+				lines[table] = i + 1
+			}
+		default:
+			k, _, ok := strings.Cut(s, "=")
+			if !ok {
+				continue
+			}
+			k = strings.Trim(strings.TrimSpace(k), `"'`)
+			if table != "" {
+				k = table + "." + k
+			}
+			if _, ok := lines[k]; !ok {
+				lines[k] = i + 1
+			}
+		}
+	}
+	return lines
+}
+
+// Validate reports the first problem of the config, naming its key (and
+// file:line when the config came from a file).
+func (c Config) Validate() error {
+	bad := func(key, format string, args ...any) error {
+		return fmt.Errorf("%w: %s: %s: %s", ErrConfig, c.at(key), key, fmt.Sprintf(format, args...))
+	}
+	if c.Device.ID == "" {
+		return bad("device.id", "is required (1 to 64 of [A-Za-z0-9_-])")
+	}
+	if err := subjects.ValidDeviceID(c.Device.ID); err != nil {
+		return bad("device.id", "%q must be 1 to 64 of [A-Za-z0-9_-]", c.Device.ID)
+	}
+	if len(c.Device.Name) > 256 || len(c.Device.Model) > 256 {
+		return bad("device.name", "name and model are at most 256 bytes")
+	}
+	t := c.Transport
+	if t.Kind != TransportMQTT {
+		return bad("transport.kind", "%q: must be %q", t.Kind, TransportMQTT)
+	}
+	u, err := url.Parse(t.Broker)
+	if err != nil || (u.Scheme != "tcp" && u.Scheme != "ssl" && u.Scheme != "tls" && u.Scheme != "mqtt" && u.Scheme != "mqtts") || u.Host == "" {
+		return bad("transport.broker", "%q: want tcp://host:port or ssl://host:port", t.Broker)
+	}
+	if t.CAFile != "" && u.Scheme == "tcp" {
+		return bad("transport.ca_file", "is only used with an ssl:// broker")
+	}
+	n := 0
+	for _, s := range []string{t.Password, t.PasswordFile, t.LoginFile} {
+		if s != "" {
+			n++
+		}
+	}
+	if n > 1 {
+		return bad("transport.password", "set at most one of password, password_file and login_file")
+	}
+	if c.Board.File != "" && c.Board.Sim {
+		return bad("board.sim", "set either board.file or board.sim = true, not both")
+	}
+	if c.Board.File == "" && !c.Board.Sim {
+		return bad("board.file", "is required: a board TOML ([[boards]]), or board.sim = true for the simulated board")
+	}
+	r := c.Resilience
+	if r.BackoffBase <= 0 {
+		return bad("resilience.backoff_base", "%v must be positive", r.BackoffBase)
+	}
+	if r.BackoffCap < r.BackoffBase {
+		return bad("resilience.backoff_cap", "%v must be at least backoff_base (%v)", r.BackoffCap, r.BackoffBase)
+	}
+	if r.NegotiateTimeout <= 0 {
+		return bad("resilience.negotiate_timeout", "%v must be positive", r.NegotiateTimeout)
+	}
+	if c.Limits.MaxQueuedCommands < 1 || c.Limits.MaxQueuedCommands > 4096 {
+		return bad("limits.max_queued_commands", "%d must be 1 to 4096", c.Limits.MaxQueuedCommands)
+	}
+	if c.Limits.MaxMessageBytes < 1024 || c.Limits.MaxMessageBytes > wire.MaxManifestBytes {
+		return bad("limits.max_message_bytes", "%d must be %d to %d", c.Limits.MaxMessageBytes, 1024, wire.MaxManifestBytes)
+	}
+	if err := checkSeconds(c.Telemetry.Period); err != nil {
+		return bad("telemetry.period", "%v", err)
+	}
+	if err := checkSeconds(c.Telemetry.Heartbeat); err != nil {
+		return bad("telemetry.heartbeat", "%v", err)
+	}
+	return nil
+}
+
+// maxPeriod caps the telemetry and heartbeat periods (a day).
+const maxPeriod = 24 * time.Hour
+
+func checkSeconds(d time.Duration) error {
+	if d < time.Second || d > maxPeriod || d%time.Second != 0 {
+		return fmt.Errorf("%v must be whole seconds from 1s to %v", d, maxPeriod)
+	}
+	return nil
+}
+
+// Login is an MQTT username and password, as `loki auth add-device ID
+// --json` prints it and as Loki saves it in DATA-DIR/auth/devices/<id>.json.
+type Login struct {
+	Username string `json:"username"`
+	Password string `json:"password"`
+}
+
+// ReadLogin reads a login file.
+func ReadLogin(path string) (Login, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Login{}, fmt.Errorf("%w: login: %v", ErrConfig, err)
+	}
+	var l Login
+	if err := json.Unmarshal(data, &l); err != nil {
+		return Login{}, fmt.Errorf("%w: login %s: want JSON {\"username\", \"password\"}: %v", ErrConfig, path, err)
+	}
+	if l.Password == "" {
+		return Login{}, fmt.Errorf("%w: login %s: no password", ErrConfig, path)
+	}
+	return l, nil
+}
+
+// LokiLoginFile is where `loki auth add-device ID` saves the device's
+// login in the Loki data dir dataDir.
+func LokiLoginFile(dataDir, id string) string {
+	return filepath.Join(dataDir, "auth", "devices", id+".json")
+}
+
+// HasCredentials reports whether the transport names a password or a
+// login file.
+func (t TransportConfig) HasCredentials() bool {
+	return t.Password != "" || t.PasswordFile != "" || t.LoginFile != ""
+}
+
+// login returns the MQTT username and password the config names.
+func (c Config) login() (Login, error) {
+	t := c.Transport
+	l := Login{Username: t.Username, Password: t.Password}
+	switch {
+	case t.PasswordFile != "":
+		b, err := os.ReadFile(t.PasswordFile)
+		if err != nil {
+			return Login{}, fmt.Errorf("%w: %s: transport.password_file: %v", ErrConfig, c.at("transport.password_file"), err)
+		}
+		l.Password = strings.TrimSpace(string(b))
+	case t.LoginFile != "":
+		f, err := ReadLogin(t.LoginFile)
+		if err != nil {
+			return Login{}, err
+		}
+		if l.Username == "" {
+			l.Username = f.Username
+		}
+		l.Password = f.Password
+	}
+	if l.Username == "" {
+		l.Username = c.Device.ID
+	}
+	return l, nil
+}

@@ -1,0 +1,256 @@
+package jotunheim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/loki-iot/loki/devices/wire"
+	jv1 "github.com/loki-iot/loki/proto/jotunheim/v1"
+	"github.com/loki-iot/loki/subjects"
+	"google.golang.org/protobuf/proto"
+)
+
+// keepAlive is the MQTT keepalive the protocol asks for.
+const keepAlive = 30 * time.Second
+
+// session is one MQTT connection: from CONNECT to its loss or the agent's
+// stop. paho's own reconnect is off; Run starts a new session instead.
+type session struct {
+	client mqtt.Client
+	neg    chan *jv1.Negotiation
+
+	lostOnce sync.Once
+	lost     chan struct{}
+	lostErr  error
+}
+
+func (s *session) markLost(err error) {
+	s.lostOnce.Do(func() {
+		s.lostErr = err
+		close(s.lost)
+	})
+}
+
+// session connects and runs the protocol until the connection is lost or
+// ctx ends. accepted reports whether the platform accepted the manifest
+// (the backoff starts over after an accepted session).
+func (a *Agent) session(ctx context.Context) (accepted bool, err error) {
+	s := &session{neg: make(chan *jv1.Negotiation, 1), lost: make(chan struct{})}
+	opts := mqtt.NewClientOptions().
+		AddBroker(a.cfg.Transport.Broker).
+		SetClientID(a.cfg.Device.ID).
+		SetUsername(a.login.Username).
+		SetPassword(a.login.Password).
+		SetCleanSession(true).
+		SetKeepAlive(keepAlive).
+		SetAutoReconnect(false).
+		SetConnectRetry(false).
+		SetConnectTimeout(a.cfg.Resilience.NegotiateTimeout).
+		SetWriteTimeout(publishTimeout).
+		SetOrderMatters(false).
+		SetWill(a.topics.status, subjects.PresenceOffline, 1, true).
+		SetConnectionLostHandler(func(_ mqtt.Client, err error) { s.markLost(err) })
+	if a.tls != nil {
+		opts.SetTLSConfig(a.tls)
+	}
+	s.client = mqtt.NewClient(opts)
+	if err := a.wait(ctx, s.client.Connect()); err != nil {
+		return false, fmt.Errorf("connect to %s: %w", a.cfg.Transport.Broker, err)
+	}
+	a.connects.Add(1)
+	a.log.Info("connected", "broker", a.cfg.Transport.Broker)
+	a.mu.Lock()
+	a.sess = s
+	a.states = map[string]string{} // a new connection gets every state again
+	a.mu.Unlock()
+	defer func() {
+		a.online.Store(false)
+		a.mu.Lock()
+		a.sess = nil
+		a.mu.Unlock()
+		if ctx.Err() != nil || errors.Is(err, ErrRefused) {
+			// A clean stop: say so, since a DISCONNECT suppresses the will.
+			if perr := a.wait(context.Background(), s.client.Publish(a.topics.status, 1, true, subjects.PresenceOffline)); perr != nil {
+				a.log.Warn("publish offline", logErr, perr)
+			}
+			s.client.Disconnect(250)
+			a.log.Info("disconnected", "status", subjects.PresenceOffline)
+			return
+		}
+		s.client.Disconnect(0)
+	}()
+
+	filters := map[string]byte{a.topics.negotiation: 0, a.topics.capsGet: 0, a.topics.cmd: 0, a.topics.callResult: 0}
+	if err := a.wait(ctx, s.client.SubscribeMultiple(filters, func(_ mqtt.Client, m mqtt.Message) { a.handle(s, m) })); err != nil {
+		return false, fmt.Errorf("subscribe: %w", err)
+	}
+	if err := a.wait(ctx, s.client.Publish(a.topics.status, 1, true, subjects.PresenceOnline)); err != nil {
+		return false, fmt.Errorf("publish online: %w", err)
+	}
+	if err := a.negotiate(ctx, s); err != nil {
+		return false, err
+	}
+	a.online.Store(true)
+	a.publishStates(true)
+
+	loopCtx, stopLoops := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { a.loops(loopCtx) })
+	wg.Go(func() { a.watchMotion(loopCtx) })
+	defer wg.Wait()
+	defer stopLoops()
+	for {
+		select {
+		case <-ctx.Done():
+			return true, nil
+		case <-s.lost:
+			return true, fmt.Errorf("connection lost: %w", s.lostErr)
+		case n := <-s.neg:
+			// The answer to a later manifest (an update or a caps request).
+			a.logNegotiation(n)
+		}
+	}
+}
+
+// negotiate sends the CONNECT manifest and waits for the platform's
+// answer, sending it again with backoff while none comes (the platform
+// service may be down while the broker is up).
+func (a *Agent) negotiate(ctx context.Context, s *session) error {
+	for attempt := 0; ; attempt++ {
+		if err := a.publishManifest(jv1.Manifest_REASON_CONNECT, ""); err != nil {
+			return fmt.Errorf("publish manifest: %w", err)
+		}
+		timer := time.NewTimer(a.cfg.Resilience.NegotiateTimeout)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return ctx.Err()
+		case <-s.lost:
+			timer.Stop()
+			return fmt.Errorf("connection lost while negotiating: %w", s.lostErr)
+		case n := <-s.neg:
+			timer.Stop()
+			if !n.GetAccepted() {
+				a.log.Error("the platform refused this device", "reason", n.GetReason(),
+					"platform_protocol", wire.VersionString(n.GetPlatformProtocol()), "protocol", wire.VersionString(wire.Version))
+				return fmt.Errorf("%w: %s", ErrRefused, n.GetReason())
+			}
+			a.logNegotiation(n)
+			return nil
+		case <-timer.C:
+		}
+		d := a.backoff(attempt)
+		a.log.Warn("no answer from the platform to the manifest; sending it again",
+			"waited", a.cfg.Resilience.NegotiateTimeout, "in", d.Round(time.Millisecond))
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-s.lost:
+			t.Stop()
+			return fmt.Errorf("connection lost while negotiating: %w", s.lostErr)
+		case <-t.C:
+		}
+	}
+}
+
+func (a *Agent) logNegotiation(n *jv1.Negotiation) {
+	switch {
+	case !n.GetAccepted():
+		a.log.Error("the platform refused this device's manifest", "reason", n.GetReason())
+	case n.GetReason() != "":
+		a.log.Warn("accepted by the platform with a warning", "reason", n.GetReason(), "tools", n.GetTools())
+	default:
+		a.log.Info("accepted by the platform", "tools", n.GetTools())
+	}
+}
+
+// handle dispatches one message from the platform. It never panics on a
+// bad payload: it logs and counts it.
+func (a *Agent) handle(s *session, m mqtt.Message) {
+	a.received.Add(1)
+	max := a.cfg.Limits.MaxMessageBytes
+	bad := func(err error) {
+		a.bad.Add(1)
+		a.log.Warn("bad message from the platform: dropped", logTopic, m.Topic(), "bytes", len(m.Payload()), logErr, err)
+	}
+	switch m.Topic() {
+	case a.topics.negotiation:
+		n := &jv1.Negotiation{}
+		if err := wire.Decode(m.Payload(), n, max); err != nil {
+			bad(err)
+			return
+		}
+		select {
+		case s.neg <- n:
+		default: // an answer is already waiting; the newer one is a duplicate
+		}
+	case a.topics.capsGet:
+		r := &jv1.CapsRequest{}
+		if err := wire.Decode(m.Payload(), r, max); err != nil {
+			bad(err)
+			return
+		}
+		if err := a.publishManifest(jv1.Manifest_REASON_REQUEST, r.GetId()); err != nil {
+			a.log.Warn("answer caps request", logErr, err)
+		}
+	case a.topics.cmd:
+		c, err := wire.DecodeCommand(m.Payload(), max)
+		if err != nil {
+			bad(err)
+			return
+		}
+		a.enqueue(c)
+	case a.topics.callResult:
+		r := &jv1.ToolResult{}
+		if err := wire.Decode(m.Payload(), r, max); err != nil {
+			bad(err)
+			return
+		}
+		a.deliverToolResult(r)
+	default:
+		bad(fmt.Errorf("%w: unexpected topic", wire.ErrDecode))
+	}
+}
+
+// wait waits for a paho token until ctx ends or publishTimeout passes.
+func (a *Agent) wait(ctx context.Context, t mqtt.Token) error {
+	timer := time.NewTimer(publishTimeout + a.cfg.Resilience.NegotiateTimeout)
+	defer timer.Stop()
+	select {
+	case <-t.Done():
+		return t.Error()
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-timer.C:
+		return errors.New("no answer from the broker in time")
+	}
+}
+
+// publish sends m (or raw, when m is nil) on topic over the current
+// connection, waiting for it to be written (QoS 0) or acknowledged (QoS 1).
+func (a *Agent) publish(topic string, qos byte, retain bool, m proto.Message) error {
+	var payload []byte
+	if m != nil {
+		var err error
+		if payload, err = wire.Encode(m); err != nil {
+			return err
+		}
+	}
+	return a.publishRaw(topic, qos, retain, payload)
+}
+
+func (a *Agent) publishRaw(topic string, qos byte, retain bool, payload []byte) error {
+	a.mu.Lock()
+	s := a.sess
+	a.mu.Unlock()
+	if s == nil {
+		return errNotConnected
+	}
+	return a.wait(context.Background(), s.client.Publish(topic, qos, retain, payload))
+}
