@@ -177,7 +177,7 @@ func TestTLSConfigErrors(t *testing.T) {
 func TestHealthFollowsNATS(t *testing.T) {
 	e := start(t, gateway.Config{})
 	h := healthpb.NewHealthClient(e.dial(t).Conn())
-	for _, svc := range []string{"", lokiv1.Loki_ServiceDesc.ServiceName, gateway.ScriptsService} {
+	for _, svc := range []string{"", lokiv1.Loki_ServiceDesc.ServiceName, lokiv1.Devices_ServiceDesc.ServiceName, gateway.ScriptsService} {
 		resp, err := h.Check(ctxT(t), &healthpb.HealthCheckRequest{Service: svc})
 		if err != nil {
 			t.Fatal(err)

@@ -14,8 +14,8 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 )
 
-// WatchLiveHeader is the response header WatchEvents sends once its
-// subscription is live.
+// WatchLiveHeader is the response header WatchEvents and WatchDevices send
+// once their subscription is live.
 const WatchLiveHeader = "loki-watch-live"
 
 // watchBuffer is how many events may wait for a slow watcher before the
@@ -31,6 +31,21 @@ func (g *Gateway) watchEvents(req *lokiv1.WatchEventsRequest, stream grpc.Server
 	if err != nil {
 		return statusError(g.log, fault.New(fault.InvalidArgument, "%v", err), req.GetTool(), "")
 	}
+	return g.watch(stream, subj, req.GetTool(), func(m *nats.Msg) error {
+		ev := &lokiv1.ScriptEvent{}
+		if err := protojson.Unmarshal(m.Data, ev); err != nil {
+			g.log.Warn("skipping an event that is not a ScriptEvent", "subject", m.Subject, keyErr, err)
+			return nil
+		}
+		return stream.Send(&lokiv1.WatchEventsResponse{Event: ev})
+	})
+}
+
+// watch subscribes to subj and hands every message to send until the
+// caller hangs up, the gateway stops or send fails. It sends the response
+// headers once the subscription is live on the server. name is what the
+// watch is about (a tool, a device), for the log.
+func (g *Gateway) watch(stream grpc.ServerStream, subj, name string, send func(*nats.Msg) error) error {
 	ctx := stream.Context()
 	events := make(chan *nats.Msg, watchBuffer)
 	var dropped atomic.Uint64
@@ -42,11 +57,11 @@ func (g *Gateway) watchEvents(req *lokiv1.WatchEventsRequest, stream grpc.Server
 		}
 	})
 	if err != nil {
-		return statusError(g.log, fault.Wrap(fault.Unavailable, err, "NATS: %v", err), req.GetTool(), "")
+		return statusError(g.log, fault.Wrap(fault.Unavailable, err, "NATS: %v", err), name, "")
 	}
 	defer func() { _ = sub.Unsubscribe() }()
 	if err := g.nc.FlushWithContext(ctx); err != nil {
-		return statusError(g.log, fault.Wrap(fault.Unavailable, err, "NATS: %v", err), req.GetTool(), "")
+		return statusError(g.log, fault.Wrap(fault.Unavailable, err, "NATS: %v", err), name, "")
 	}
 	if err := stream.SendHeader(metadata.Pairs(WatchLiveHeader, "1")); err != nil {
 		return err
@@ -61,12 +76,7 @@ func (g *Gateway) watchEvents(req *lokiv1.WatchEventsRequest, stream grpc.Server
 			if n := dropped.Load(); n > 0 {
 				return status.Errorf(codes.ResourceExhausted, "watch fell behind: %d events dropped; watch again", n)
 			}
-			ev := &lokiv1.ScriptEvent{}
-			if err := protojson.Unmarshal(m.Data, ev); err != nil {
-				g.log.Warn("skipping an event that is not a ScriptEvent", "subject", m.Subject, keyErr, err)
-				continue
-			}
-			if err := stream.Send(&lokiv1.WatchEventsResponse{Event: ev}); err != nil {
+			if err := send(m); err != nil {
 				return err
 			}
 		}

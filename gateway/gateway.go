@@ -1,5 +1,7 @@
 // Package gateway serves Loki over gRPC: the static service loki.v1.Loki
-// (tools, executions, events, status of the services on the bus), one RPC
+// (tools, executions, events, status of the services on the bus), the
+// static service loki.v1.Devices (Jotunheim devices: list, get, command,
+// watch; forwarded to the device service over NATS), one RPC
 // per registered tool in loki.scripts.v1.Scripts (built at runtime from the
 // tool registry and described by server reflection), and the gRPC health
 // service. Every call is forwarded to the Loki replicas over NATS with
@@ -21,6 +23,7 @@ import (
 
 	"github.com/loki-iot/loki/internal/metrics"
 	lokiv1 "github.com/loki-iot/loki/proto/loki/v1"
+	"github.com/loki-iot/loki/services/jotunheim"
 	"github.com/loki-iot/loki/services/loki"
 	"github.com/nats-io/nats.go"
 	"google.golang.org/grpc"
@@ -123,6 +126,7 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Gateway, error) {
 	}
 	g.srv = grpc.NewServer(opts...)
 	lokiv1.RegisterLokiServer(g.srv, &lokiServer{g: g})
+	lokiv1.RegisterDevicesServer(g.srv, &devicesServer{g: g, jc: jotunheim.NewClient(nc)})
 	healthpb.RegisterHealthServer(g.srv, g.health)
 	g.healthState = healthpb.HealthCheckResponse_NOT_SERVING
 	for _, svc := range g.healthServices() {
@@ -300,7 +304,7 @@ func (g *Gateway) watchRegistry(ctx context.Context, reg *loki.Registry, loaded 
 // healthServices are the names the health service reports on; "" is the
 // server as a whole.
 func (g *Gateway) healthServices() []string {
-	return []string{"", lokiv1.Loki_ServiceDesc.ServiceName, ScriptsService}
+	return []string{"", lokiv1.Loki_ServiceDesc.ServiceName, lokiv1.Devices_ServiceDesc.ServiceName, ScriptsService}
 }
 
 // refresh rebuilds the per-tool RPCs when the registry changed and sets the

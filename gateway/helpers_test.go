@@ -15,7 +15,9 @@ import (
 	"github.com/loki-iot/loki/internal/natsrv"
 	"github.com/loki-iot/loki/internal/natstest"
 	lokiv1 "github.com/loki-iot/loki/proto/loki/v1"
+	"github.com/loki-iot/loki/services/jotunheim"
 	"github.com/loki-iot/loki/services/loki"
+	"github.com/loki-iot/loki/services/loki/engine"
 	"github.com/loki-iot/loki/subjects"
 	"github.com/nats-io/nats.go"
 	"google.golang.org/grpc/codes"
@@ -136,7 +138,23 @@ type env struct {
 // start runs everything with the test tools until the test ends.
 func start(t testing.TB, cfg gateway.Config) *env {
 	t.Helper()
-	srv := natstest.Start(t)
+	return startEnv(t, cfg, false)
+}
+
+// startDevices is start with the device service (services/jotunheim) too,
+// and the server's MQTT listener for devices.
+func startDevices(t testing.TB, cfg gateway.Config) *env {
+	t.Helper()
+	return startEnv(t, cfg, true)
+}
+
+func startEnv(t testing.TB, cfg gateway.Config, devices bool) *env {
+	t.Helper()
+	srv := natstest.Start(t, func(c *natsrv.Config) {
+		if devices {
+			c.MQTTPort = -1
+		}
+	})
 	nc := natstest.Connect(t, srv)
 	tools, err := loki.ParseTools("test.toml", []byte(testTools), fstest.MapFS{})
 	if err != nil {
@@ -150,6 +168,9 @@ func start(t testing.TB, cfg gateway.Config) *env {
 		t.Fatal(err)
 	}
 	startLoki(t, srv)
+	if devices {
+		startJotunheim(t, srv)
+	}
 	e := &env{srv: srv, nc: nc, gwConn: natstest.Connect(t, srv)}
 	e.startGateway(t, cfg)
 	return e
@@ -157,7 +178,18 @@ func start(t testing.TB, cfg gateway.Config) *env {
 
 func startLoki(t testing.TB, srv *natsrv.Server) {
 	t.Helper()
-	svc, err := loki.New(loki.Config{}, natstest.Connect(t, srv), quietLog())
+	nc := natstest.Connect(t, srv)
+	// The device module, for the tools the device service makes of devices.
+	svc, err := loki.New(loki.Config{Modules: []engine.Module{jotunheim.NewModule(nc)}}, nc, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	natstest.RunService(t, svc)
+}
+
+func startJotunheim(t testing.TB, srv *natsrv.Server) {
+	t.Helper()
+	svc, err := jotunheim.New(jotunheim.DefaultConfig(), natstest.Connect(t, srv), quietLog())
 	if err != nil {
 		t.Fatal(err)
 	}

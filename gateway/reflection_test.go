@@ -135,7 +135,7 @@ func TestReflectionListsEverything(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", gateway.ScriptsService, lokiv1.Loki_ServiceDesc.ServiceName} {
+	for _, want := range []string{"grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", gateway.ScriptsService, lokiv1.Loki_ServiceDesc.ServiceName, lokiv1.Devices_ServiceDesc.ServiceName} {
 		if !slices.Contains(svcs, want) {
 			t.Errorf("got services %v, want %s among them", svcs, want)
 		}

@@ -31,7 +31,8 @@ var (
 	accessList = &busAccess{pub: []string{subjects.LokiToolsList}}
 )
 
-// methodAccess is what each RPC of loki.v1.Loki does on NATS. New refuses
+// methodAccess is what each RPC of loki.v1.Loki and loki.v1.Devices does
+// on NATS. New refuses
 // to build a gateway serving a method missing here.
 var methodAccess = map[string]*busAccess{
 	lokiv1.Loki_GetCapabilities_FullMethodName:       {pub: []string{subjects.LokiCapabilities}},
@@ -43,6 +44,11 @@ var methodAccess = map[string]*busAccess{
 	lokiv1.Loki_ExecuteScript_FullMethodName:         accessExec,
 	lokiv1.Loki_StreamScriptExecution_FullMethodName: accessExec,
 	lokiv1.Loki_WatchEvents_FullMethodName:           {sub: []string{subjects.LokiEventsAll}},
+
+	lokiv1.Devices_ListDevices_FullMethodName:   {pub: []string{subjects.DevicesList}},
+	lokiv1.Devices_GetDevice_FullMethodName:     {pub: []string{subjects.DevicesGet}},
+	lokiv1.Devices_CommandDevice_FullMethodName: {pub: []string{subjects.DevicesCmd}},
+	lokiv1.Devices_WatchDevices_FullMethodName:  {sub: []string{subjects.DevicesEventsAll}},
 }
 
 // serviceAccess is what every method of a service does on NATS, for

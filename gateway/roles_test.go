@@ -41,7 +41,7 @@ var toolSeq atomic.Int64
 func newToolName() string { return fmt.Sprintf("role_tool_%d", toolSeq.Add(1)) }
 
 func roleRPCs() []roleRPC {
-	return []roleRPC{
+	return append(deviceRoleRPCs(), []roleRPC{
 		{name: "GetCapabilities", call: func(t *testing.T, _ *env, c *client.Client) error {
 			_, err := c.Capabilities(ctxT(t))
 			return err
@@ -123,7 +123,7 @@ func roleRPCs() []roleRPC {
 			}
 			return err
 		}},
-	}
+	}...)
 }
 
 // registered reports whether the registry bucket holds the tool name.
@@ -187,7 +187,7 @@ func TestRoles(t *testing.T) {
 	}
 	envs := map[string]*env{}
 	for name, cfg := range configs {
-		envs[name] = start(t, cfg)
+		envs[name] = startDevices(t, cfg)
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -223,20 +223,22 @@ func TestRoles(t *testing.T) {
 }
 
 // TestRolesCoverEveryRPC keeps TestRoles honest: it must call every RPC of
-// loki.v1.Loki.
+// loki.v1.Loki and loki.v1.Devices.
 func TestRolesCoverEveryRPC(t *testing.T) {
 	called := map[string]bool{}
 	for _, rpc := range roleRPCs() {
 		called[rpc.name] = true
 	}
-	for _, m := range lokiv1.Loki_ServiceDesc.Methods {
-		if !called[m.MethodName] {
-			t.Errorf("TestRoles does not call %s", m.MethodName)
+	for _, sd := range []grpc.ServiceDesc{lokiv1.Loki_ServiceDesc, lokiv1.Devices_ServiceDesc} {
+		for _, m := range sd.Methods {
+			if !called[m.MethodName] {
+				t.Errorf("TestRoles does not call %s", m.MethodName)
+			}
 		}
-	}
-	for _, s := range lokiv1.Loki_ServiceDesc.Streams {
-		if !called[s.StreamName] {
-			t.Errorf("TestRoles does not call %s", s.StreamName)
+		for _, s := range sd.Streams {
+			if !called[s.StreamName] {
+				t.Errorf("TestRoles does not call %s", s.StreamName)
+			}
 		}
 	}
 }

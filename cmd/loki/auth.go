@@ -31,7 +31,7 @@ programs (role client or admin) and MQTT logins for devices.
 
 Commands:
   add NAME [--role client|admin] [-o FILE]   create an identity; print its nkey seed
-  add-device ID [--json]                     create a device's MQTT login; print it
+  add-device ID [--json]                     create a device's MQTT login; print and save it
   list [--json]                              list identities (never a secret)
   revoke NAME                                delete an identity
   export [-o FILE]                           write every identity as nats-server configuration
@@ -400,9 +400,13 @@ func appliedNote(store identityStore) string {
 func authAddDevice(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("auth add-device", `Usage: loki auth add-device ID [--json] [flags]
 
-Creates the MQTT login of device ID: username ID and a random password,
-shown once (Loki keeps only its bcrypt hash). The device may connect to the
-MQTT listener only, and publish and subscribe only under jotunheim/ID/.`, stderr)
+Creates the MQTT login of device ID: username ID and a random password
+(Loki's identities keep only its bcrypt hash). The device may connect to the
+MQTT listener only, and publish and subscribe only under jotunheim/ID/.
+The login is printed, and saved for an agent on this host as
+{"username": ..., "password": ...} in DATA-DIR/auth/devices/ID.json (0600),
+which 'jotunheim --id ID' reads by default; 'loki auth revoke ID' removes it.
+For a device elsewhere, copy the login there and delete the file.`, stderr)
 	af := addAuthFlags(fs, stderr)
 	asJSON := fs.Bool("json", false, `print {"username": ..., "password": ...}`)
 	pos, err := parseAuthArgs(fs, args)
@@ -425,6 +429,19 @@ MQTT listener only, and publish and subscribe only under jotunheim/ID/.`, stderr
 	if err != nil {
 		return authFailed("add-device", err)
 	}
+	// Saved for an agent on this host (jotunheim reads it by default); a
+	// login that cannot be saved is not kept.
+	authDir := filepath.Join(*af.dataDir, "auth")
+	loginFile, err := auth.SaveDeviceLogin(authDir, cred)
+	if err != nil {
+		if rerr := store.Revoke(ctx, id); rerr != nil {
+			return authFailed("add-device", fmt.Errorf("%w; and revoking %q again failed: %v (run `loki auth revoke %s`)", err, id, rerr, id))
+		}
+		return authFailed("add-device", fmt.Errorf("%w (device %q not kept)", err, id))
+	}
+	if abs, err := filepath.Abs(loginFile); err == nil {
+		loginFile = abs
+	}
 	if *asJSON {
 		b, _ := json.Marshal(struct {
 			Username string `json:"username"`
@@ -434,7 +451,8 @@ MQTT listener only, and publish and subscribe only under jotunheim/ID/.`, stderr
 	} else {
 		fmt.Fprintf(stdout, "username: %s\npassword: %s\n", cred.Username, cred.Password)
 	}
-	fmt.Fprintf(stderr, "loki: added device %q%s; it logs in to the MQTT listener with this username and password\n", id, appliedNote(store))
+	fmt.Fprintf(stderr, "loki: added device %q%s; it logs in to the MQTT listener with this username and password, saved for an agent on this host in %s (jotunheim --id %s reads it)\n",
+		id, appliedNote(store), loginFile, id)
 	return nil
 }
 
@@ -494,9 +512,10 @@ func authRevoke(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs := newFlags("auth revoke", `Usage: loki auth revoke NAME [flags]
 
 Deletes the identity NAME. While 'loki up' runs, its connections are closed
-at once and it cannot connect again. The identities 'loki up' runs with
-(loki, hel, fenrir, jormungandr, gateway, auth, client, admin) cannot be
-revoked.`, stderr)
+at once and it cannot connect again. A device's login saved by 'loki auth
+add-device' (DATA-DIR/auth/devices/ID.json) is removed too. The identities
+'loki up' runs with (loki, hel, fenrir, jormungandr, gateway, auth,
+jotunheim, client, admin) cannot be revoked.`, stderr)
 	af := addAuthFlags(fs, stderr)
 	pos, err := parseAuthArgs(fs, args)
 	if err != nil {
@@ -518,6 +537,15 @@ revoked.`, stderr)
 		fmt.Fprintf(stderr, "loki: revoked %q; its connections are closed\n", name)
 	} else {
 		fmt.Fprintf(stderr, "loki: revoked %q%s\n", name, appliedNote(store))
+	}
+	// A device's saved login goes with it.
+	authDir := filepath.Join(*af.dataDir, "auth")
+	removed, err := auth.RemoveDeviceLogin(authDir, name)
+	if err != nil {
+		return authFailed("revoke", err)
+	}
+	if removed {
+		fmt.Fprintf(stderr, "loki: removed its saved login %s\n", auth.DeviceLoginFile(authDir, name))
 	}
 	return nil
 }

@@ -111,13 +111,18 @@ func TestAuthLive(t *testing.T) {
 		t.Fatalf("auth add as a client: got %v, want PERMISSION_DENIED", err)
 	}
 
-	devOut, _, err := cliAll("auth", "add-device", "greenhouse-1", "--json", "--nats-url", url)
+	devOut, devHint, err := cliAll("auth", "add-device", "greenhouse-1", "--json", "--nats-url", url)
 	if err != nil {
 		t.Fatalf("auth add-device: %v", err)
 	}
 	var dev struct{ Username, Password string }
 	if err := json.Unmarshal([]byte(devOut), &dev); err != nil || dev.Username != "greenhouse-1" || dev.Password == "" {
 		t.Fatalf("auth add-device --json: got %q, %v", devOut, err)
+	}
+	// Saved for an agent on this host, in the data dir `loki up` holds.
+	loginFile := checkDeviceLogin(t, dir, "greenhouse-1", dev.Password)
+	if !strings.Contains(devHint, loginFile) {
+		t.Errorf("add-device's message %q does not name %s", devHint, loginFile)
 	}
 	m := mqttLine.FindStringSubmatch(banner)
 	if m == nil {
@@ -196,6 +201,14 @@ func TestAuthLive(t *testing.T) {
 		t.Fatalf("alice still listed after revoke:\n%s", list)
 	}
 
+	_, out, err = cliAll("auth", "revoke", "greenhouse-1", "--nats-url", url)
+	if err != nil || !strings.Contains(out, loginFile) {
+		t.Fatalf("auth revoke of a device: got %q, %v, want its login file named", out, err)
+	}
+	if _, err := os.Stat(loginFile); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("device login after revoke: %v, want it gone", err)
+	}
+
 	_, _, err = cliAll("auth", "revoke", "loki", "--nats-url", url)
 	if exitCode(err) != 1 || !strings.Contains(err.Error(), "built-in") {
 		t.Fatalf("revoke loki: got %v, want a refusal of a built-in identity, exit 1", err)
@@ -210,6 +223,32 @@ func TestAuthLive(t *testing.T) {
 	if exitCode(err) != 1 || !strings.Contains(err.Error(), want) {
 		t.Fatalf("auth list, up unreachable: got %v, want %q", err, want)
 	}
+}
+
+// checkDeviceLogin checks the login file `loki auth add-device` saved for
+// device id in dataDir: mode 0600 in a 0700 directory, exactly
+// {"username": id, "password": pass}. It returns the file's path.
+func checkDeviceLogin(t *testing.T, dataDir, id, pass string) string {
+	t.Helper()
+	path := filepath.Join(dataDir, "auth", "devices", id+".json")
+	for p, want := range map[string]os.FileMode{filepath.Dir(path): 0o700, path: 0o600} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatalf("device login: %v", err)
+		}
+		if fi.Mode().Perm() != want {
+			t.Errorf("%s: got mode %v, want %v", p, fi.Mode().Perm(), want)
+		}
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var login map[string]string
+	if err := json.Unmarshal(b, &login); err != nil || len(login) != 2 || login["username"] != id || login["password"] != pass {
+		t.Fatalf("device login %s: got %s (%v), want username %s and the printed password", path, b, err, id)
+	}
+	return path
 }
 
 // loadExport reads an exported file through a server configuration that
@@ -255,6 +294,21 @@ func TestAuthOffline(t *testing.T) {
 	}
 	if _, _, err := cliAll("auth", "revoke", "dave", "--data-dir", dir); err != nil {
 		t.Fatalf("offline auth revoke: %v", err)
+	}
+	devOut, _, err := cliAll("auth", "add-device", "shed", "--data-dir", dir)
+	if err != nil {
+		t.Fatalf("offline auth add-device: %v", err)
+	}
+	pass := regexp.MustCompile(`(?m)^password: (\S+)$`).FindStringSubmatch(devOut)
+	if pass == nil {
+		t.Fatalf("offline auth add-device printed %q, want a password line", devOut)
+	}
+	shedLogin := checkDeviceLogin(t, dir, "shed", pass[1])
+	if _, _, err := cliAll("auth", "revoke", "shed", "--data-dir", dir); err != nil {
+		t.Fatalf("offline auth revoke of a device: %v", err)
+	}
+	if _, err := os.Stat(shedLogin); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("device login after an offline revoke: %v, want it gone", err)
 	}
 	list, err := cli(t, "auth", "list", "--data-dir", dir)
 	if err != nil || !regexp.MustCompile(`(?m)^carol\s+admin\s+nkey`).MatchString(list) || strings.Contains(list, "dave") {

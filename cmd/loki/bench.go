@@ -31,7 +31,8 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs := newFlags("bench", `Usage: loki bench [flags]
 
 With --grpc, measures the gateway instead; with --auth, the cost of
-authentication and permissions (see docs/BENCHMARKS.md).
+authentication and permissions; with --device, a device tool (see
+docs/BENCHMARKS.md).
 Otherwise starts an embedded NATS server and a Loki replica on loopback, then measures,
 from a client connected over TCP, a trivial tool (return a + b) against a raw
 NATS request/reply echo in the same run: sequential p50/p99 and throughput
@@ -41,6 +42,7 @@ with concurrent callers. Prints a Markdown table.`, stderr)
 	fs.DurationVar(&cfg.Duration, "duration", cfg.Duration, "length of each throughput phase")
 	fs.IntVar(&cfg.Rounds, "rounds", cfg.Rounds, "alternating rounds; the median is reported")
 	viaGRPC := fs.Bool("grpc", false, "measure ExecuteScript and Script_<tool> through the gRPC gateway against a raw gRPC echo instead")
+	withDevice := fs.Bool("device", false, "measure a sensor read through a device tool (caller, Loki, device service, MQTT, agent on the sim board, and back) against the raw NATS echo, and the time from an agent's start to its tools being callable")
 	withAuth := fs.Bool("auth", false, "measure the same call with authentication and permissions on (nkey identities with their roles' permissions, as under loki up) against without, on two servers, alternating rounds")
 	newLog := logFlags(fs, stderr)
 	if err := fs.Parse(args); err != nil {
@@ -51,8 +53,10 @@ with concurrent callers. Prints a Markdown table.`, stderr)
 		return err
 	}
 	switch {
-	case *viaGRPC && *withAuth:
-		return &exitError{code: 2, err: errors.New("bench: --grpc and --auth measure different things: pick one")}
+	case countTrue(*viaGRPC, *withAuth, *withDevice) > 1:
+		return &exitError{code: 2, err: errors.New("bench: --grpc, --auth and --device measure different things: pick one")}
+	case *withDevice:
+		return benchDevice(ctx, cfg, log, stdout, stderr)
 	case *viaGRPC:
 		fmt.Fprintf(stderr, "benchmarking the gRPC gateway on %d CPUs: %d sequential calls, %d callers for %s, %d rounds...\n",
 			runtime.NumCPU(), cfg.Sequential, cfg.Concurrency, cfg.Duration, cfg.Rounds)
@@ -331,4 +335,14 @@ func (st *benchStack) Close() {
 		st.closers[i]()
 	}
 	st.closers = nil
+}
+
+func countTrue(bs ...bool) int {
+	n := 0
+	for _, b := range bs {
+		if b {
+			n++
+		}
+	}
+	return n
 }

@@ -22,9 +22,10 @@ func buildCompletionSpec(ctx context.Context) completionSpec {
 	sp := completionSpec{
 		commands: commands,
 		subs: map[string][]string{
-			"serve":      {"loki", "hel", "fenrir", "jormungandr", "gateway"},
+			"serve":      {"loki", "hel", "fenrir", "jormungandr", "jotunheim", "gateway"},
 			"auth":       {"add", "add-device", "list", "revoke", "export", "context"},
 			"tools":      toolsCommands,
+			"devices":    devicesCommands,
 			"completion": {"bash", "zsh", "fish"},
 			"help":       commands,
 		},
@@ -38,11 +39,11 @@ func buildCompletionSpec(ctx context.Context) completionSpec {
 		sort.Strings(out)
 		return out
 	}
-	for _, c := range []string{"up", "tools", "call", "events", "bench"} {
+	for _, c := range []string{"up", "tools", "call", "events", "devices", "bench"} {
 		fs, _ := probeFlags(ctx, c)
 		sp.flags[c] = names(fs)
 	}
-	for _, c := range []string{"serve", "auth", "tools"} {
+	for _, c := range []string{"serve", "auth", "tools", "devices"} {
 		for _, sub := range sp.subs[c] {
 			fs, _ := probeFlags(ctx, c, sub)
 			sp.flags[c+" "+sub] = names(fs)

@@ -21,13 +21,14 @@ import (
 	"github.com/loki-iot/loki/services/fenrir"
 	"github.com/loki-iot/loki/services/hel"
 	"github.com/loki-iot/loki/services/jormungandr"
+	"github.com/loki-iot/loki/services/jotunheim"
 	"github.com/loki-iot/loki/services/loki"
 	"github.com/loki-iot/loki/services/loki/engine"
 	"github.com/nats-io/nats.go"
 )
 
 // serviceConfig is the --service-config file: optional [log], [nats], [loki], [hel],
-// [fenrir], [jormungandr] and [gateway] tables over the defaults. Unknown keys are errors.
+// [fenrir], [jormungandr], [jotunheim] and [gateway] tables over the defaults. Unknown keys are errors.
 // Fenrir's boards come from --board, not from here. SIGHUP applies some
 // settings live (see serviceReloader and each component's live settings).
 type serviceConfig struct {
@@ -37,6 +38,7 @@ type serviceConfig struct {
 	Hel         hel.Config         `toml:"hel"`
 	Fenrir      fenrir.Config      `toml:"fenrir"`
 	Jormungandr jormungandr.Config `toml:"jormungandr"`
+	Jotunheim   jotunheim.Config   `toml:"jotunheim"`
 	Gateway     gateway.Config     `toml:"gateway"`
 }
 
@@ -153,6 +155,7 @@ func loadServiceConfig(path, dataDir string) (serviceConfig, error) {
 		Hel:         hel.DefaultConfig(dataDir),
 		Fenrir:      fenrir.DefaultConfig(),
 		Jormungandr: jormungandr.DefaultConfig(),
+		Jotunheim:   jotunheim.DefaultConfig(),
 		Gateway:     gateway.DefaultConfig(),
 	}
 	if path != "" {
@@ -178,6 +181,9 @@ func loadServiceConfig(path, dataDir string) (serviceConfig, error) {
 	}
 	if err := cfg.Jormungandr.Validate(); err != nil {
 		return cfg, fmt.Errorf("service config %s: [jormungandr]: %w", orDefault(path), err)
+	}
+	if err := cfg.Jotunheim.Validate(); err != nil {
+		return cfg, fmt.Errorf("service config %s: [jotunheim]: %w", orDefault(path), err)
 	}
 	if err := cfg.Gateway.Validate(); err != nil {
 		return cfg, fmt.Errorf("service config %s: [gateway]: %w", orDefault(path), err)
@@ -226,7 +232,7 @@ func (c serviceConfig) lokiConfig(nc *nats.Conn) loki.Config {
 // not running answers UNAVAILABLE. With a nil nc they serve only for their
 // names, to check tools' grants before anything starts.
 func modules(nc *nats.Conn) []engine.Module {
-	return []engine.Module{hel.NewModule(nc), fenrir.NewModule(nc), jormungandr.NewModule(nc)}
+	return []engine.Module{hel.NewModule(nc), fenrir.NewModule(nc), jormungandr.NewModule(nc), jotunheim.NewModule(nc)}
 }
 
 // checkGrants refuses tools whose grants name no module, or that their
@@ -371,6 +377,16 @@ func jormungandrComponent(cfg jormungandr.Config, nc *nats.Conn, log *slog.Logge
 		return svc.SetPolicy(p)
 	}}}
 	return component{name: "jormungandr", run: svc.Run, ready: svc.Ready(), live: live}, nil
+}
+
+// jotunheimComponent is the device service: the registry of devices, their
+// presence, their tools, and commands to them.
+func jotunheimComponent(cfg jotunheim.Config, nc *nats.Conn, log *slog.Logger) (component, error) {
+	svc, err := jotunheim.New(cfg, nc, log)
+	if err != nil {
+		return component{}, err
+	}
+	return component{name: "jotunheim", run: svc.Run, ready: svc.Ready()}, nil
 }
 
 // gatewayComponent listens at once, so a busy port fails start-up clearly.

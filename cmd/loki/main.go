@@ -3,6 +3,7 @@
 //	loki up                     run everything in one process on an embedded NATS server
 //	loki serve loki             run one component against an external NATS server
 //	loki tools | call | events  client commands
+//	loki devices                Jotunheim devices: list, show, cmd, watch, rm
 //	loki bench                  measure Loki against raw NATS request/reply
 package main
 
@@ -25,13 +26,14 @@ const usage = `loki runs user-written Lua tools against hardware, networks and s
 
 Usage:
   loki up [flags]                 run NATS (embedded, with JetStream) and every service in one process
-  loki serve COMPONENT [flags]    run one component (loki, hel, fenrir, jormungandr, gateway) against an external NATS server
+  loki serve COMPONENT [flags]    run one component (loki, hel, fenrir, jormungandr, jotunheim, gateway) against an external NATS server
   loki tools [flags]              list registered tools
   loki tools get NAME             print one tool
   loki tools register FILE        register the tools of a TOML file (admin)
   loki tools unregister NAME...   remove tools (admin)
   loki call TOOL [key=value ...]  call a tool and print its JSON result
   loki events [flags]             print script events as they happen
+  loki devices [flags]            list devices (show ID, cmd ID NAME [k=v ...], watch [ID], rm ID)
   loki auth COMMAND [flags]       manage bus identities: add, add-device, list, revoke, export, context
   loki bench [flags]              benchmark tool calls against a raw NATS echo
   loki completion bash|zsh|fish   print a shell completion script
@@ -116,7 +118,7 @@ func main() {
 }
 
 // commands are the top-level commands, in the order help lists them.
-var commands = []string{"up", "serve", "tools", "call", "events", "auth", "bench", "completion", "version", "help"}
+var commands = []string{"up", "serve", "tools", "call", "events", "devices", "auth", "bench", "completion", "version", "help"}
 
 // run runs one command line. Help requests print to stdout and return nil;
 // usage mistakes return an exitError with code 2 and a hint; nothing is
@@ -183,6 +185,8 @@ func handler(cmd string) (func(ctx context.Context, args []string, stdout, stder
 		return cmdCall, true
 	case "events":
 		return cmdEvents, true
+	case "devices":
+		return cmdDevices, true
 	case "bench":
 		return cmdBench, true
 	case "auth":

@@ -192,7 +192,7 @@ sent. Connects as the local admin identity; only admins may register.`, stderr)
 	defer nc.Close()
 	ctx, cancel := context.WithTimeout(ctx, toolsTimeout)
 	defer cancel()
-	ctx, denied := watchPermissions(ctx, nc)
+	ctx, denied := watchPermissions(ctx, nc, "only an admin identity may change the tools (--creds)")
 	c := loki.NewClient(nc)
 	for i, t := range tools {
 		got, err := c.Register(ctx, t.Def)
@@ -237,7 +237,7 @@ may unregister.`, stderr)
 	defer nc.Close()
 	ctx, cancel := context.WithTimeout(ctx, toolsTimeout)
 	defer cancel()
-	ctx, denied := watchPermissions(ctx, nc)
+	ctx, denied := watchPermissions(ctx, nc, "only an admin identity may change the tools (--creds)")
 	c := loki.NewClient(nc)
 	for _, name := range pos {
 		if err := c.Unregister(ctx, name); err != nil {
@@ -250,10 +250,10 @@ may unregister.`, stderr)
 
 // watchPermissions returns a context cancelled when the server reports a
 // permissions violation on nc, and a function that turns a request's
-// error into PERMISSION_DENIED when that is why it failed. A credential
-// that may not publish on a subject gets no reply, only that asynchronous
-// report: without this the command would wait for its timeout.
-func watchPermissions(ctx context.Context, nc *nats.Conn) (context.Context, func(error) error) {
+// error into PERMISSION_DENIED, with hint, when that is why it failed. A
+// credential that may not publish on a subject gets no reply, only that
+// asynchronous report: without this the command would wait for its timeout.
+func watchPermissions(ctx context.Context, nc *nats.Conn, hint string) (context.Context, func(error) error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	nc.SetErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 		if errors.Is(err, nats.ErrPermissionViolation) {
@@ -262,7 +262,7 @@ func watchPermissions(ctx context.Context, nc *nats.Conn) (context.Context, func
 	})
 	return ctx, func(err error) error {
 		if cause := context.Cause(ctx); errors.Is(cause, nats.ErrPermissionViolation) {
-			return fault.Wrap(fault.PermissionDenied, cause, "%v: only an admin identity may change the tools (--creds)", cause)
+			return fault.Wrap(fault.PermissionDenied, cause, "%v: %s", cause, hint)
 		}
 		return err
 	}

@@ -29,7 +29,10 @@ func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 Runs an embedded NATS server with JetStream and every Loki service in one
 process: Loki (scripts), Hel (storage), Fenrir (hardware), Jörmungandr
-(network) and the gRPC gateway, with an MQTT listener for devices. Without
+(network), Jotunheim (devices) and the gRPC gateway, with an MQTT listener
+for devices: after 'loki auth add-device ID', 'jotunheim --sim --id ID' in
+another terminal joins as device ID, and its sensors and actuators become
+tools (see 'loki devices'). Without
 --config, the built-in example tools are registered; without --board, Fenrir
 serves the built-in simulated board "sim". Jörmungandr's egress policy denies
 every host but the local MQTT listener unless [jormungandr.policy] in
@@ -47,7 +50,7 @@ SIGHUP reloads --config and the settings of --service-config that apply live
 memory_limit_mib), and logs those that changed but need a restart.
 SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.`, stderr)
 	config := fs.String("config", "", "tool config (TOML), reloaded when it changes and on SIGHUP; default: the built-in examples")
-	serviceConfig := fs.String("service-config", "", "service settings (TOML with optional [log], [nats] (TLS, sync), [loki], [hel], [fenrir], [jormungandr], [gateway] tables); SIGHUP applies what can change live")
+	serviceConfig := fs.String("service-config", "", "service settings (TOML with optional [log], [nats] (TLS, sync), [loki], [hel], [fenrir], [jormungandr], [jotunheim], [gateway] tables); SIGHUP applies what can change live")
 	board := fs.String("board", "", "Fenrir boards (TOML with [[boards]]); default: the built-in simulated board \"sim\"")
 	dataDir := fs.String("data-dir", defaultDataDir(), "directory for all data: JetStream (tools, KV, objects) and Hel's files (env LOKI_DATA_DIR)")
 	port := fs.Int("nats-port", 4222, "NATS client port (-1 picks a free port)")
@@ -150,7 +153,7 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
 	if err != nil {
 		return err
 	}
-	svcCfg.Hel.Metrics, svcCfg.Fenrir.Metrics, svcCfg.Jormungandr.Metrics = met.reg, met.reg, met.reg
+	svcCfg.Hel.Metrics, svcCfg.Fenrir.Metrics, svcCfg.Jormungandr.Metrics, svcCfg.Jotunheim.Metrics = met.reg, met.reg, met.reg, met.reg
 	helComp, err := helComponent(svcCfg.Hel, conns[subjects.RoleHel], log)
 	if err != nil {
 		return err
@@ -159,7 +162,7 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
 	if err != nil {
 		return err
 	}
-	mqttLine := "off (--mqtt-port 0)"
+	mqttLine, mqttURL := "off (--mqtt-port 0)", ""
 	if addr := srv.MQTTAddr(); addr != "" {
 		// Scripts may reach the local MQTT listener, and nothing else by default.
 		if err := svcCfg.Jormungandr.Policy.AllowAddr(addr); err != nil {
@@ -180,13 +183,18 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
 			svcCfg.Jormungandr.LocalMQTT.ClientCertRequired = n.TLSClientCAFile != ""
 		}
 		mqttLine = srv.MQTTURL()
+		mqttURL = mqttLine
 	}
 	netComp, err := jormungandrComponent(svcCfg.Jormungandr, conns[subjects.RoleJormungandr], log)
 	if err != nil {
 		return err
 	}
+	devComp, err := jotunheimComponent(svcCfg.Jotunheim, conns[subjects.RoleJotunheim], log)
+	if err != nil {
+		return err
+	}
 	authSvc := auth.NewService(authority, conns[subjects.RoleAuth], log)
-	comps := []component{lokiComp, helComp, fenrirComp, netComp,
+	comps := []component{lokiComp, helComp, fenrirComp, netComp, devComp,
 		{name: "auth", run: authSvc.Run, ready: authSvc.Ready()}}
 	var rl *toolsReloader
 	if *config != "" {
@@ -195,7 +203,7 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
 			return err
 		}
 	}
-	services := []string{"loki", "hel", "fenrir", "jormungandr"}
+	services := []string{"loki", "hel", "fenrir", "jormungandr", "jotunheim"}
 	grpcLine := "off (--grpc-port 0)"
 	if *grpcPort != 0 {
 		svcCfg.Gateway.Metrics = met.reg
@@ -234,19 +242,20 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
   boards     %s
   tools      %d served: %s  (%d from %s)
   auth       identities in %s (loki auth list)
+  devices    %s
   try        %s
   nats CLI   %s
              %s
   stop       Ctrl-C
 `, time.Since(started).Round(time.Millisecond), srv.ClientURL(), *dataDir, mqttLine, grpcLine, met.line(),
 			strings.Join(services, ", "), svcCfg.boardNames(),
-			len(served), strings.Join(names, ", "), len(tools), source, authDir, try.cli,
+			len(served), strings.Join(names, ", "), len(tools), source, authDir, devicesLine(mqttURL, *dataDir), try.cli,
 			natsContextCommand(authority, srv.ClientURL(), "loki", subjects.RoleClient), try.nats)
 	}, comps...)
 }
 
 func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	const components = "loki, hel, fenrir, jormungandr, gateway"
+	const components = "loki, hel, fenrir, jormungandr, jotunheim, gateway"
 	if len(args) > 0 && isHelp(args[0]) {
 		serveUsage(ctx, stdout, strings.Split(components, ", "))
 		return nil
@@ -256,13 +265,13 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	name, args := args[0], args[1:]
 	switch name {
-	case "loki", "hel", "fenrir", "jormungandr", "gateway":
+	case "loki", "hel", "fenrir", "jormungandr", "jotunheim", "gateway":
 	default:
 		return &exitError{code: 2, err: fmt.Errorf("serve: unknown component %q (components: %s)", name, components)}
 	}
 	fs := newFlags("serve "+name, fmt.Sprintf("Usage: loki serve %s --nats-url URL [flags]\n\n%s", name, serveHelp[name]), stderr)
 	nf := addNATSFlags(fs, subjects.Role(name))
-	serviceConfig := fs.String("service-config", "", "service settings (TOML with optional [log], [loki], [hel], [fenrir], [jormungandr], [gateway] tables); SIGHUP applies what can change live")
+	serviceConfig := fs.String("service-config", "", "service settings (TOML with optional [log], [loki], [hel], [fenrir], [jormungandr], [jotunheim], [gateway] tables); SIGHUP applies what can change live")
 	var config, dataDir, grpcListen, board *string
 	var sim *bool
 	var concurrency *int
@@ -338,7 +347,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	defer nc.Close()
 	met.watchNATS(name, nc)
 	svcCfg.Gateway.Metrics = met.reg
-	svcCfg.Hel.Metrics, svcCfg.Fenrir.Metrics, svcCfg.Jormungandr.Metrics = met.reg, met.reg, met.reg
+	svcCfg.Hel.Metrics, svcCfg.Fenrir.Metrics, svcCfg.Jormungandr.Metrics, svcCfg.Jotunheim.Metrics = met.reg, met.reg, met.reg, met.reg
 	var comp component
 	var rl *toolsReloader
 	switch name {
@@ -363,6 +372,8 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		comp, err = fenrirComponent(svcCfg.Fenrir, nc, log)
 	case "jormungandr":
 		comp, err = jormungandrComponent(svcCfg.Jormungandr, nc, log)
+	case "jotunheim":
+		comp, err = jotunheimComponent(svcCfg.Jotunheim, nc, log)
 	case "gateway":
 		var addr net.Addr
 		comp, addr, err = gatewayComponent(svcCfg.Gateway, nc, log, *grpcListen)
@@ -402,6 +413,12 @@ host, each with its own --board file.`,
 external NATS server. Replicas share requests through a queue group; calls on a
 WebSocket or MQTT handle go to the replica holding it. The egress policy comes
 from [jormungandr.policy] in --service-config and denies everything by default.`,
+	"jotunheim": `Runs one Jotunheim replica (the device service: registry, presence, device
+tools, commands) against an external NATS server with JetStream and its MQTT
+listener, where devices connect. Replicas share device messages and requests
+through queue groups and the registry through the JetStream KV bucket
+jotunheim_devices. Settings come from [jotunheim] in --service-config; Loki
+replicas need its Lua module (built in) for the device tools.`,
 	"gateway": `Runs one gRPC gateway against an external NATS server. Gateways hold no
 state: run as many as you like behind a load balancer.`,
 }
@@ -446,6 +463,24 @@ func register(ctx context.Context, nc *nats.Conn, log *slog.Logger, tools []*lok
 	}
 	log.Debug("tools registered", "count", len(tools))
 	return nil
+}
+
+// devicesLine is the banner's hint for starting a device: its login, then
+// the agent, with --broker and --login when the MQTT listener or the data
+// dir is not the one the agent looks for by default.
+func devicesLine(mqttURL, dataDir string) string {
+	if mqttURL == "" {
+		return "no MQTT listener (--mqtt-port 0): devices cannot connect"
+	}
+	add, agent := "loki auth add-device demo", "jotunheim --sim --id demo"
+	if mqttURL != "tcp://127.0.0.1:1883" {
+		agent += " --broker " + mqttURL
+	}
+	if dataDir != defaultDataDir() {
+		add += " --data-dir " + dataDir
+		agent += " --login " + filepath.Join(dataDir, "auth", "devices", "demo.json")
+	}
+	return add + ", then in another terminal: " + agent + "  (see loki devices)"
 }
 
 // tryCommands are the banner's example calls.

@@ -833,3 +833,185 @@ func TestOpenRemakesBuiltInWithAnotherRole(t *testing.T) {
 		t.Fatalf("gateway: got role %s key %s, want role gateway with a new key", gw.Role, gw.PublicKey)
 	}
 }
+
+// TestOpenAddsBuiltInsOfNewRoles opens an identity directory made by a
+// version of Loki that had fewer component roles (here: before the device
+// service's, jotunheim): Open adds the missing built-in with its seed and
+// keeps every identity that was there, keys unchanged.
+func TestOpenAddsBuiltInsOfNewRoles(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "auth")
+	a, err := auth.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Add("alice", subjects.RoleClient); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.AddDevice("kitchen"); err != nil {
+		t.Fatal(err)
+	}
+	before := map[string]auth.Identity{}
+	for _, id := range a.List() {
+		before[id.Name] = id
+	}
+	_ = a.Close()
+
+	// What the older version left: no jotunheim entry and no seed.
+	path := filepath.Join(dir, "identities.json")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f struct {
+		Identities []json.RawMessage `json:"identities"`
+	}
+	if err := json.Unmarshal(b, &f); err != nil {
+		t.Fatal(err)
+	}
+	var kept []json.RawMessage
+	for _, raw := range f.Identities {
+		var id auth.Identity
+		if err := json.Unmarshal(raw, &id); err != nil {
+			t.Fatal(err)
+		}
+		if id.Role != subjects.RoleJotunheim {
+			kept = append(kept, raw)
+		}
+	}
+	if len(kept) != len(f.Identities)-1 {
+		t.Fatalf("the store had %d jotunheim identities, want 1", len(f.Identities)-len(kept))
+	}
+	f.Identities = kept
+	if b, err = json.Marshal(f); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(auth.SeedFile(dir, string(subjects.RoleJotunheim))); err != nil {
+		t.Fatal(err)
+	}
+
+	a, err = auth.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	j, err := a.Get(string(subjects.RoleJotunheim))
+	if err != nil {
+		t.Fatalf("after the upgrade: %v", err)
+	}
+	if j.Role != subjects.RoleJotunheim || !j.BuiltIn || j.PublicKey == "" {
+		t.Errorf("got %+v, want a built-in jotunheim identity with a public key", j)
+	}
+	if _, err := auth.ConnectOptions(auth.SeedFile(dir, string(subjects.RoleJotunheim))); err != nil {
+		t.Errorf("jotunheim seed: %v", err)
+	}
+	for name, old := range before {
+		if name == string(subjects.RoleJotunheim) {
+			continue
+		}
+		got, err := a.Get(name)
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		if got.PublicKey != old.PublicKey || got.PasswordHash != old.PasswordHash || got.Role != old.Role {
+			t.Errorf("%s changed in the upgrade: got %+v, want %+v", name, got, old)
+		}
+	}
+	// The new identity is one the server lets in with its role's rights.
+	nk, _, err := a.ServerUsers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, u := range nk {
+		found = found || u.Nkey == j.PublicKey
+	}
+	if !found {
+		t.Errorf("jotunheim's key %s is not among the server's nkey users", j.PublicKey)
+	}
+}
+
+func TestDeviceLoginFile(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "auth")
+	a, err := auth.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	cred, err := a.AddDevice("demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path, err := auth.SaveDeviceLogin(dir, cred)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := filepath.Join(dir, "devices", "demo.json"); path != want || auth.DeviceLoginFile(dir, "demo") != want {
+		t.Errorf("got path %s, want %s", path, want)
+	}
+	for p, want := range map[string]os.FileMode{filepath.Dir(path): 0o700, path: 0o600} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != want {
+			t.Errorf("%s: got mode %v, want %v", p, fi.Mode().Perm(), want)
+		}
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var login map[string]string
+	if err := json.Unmarshal(b, &login); err != nil {
+		t.Fatal(err)
+	}
+	if len(login) != 2 || login["username"] != "demo" || login["password"] != cred.Password {
+		t.Errorf("got %v, want exactly username demo and the credential's password", login)
+	}
+	// The saved password is the one the server accepts.
+	id, _ := a.Get("demo")
+	if bcrypt.CompareHashAndPassword([]byte(id.PasswordHash), []byte(login["password"])) != nil {
+		t.Error("the saved password does not match the stored hash")
+	}
+	// Saving again replaces the file, leaving no temporary file behind.
+	cred.Password = "second"
+	if _, err := auth.SaveDeviceLogin(dir, cred); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir(filepath.Dir(path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 {
+		t.Errorf("got %d files in the devices dir, want 1", len(entries))
+	}
+
+	removed, err := auth.RemoveDeviceLogin(dir, "demo")
+	if err != nil || !removed {
+		t.Fatalf("remove: got %v, %v; want true, nil", removed, err)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("after remove: %v, want the file gone", err)
+	}
+	for _, name := range []string{"demo", "../identities", "alice"} {
+		if removed, err := auth.RemoveDeviceLogin(dir, name); err != nil || removed {
+			t.Errorf("remove %q: got %v, %v; want false, nil", name, removed, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "identities.json")); err != nil {
+		t.Errorf("identities.json: %v", err)
+	}
+
+	// Only a device's credential is saved.
+	person, err := a.Add("alice", subjects.RoleClient)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := auth.SaveDeviceLogin(dir, person); !errors.Is(err, auth.ErrInvalid) {
+		t.Errorf("saving a person's credential: got %v, want %v", err, auth.ErrInvalid)
+	}
+}

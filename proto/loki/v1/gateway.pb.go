@@ -12,6 +12,7 @@
 package lokiv1
 
 import (
+	v1 "github.com/loki-iot/loki/proto/jotunheim/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -28,6 +29,278 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type ListDevicesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDevicesRequest) Reset() {
+	*x = ListDevicesRequest{}
+	mi := &file_loki_v1_gateway_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDevicesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDevicesRequest) ProtoMessage() {}
+
+func (x *ListDevicesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loki_v1_gateway_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDevicesRequest.ProtoReflect.Descriptor instead.
+func (*ListDevicesRequest) Descriptor() ([]byte, []int) {
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{0}
+}
+
+type ListDevicesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Devices sorted by id.
+	Devices       []*v1.Device `protobuf:"bytes,1,rep,name=devices,proto3" json:"devices,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDevicesResponse) Reset() {
+	*x = ListDevicesResponse{}
+	mi := &file_loki_v1_gateway_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDevicesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDevicesResponse) ProtoMessage() {}
+
+func (x *ListDevicesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_loki_v1_gateway_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDevicesResponse.ProtoReflect.Descriptor instead.
+func (*ListDevicesResponse) Descriptor() ([]byte, []int) {
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ListDevicesResponse) GetDevices() []*v1.Device {
+	if x != nil {
+		return x.Devices
+	}
+	return nil
+}
+
+type GetDeviceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The device id: 1 to 64 of [A-Za-z0-9_-].
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetDeviceRequest) Reset() {
+	*x = GetDeviceRequest{}
+	mi := &file_loki_v1_gateway_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDeviceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDeviceRequest) ProtoMessage() {}
+
+func (x *GetDeviceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loki_v1_gateway_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDeviceRequest.ProtoReflect.Descriptor instead.
+func (*GetDeviceRequest) Descriptor() ([]byte, []int) {
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *GetDeviceRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type GetDeviceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Device        *v1.Device             `protobuf:"bytes,1,opt,name=device,proto3" json:"device,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetDeviceResponse) Reset() {
+	*x = GetDeviceResponse{}
+	mi := &file_loki_v1_gateway_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDeviceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDeviceResponse) ProtoMessage() {}
+
+func (x *GetDeviceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_loki_v1_gateway_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDeviceResponse.ProtoReflect.Descriptor instead.
+func (*GetDeviceResponse) Descriptor() ([]byte, []int) {
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *GetDeviceResponse) GetDevice() *v1.Device {
+	if x != nil {
+		return x.Device
+	}
+	return nil
+}
+
+// CommandDeviceResponse is a command's successful result.
+type CommandDeviceResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The data of the device's CommandResult: for read, the sensor's value;
+	// for set and state, the actuator's state object; for ping, {"uptime": s}.
+	Data          *structpb.Value `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommandDeviceResponse) Reset() {
+	*x = CommandDeviceResponse{}
+	mi := &file_loki_v1_gateway_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommandDeviceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommandDeviceResponse) ProtoMessage() {}
+
+func (x *CommandDeviceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_loki_v1_gateway_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommandDeviceResponse.ProtoReflect.Descriptor instead.
+func (*CommandDeviceResponse) Descriptor() ([]byte, []int) {
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *CommandDeviceResponse) GetData() *structpb.Value {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type WatchDevicesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only events of this device; empty for every device.
+	Device string `protobuf:"bytes,1,opt,name=device,proto3" json:"device,omitempty"`
+	// Only events of this kind (online, offline, manifest, refused, state or
+	// event); empty for all.
+	Kind          string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchDevicesRequest) Reset() {
+	*x = WatchDevicesRequest{}
+	mi := &file_loki_v1_gateway_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchDevicesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchDevicesRequest) ProtoMessage() {}
+
+func (x *WatchDevicesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loki_v1_gateway_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchDevicesRequest.ProtoReflect.Descriptor instead.
+func (*WatchDevicesRequest) Descriptor() ([]byte, []int) {
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *WatchDevicesRequest) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *WatchDevicesRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
 type GetCapabilitiesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -36,7 +309,7 @@ type GetCapabilitiesRequest struct {
 
 func (x *GetCapabilitiesRequest) Reset() {
 	*x = GetCapabilitiesRequest{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[0]
+	mi := &file_loki_v1_gateway_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -48,7 +321,7 @@ func (x *GetCapabilitiesRequest) String() string {
 func (*GetCapabilitiesRequest) ProtoMessage() {}
 
 func (x *GetCapabilitiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[0]
+	mi := &file_loki_v1_gateway_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -61,7 +334,7 @@ func (x *GetCapabilitiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCapabilitiesRequest.ProtoReflect.Descriptor instead.
 func (*GetCapabilitiesRequest) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{0}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{6}
 }
 
 type GetCapabilitiesResponse struct {
@@ -73,7 +346,7 @@ type GetCapabilitiesResponse struct {
 
 func (x *GetCapabilitiesResponse) Reset() {
 	*x = GetCapabilitiesResponse{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[1]
+	mi := &file_loki_v1_gateway_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -85,7 +358,7 @@ func (x *GetCapabilitiesResponse) String() string {
 func (*GetCapabilitiesResponse) ProtoMessage() {}
 
 func (x *GetCapabilitiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[1]
+	mi := &file_loki_v1_gateway_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -98,7 +371,7 @@ func (x *GetCapabilitiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCapabilitiesResponse.ProtoReflect.Descriptor instead.
 func (*GetCapabilitiesResponse) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{1}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetCapabilitiesResponse) GetCapabilities() *Capabilities {
@@ -121,7 +394,7 @@ type GetChildrenStatusRequest struct {
 
 func (x *GetChildrenStatusRequest) Reset() {
 	*x = GetChildrenStatusRequest{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[2]
+	mi := &file_loki_v1_gateway_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -133,7 +406,7 @@ func (x *GetChildrenStatusRequest) String() string {
 func (*GetChildrenStatusRequest) ProtoMessage() {}
 
 func (x *GetChildrenStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[2]
+	mi := &file_loki_v1_gateway_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -146,7 +419,7 @@ func (x *GetChildrenStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetChildrenStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetChildrenStatusRequest) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{2}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetChildrenStatusRequest) GetNames() []string {
@@ -173,7 +446,7 @@ type GetChildrenStatusResponse struct {
 
 func (x *GetChildrenStatusResponse) Reset() {
 	*x = GetChildrenStatusResponse{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[3]
+	mi := &file_loki_v1_gateway_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -185,7 +458,7 @@ func (x *GetChildrenStatusResponse) String() string {
 func (*GetChildrenStatusResponse) ProtoMessage() {}
 
 func (x *GetChildrenStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[3]
+	mi := &file_loki_v1_gateway_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -198,7 +471,7 @@ func (x *GetChildrenStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetChildrenStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetChildrenStatusResponse) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{3}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetChildrenStatusResponse) GetServices() []*ServiceStatus {
@@ -216,7 +489,7 @@ type ListScriptsRequest struct {
 
 func (x *ListScriptsRequest) Reset() {
 	*x = ListScriptsRequest{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[4]
+	mi := &file_loki_v1_gateway_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -228,7 +501,7 @@ func (x *ListScriptsRequest) String() string {
 func (*ListScriptsRequest) ProtoMessage() {}
 
 func (x *ListScriptsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[4]
+	mi := &file_loki_v1_gateway_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -241,7 +514,7 @@ func (x *ListScriptsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListScriptsRequest.ProtoReflect.Descriptor instead.
 func (*ListScriptsRequest) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{4}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{10}
 }
 
 type ListScriptsResponse struct {
@@ -253,7 +526,7 @@ type ListScriptsResponse struct {
 
 func (x *ListScriptsResponse) Reset() {
 	*x = ListScriptsResponse{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[5]
+	mi := &file_loki_v1_gateway_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -265,7 +538,7 @@ func (x *ListScriptsResponse) String() string {
 func (*ListScriptsResponse) ProtoMessage() {}
 
 func (x *ListScriptsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[5]
+	mi := &file_loki_v1_gateway_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -278,7 +551,7 @@ func (x *ListScriptsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListScriptsResponse.ProtoReflect.Descriptor instead.
 func (*ListScriptsResponse) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{5}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListScriptsResponse) GetTools() []*Tool {
@@ -297,7 +570,7 @@ type GetScriptRequest struct {
 
 func (x *GetScriptRequest) Reset() {
 	*x = GetScriptRequest{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[6]
+	mi := &file_loki_v1_gateway_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -309,7 +582,7 @@ func (x *GetScriptRequest) String() string {
 func (*GetScriptRequest) ProtoMessage() {}
 
 func (x *GetScriptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[6]
+	mi := &file_loki_v1_gateway_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -322,7 +595,7 @@ func (x *GetScriptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetScriptRequest.ProtoReflect.Descriptor instead.
 func (*GetScriptRequest) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{6}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetScriptRequest) GetName() string {
@@ -341,7 +614,7 @@ type GetScriptResponse struct {
 
 func (x *GetScriptResponse) Reset() {
 	*x = GetScriptResponse{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[7]
+	mi := &file_loki_v1_gateway_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -353,7 +626,7 @@ func (x *GetScriptResponse) String() string {
 func (*GetScriptResponse) ProtoMessage() {}
 
 func (x *GetScriptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[7]
+	mi := &file_loki_v1_gateway_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -366,7 +639,7 @@ func (x *GetScriptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetScriptResponse.ProtoReflect.Descriptor instead.
 func (*GetScriptResponse) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{7}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetScriptResponse) GetTool() *Tool {
@@ -386,7 +659,7 @@ type RegisterScriptRequest struct {
 
 func (x *RegisterScriptRequest) Reset() {
 	*x = RegisterScriptRequest{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[8]
+	mi := &file_loki_v1_gateway_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -398,7 +671,7 @@ func (x *RegisterScriptRequest) String() string {
 func (*RegisterScriptRequest) ProtoMessage() {}
 
 func (x *RegisterScriptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[8]
+	mi := &file_loki_v1_gateway_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -411,7 +684,7 @@ func (x *RegisterScriptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterScriptRequest.ProtoReflect.Descriptor instead.
 func (*RegisterScriptRequest) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{8}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RegisterScriptRequest) GetTool() *Tool {
@@ -431,7 +704,7 @@ type RegisterScriptResponse struct {
 
 func (x *RegisterScriptResponse) Reset() {
 	*x = RegisterScriptResponse{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[9]
+	mi := &file_loki_v1_gateway_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -443,7 +716,7 @@ func (x *RegisterScriptResponse) String() string {
 func (*RegisterScriptResponse) ProtoMessage() {}
 
 func (x *RegisterScriptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[9]
+	mi := &file_loki_v1_gateway_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -456,7 +729,7 @@ func (x *RegisterScriptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterScriptResponse.ProtoReflect.Descriptor instead.
 func (*RegisterScriptResponse) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{9}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RegisterScriptResponse) GetTool() *Tool {
@@ -475,7 +748,7 @@ type UnregisterScriptRequest struct {
 
 func (x *UnregisterScriptRequest) Reset() {
 	*x = UnregisterScriptRequest{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[10]
+	mi := &file_loki_v1_gateway_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -487,7 +760,7 @@ func (x *UnregisterScriptRequest) String() string {
 func (*UnregisterScriptRequest) ProtoMessage() {}
 
 func (x *UnregisterScriptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[10]
+	mi := &file_loki_v1_gateway_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -500,7 +773,7 @@ func (x *UnregisterScriptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnregisterScriptRequest.ProtoReflect.Descriptor instead.
 func (*UnregisterScriptRequest) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{10}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *UnregisterScriptRequest) GetName() string {
@@ -518,7 +791,7 @@ type UnregisterScriptResponse struct {
 
 func (x *UnregisterScriptResponse) Reset() {
 	*x = UnregisterScriptResponse{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[11]
+	mi := &file_loki_v1_gateway_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -530,7 +803,7 @@ func (x *UnregisterScriptResponse) String() string {
 func (*UnregisterScriptResponse) ProtoMessage() {}
 
 func (x *UnregisterScriptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[11]
+	mi := &file_loki_v1_gateway_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -543,7 +816,7 @@ func (x *UnregisterScriptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnregisterScriptResponse.ProtoReflect.Descriptor instead.
 func (*UnregisterScriptResponse) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{11}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{17}
 }
 
 type ExecuteScriptRequest struct {
@@ -559,7 +832,7 @@ type ExecuteScriptRequest struct {
 
 func (x *ExecuteScriptRequest) Reset() {
 	*x = ExecuteScriptRequest{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[12]
+	mi := &file_loki_v1_gateway_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -571,7 +844,7 @@ func (x *ExecuteScriptRequest) String() string {
 func (*ExecuteScriptRequest) ProtoMessage() {}
 
 func (x *ExecuteScriptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[12]
+	mi := &file_loki_v1_gateway_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -584,7 +857,7 @@ func (x *ExecuteScriptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecuteScriptRequest.ProtoReflect.Descriptor instead.
 func (*ExecuteScriptRequest) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{12}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ExecuteScriptRequest) GetTool() string {
@@ -619,7 +892,7 @@ type ExecuteScriptResponse struct {
 
 func (x *ExecuteScriptResponse) Reset() {
 	*x = ExecuteScriptResponse{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[13]
+	mi := &file_loki_v1_gateway_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -631,7 +904,7 @@ func (x *ExecuteScriptResponse) String() string {
 func (*ExecuteScriptResponse) ProtoMessage() {}
 
 func (x *ExecuteScriptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[13]
+	mi := &file_loki_v1_gateway_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -644,7 +917,7 @@ func (x *ExecuteScriptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecuteScriptResponse.ProtoReflect.Descriptor instead.
 func (*ExecuteScriptResponse) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{13}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ExecuteScriptResponse) GetExecutionId() string {
@@ -672,7 +945,7 @@ type StreamScriptExecutionRequest struct {
 
 func (x *StreamScriptExecutionRequest) Reset() {
 	*x = StreamScriptExecutionRequest{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[14]
+	mi := &file_loki_v1_gateway_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -684,7 +957,7 @@ func (x *StreamScriptExecutionRequest) String() string {
 func (*StreamScriptExecutionRequest) ProtoMessage() {}
 
 func (x *StreamScriptExecutionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[14]
+	mi := &file_loki_v1_gateway_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -697,7 +970,7 @@ func (x *StreamScriptExecutionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamScriptExecutionRequest.ProtoReflect.Descriptor instead.
 func (*StreamScriptExecutionRequest) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{14}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StreamScriptExecutionRequest) GetTool() string {
@@ -735,7 +1008,7 @@ type StreamScriptExecutionResponse struct {
 
 func (x *StreamScriptExecutionResponse) Reset() {
 	*x = StreamScriptExecutionResponse{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[15]
+	mi := &file_loki_v1_gateway_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -747,7 +1020,7 @@ func (x *StreamScriptExecutionResponse) String() string {
 func (*StreamScriptExecutionResponse) ProtoMessage() {}
 
 func (x *StreamScriptExecutionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[15]
+	mi := &file_loki_v1_gateway_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -760,7 +1033,7 @@ func (x *StreamScriptExecutionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamScriptExecutionResponse.ProtoReflect.Descriptor instead.
 func (*StreamScriptExecutionResponse) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{15}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *StreamScriptExecutionResponse) GetEvent() isStreamScriptExecutionResponse_Event {
@@ -816,7 +1089,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[16]
+	mi := &file_loki_v1_gateway_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -828,7 +1101,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[16]
+	mi := &file_loki_v1_gateway_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -841,7 +1114,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{16}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *WatchEventsRequest) GetTool() string {
@@ -867,7 +1140,7 @@ type WatchEventsResponse struct {
 
 func (x *WatchEventsResponse) Reset() {
 	*x = WatchEventsResponse{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[17]
+	mi := &file_loki_v1_gateway_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -879,7 +1152,7 @@ func (x *WatchEventsResponse) String() string {
 func (*WatchEventsResponse) ProtoMessage() {}
 
 func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[17]
+	mi := &file_loki_v1_gateway_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -892,7 +1165,7 @@ func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
 func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{17}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *WatchEventsResponse) GetEvent() *ScriptEvent {
@@ -906,7 +1179,19 @@ var File_loki_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_loki_v1_gateway_proto_rawDesc = "" +
 	"\n" +
-	"\x15loki/v1/gateway.proto\x12\aloki.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x12loki/v1/loki.proto\"\x18\n" +
+	"\x15loki/v1/gateway.proto\x12\aloki.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1cjotunheim/v1/jotunheim.proto\x1a\x12loki/v1/loki.proto\"\x14\n" +
+	"\x12ListDevicesRequest\"E\n" +
+	"\x13ListDevicesResponse\x12.\n" +
+	"\adevices\x18\x01 \x03(\v2\x14.jotunheim.v1.DeviceR\adevices\"\"\n" +
+	"\x10GetDeviceRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"A\n" +
+	"\x11GetDeviceResponse\x12,\n" +
+	"\x06device\x18\x01 \x01(\v2\x14.jotunheim.v1.DeviceR\x06device\"C\n" +
+	"\x15CommandDeviceResponse\x12*\n" +
+	"\x04data\x18\x01 \x01(\v2\x16.google.protobuf.ValueR\x04data\"A\n" +
+	"\x13WatchDevicesRequest\x12\x16\n" +
+	"\x06device\x18\x01 \x01(\tR\x06device\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\"\x18\n" +
 	"\x16GetCapabilitiesRequest\"T\n" +
 	"\x17GetCapabilitiesResponse\x129\n" +
 	"\fcapabilities\x18\x01 \x01(\v2\x15.loki.v1.CapabilitiesR\fcapabilities\"c\n" +
@@ -958,7 +1243,12 @@ const file_loki_v1_gateway_proto_rawDesc = "" +
 	"\x10UnregisterScript\x12 .loki.v1.UnregisterScriptRequest\x1a!.loki.v1.UnregisterScriptResponse\x12N\n" +
 	"\rExecuteScript\x12\x1d.loki.v1.ExecuteScriptRequest\x1a\x1e.loki.v1.ExecuteScriptResponse\x12h\n" +
 	"\x15StreamScriptExecution\x12%.loki.v1.StreamScriptExecutionRequest\x1a&.loki.v1.StreamScriptExecutionResponse0\x01\x12J\n" +
-	"\vWatchEvents\x12\x1b.loki.v1.WatchEventsRequest\x1a\x1c.loki.v1.WatchEventsResponse0\x01B/Z-github.com/loki-iot/loki/proto/loki/v1;lokiv1b\x06proto3"
+	"\vWatchEvents\x12\x1b.loki.v1.WatchEventsRequest\x1a\x1c.loki.v1.WatchEventsResponse0\x012\xb1\x02\n" +
+	"\aDevices\x12H\n" +
+	"\vListDevices\x12\x1b.loki.v1.ListDevicesRequest\x1a\x1c.loki.v1.ListDevicesResponse\x12B\n" +
+	"\tGetDevice\x12\x19.loki.v1.GetDeviceRequest\x1a\x1a.loki.v1.GetDeviceResponse\x12M\n" +
+	"\rCommandDevice\x12\x1c.jotunheim.v1.CommandRequest\x1a\x1e.loki.v1.CommandDeviceResponse\x12I\n" +
+	"\fWatchDevices\x12\x1c.loki.v1.WatchDevicesRequest\x1a\x19.jotunheim.v1.DeviceEvent0\x01B/Z-github.com/loki-iot/loki/proto/loki/v1;lokiv1b\x06proto3"
 
 var (
 	file_loki_v1_gateway_proto_rawDescOnce sync.Once
@@ -972,74 +1262,94 @@ func file_loki_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_loki_v1_gateway_proto_rawDescData
 }
 
-var file_loki_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_loki_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_loki_v1_gateway_proto_goTypes = []any{
-	(*GetCapabilitiesRequest)(nil),        // 0: loki.v1.GetCapabilitiesRequest
-	(*GetCapabilitiesResponse)(nil),       // 1: loki.v1.GetCapabilitiesResponse
-	(*GetChildrenStatusRequest)(nil),      // 2: loki.v1.GetChildrenStatusRequest
-	(*GetChildrenStatusResponse)(nil),     // 3: loki.v1.GetChildrenStatusResponse
-	(*ListScriptsRequest)(nil),            // 4: loki.v1.ListScriptsRequest
-	(*ListScriptsResponse)(nil),           // 5: loki.v1.ListScriptsResponse
-	(*GetScriptRequest)(nil),              // 6: loki.v1.GetScriptRequest
-	(*GetScriptResponse)(nil),             // 7: loki.v1.GetScriptResponse
-	(*RegisterScriptRequest)(nil),         // 8: loki.v1.RegisterScriptRequest
-	(*RegisterScriptResponse)(nil),        // 9: loki.v1.RegisterScriptResponse
-	(*UnregisterScriptRequest)(nil),       // 10: loki.v1.UnregisterScriptRequest
-	(*UnregisterScriptResponse)(nil),      // 11: loki.v1.UnregisterScriptResponse
-	(*ExecuteScriptRequest)(nil),          // 12: loki.v1.ExecuteScriptRequest
-	(*ExecuteScriptResponse)(nil),         // 13: loki.v1.ExecuteScriptResponse
-	(*StreamScriptExecutionRequest)(nil),  // 14: loki.v1.StreamScriptExecutionRequest
-	(*StreamScriptExecutionResponse)(nil), // 15: loki.v1.StreamScriptExecutionResponse
-	(*WatchEventsRequest)(nil),            // 16: loki.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),           // 17: loki.v1.WatchEventsResponse
-	(*Capabilities)(nil),                  // 18: loki.v1.Capabilities
-	(*durationpb.Duration)(nil),           // 19: google.protobuf.Duration
-	(*ServiceStatus)(nil),                 // 20: loki.v1.ServiceStatus
-	(*Tool)(nil),                          // 21: loki.v1.Tool
-	(*structpb.Struct)(nil),               // 22: google.protobuf.Struct
-	(*structpb.Value)(nil),                // 23: google.protobuf.Value
-	(*EmitChunk)(nil),                     // 24: loki.v1.EmitChunk
-	(*ScriptEvent)(nil),                   // 25: loki.v1.ScriptEvent
+	(*ListDevicesRequest)(nil),            // 0: loki.v1.ListDevicesRequest
+	(*ListDevicesResponse)(nil),           // 1: loki.v1.ListDevicesResponse
+	(*GetDeviceRequest)(nil),              // 2: loki.v1.GetDeviceRequest
+	(*GetDeviceResponse)(nil),             // 3: loki.v1.GetDeviceResponse
+	(*CommandDeviceResponse)(nil),         // 4: loki.v1.CommandDeviceResponse
+	(*WatchDevicesRequest)(nil),           // 5: loki.v1.WatchDevicesRequest
+	(*GetCapabilitiesRequest)(nil),        // 6: loki.v1.GetCapabilitiesRequest
+	(*GetCapabilitiesResponse)(nil),       // 7: loki.v1.GetCapabilitiesResponse
+	(*GetChildrenStatusRequest)(nil),      // 8: loki.v1.GetChildrenStatusRequest
+	(*GetChildrenStatusResponse)(nil),     // 9: loki.v1.GetChildrenStatusResponse
+	(*ListScriptsRequest)(nil),            // 10: loki.v1.ListScriptsRequest
+	(*ListScriptsResponse)(nil),           // 11: loki.v1.ListScriptsResponse
+	(*GetScriptRequest)(nil),              // 12: loki.v1.GetScriptRequest
+	(*GetScriptResponse)(nil),             // 13: loki.v1.GetScriptResponse
+	(*RegisterScriptRequest)(nil),         // 14: loki.v1.RegisterScriptRequest
+	(*RegisterScriptResponse)(nil),        // 15: loki.v1.RegisterScriptResponse
+	(*UnregisterScriptRequest)(nil),       // 16: loki.v1.UnregisterScriptRequest
+	(*UnregisterScriptResponse)(nil),      // 17: loki.v1.UnregisterScriptResponse
+	(*ExecuteScriptRequest)(nil),          // 18: loki.v1.ExecuteScriptRequest
+	(*ExecuteScriptResponse)(nil),         // 19: loki.v1.ExecuteScriptResponse
+	(*StreamScriptExecutionRequest)(nil),  // 20: loki.v1.StreamScriptExecutionRequest
+	(*StreamScriptExecutionResponse)(nil), // 21: loki.v1.StreamScriptExecutionResponse
+	(*WatchEventsRequest)(nil),            // 22: loki.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),           // 23: loki.v1.WatchEventsResponse
+	(*v1.Device)(nil),                     // 24: jotunheim.v1.Device
+	(*structpb.Value)(nil),                // 25: google.protobuf.Value
+	(*Capabilities)(nil),                  // 26: loki.v1.Capabilities
+	(*durationpb.Duration)(nil),           // 27: google.protobuf.Duration
+	(*ServiceStatus)(nil),                 // 28: loki.v1.ServiceStatus
+	(*Tool)(nil),                          // 29: loki.v1.Tool
+	(*structpb.Struct)(nil),               // 30: google.protobuf.Struct
+	(*EmitChunk)(nil),                     // 31: loki.v1.EmitChunk
+	(*ScriptEvent)(nil),                   // 32: loki.v1.ScriptEvent
+	(*v1.CommandRequest)(nil),             // 33: jotunheim.v1.CommandRequest
+	(*v1.DeviceEvent)(nil),                // 34: jotunheim.v1.DeviceEvent
 }
 var file_loki_v1_gateway_proto_depIdxs = []int32{
-	18, // 0: loki.v1.GetCapabilitiesResponse.capabilities:type_name -> loki.v1.Capabilities
-	19, // 1: loki.v1.GetChildrenStatusRequest.window:type_name -> google.protobuf.Duration
-	20, // 2: loki.v1.GetChildrenStatusResponse.services:type_name -> loki.v1.ServiceStatus
-	21, // 3: loki.v1.ListScriptsResponse.tools:type_name -> loki.v1.Tool
-	21, // 4: loki.v1.GetScriptResponse.tool:type_name -> loki.v1.Tool
-	21, // 5: loki.v1.RegisterScriptRequest.tool:type_name -> loki.v1.Tool
-	21, // 6: loki.v1.RegisterScriptResponse.tool:type_name -> loki.v1.Tool
-	22, // 7: loki.v1.ExecuteScriptRequest.arguments:type_name -> google.protobuf.Struct
-	19, // 8: loki.v1.ExecuteScriptRequest.timeout:type_name -> google.protobuf.Duration
-	23, // 9: loki.v1.ExecuteScriptResponse.result:type_name -> google.protobuf.Value
-	22, // 10: loki.v1.StreamScriptExecutionRequest.arguments:type_name -> google.protobuf.Struct
-	19, // 11: loki.v1.StreamScriptExecutionRequest.timeout:type_name -> google.protobuf.Duration
-	24, // 12: loki.v1.StreamScriptExecutionResponse.chunk:type_name -> loki.v1.EmitChunk
-	13, // 13: loki.v1.StreamScriptExecutionResponse.result:type_name -> loki.v1.ExecuteScriptResponse
-	25, // 14: loki.v1.WatchEventsResponse.event:type_name -> loki.v1.ScriptEvent
-	0,  // 15: loki.v1.Loki.GetCapabilities:input_type -> loki.v1.GetCapabilitiesRequest
-	2,  // 16: loki.v1.Loki.GetChildrenStatus:input_type -> loki.v1.GetChildrenStatusRequest
-	4,  // 17: loki.v1.Loki.ListScripts:input_type -> loki.v1.ListScriptsRequest
-	6,  // 18: loki.v1.Loki.GetScript:input_type -> loki.v1.GetScriptRequest
-	8,  // 19: loki.v1.Loki.RegisterScript:input_type -> loki.v1.RegisterScriptRequest
-	10, // 20: loki.v1.Loki.UnregisterScript:input_type -> loki.v1.UnregisterScriptRequest
-	12, // 21: loki.v1.Loki.ExecuteScript:input_type -> loki.v1.ExecuteScriptRequest
-	14, // 22: loki.v1.Loki.StreamScriptExecution:input_type -> loki.v1.StreamScriptExecutionRequest
-	16, // 23: loki.v1.Loki.WatchEvents:input_type -> loki.v1.WatchEventsRequest
-	1,  // 24: loki.v1.Loki.GetCapabilities:output_type -> loki.v1.GetCapabilitiesResponse
-	3,  // 25: loki.v1.Loki.GetChildrenStatus:output_type -> loki.v1.GetChildrenStatusResponse
-	5,  // 26: loki.v1.Loki.ListScripts:output_type -> loki.v1.ListScriptsResponse
-	7,  // 27: loki.v1.Loki.GetScript:output_type -> loki.v1.GetScriptResponse
-	9,  // 28: loki.v1.Loki.RegisterScript:output_type -> loki.v1.RegisterScriptResponse
-	11, // 29: loki.v1.Loki.UnregisterScript:output_type -> loki.v1.UnregisterScriptResponse
-	13, // 30: loki.v1.Loki.ExecuteScript:output_type -> loki.v1.ExecuteScriptResponse
-	15, // 31: loki.v1.Loki.StreamScriptExecution:output_type -> loki.v1.StreamScriptExecutionResponse
-	17, // 32: loki.v1.Loki.WatchEvents:output_type -> loki.v1.WatchEventsResponse
-	24, // [24:33] is the sub-list for method output_type
-	15, // [15:24] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	24, // 0: loki.v1.ListDevicesResponse.devices:type_name -> jotunheim.v1.Device
+	24, // 1: loki.v1.GetDeviceResponse.device:type_name -> jotunheim.v1.Device
+	25, // 2: loki.v1.CommandDeviceResponse.data:type_name -> google.protobuf.Value
+	26, // 3: loki.v1.GetCapabilitiesResponse.capabilities:type_name -> loki.v1.Capabilities
+	27, // 4: loki.v1.GetChildrenStatusRequest.window:type_name -> google.protobuf.Duration
+	28, // 5: loki.v1.GetChildrenStatusResponse.services:type_name -> loki.v1.ServiceStatus
+	29, // 6: loki.v1.ListScriptsResponse.tools:type_name -> loki.v1.Tool
+	29, // 7: loki.v1.GetScriptResponse.tool:type_name -> loki.v1.Tool
+	29, // 8: loki.v1.RegisterScriptRequest.tool:type_name -> loki.v1.Tool
+	29, // 9: loki.v1.RegisterScriptResponse.tool:type_name -> loki.v1.Tool
+	30, // 10: loki.v1.ExecuteScriptRequest.arguments:type_name -> google.protobuf.Struct
+	27, // 11: loki.v1.ExecuteScriptRequest.timeout:type_name -> google.protobuf.Duration
+	25, // 12: loki.v1.ExecuteScriptResponse.result:type_name -> google.protobuf.Value
+	30, // 13: loki.v1.StreamScriptExecutionRequest.arguments:type_name -> google.protobuf.Struct
+	27, // 14: loki.v1.StreamScriptExecutionRequest.timeout:type_name -> google.protobuf.Duration
+	31, // 15: loki.v1.StreamScriptExecutionResponse.chunk:type_name -> loki.v1.EmitChunk
+	19, // 16: loki.v1.StreamScriptExecutionResponse.result:type_name -> loki.v1.ExecuteScriptResponse
+	32, // 17: loki.v1.WatchEventsResponse.event:type_name -> loki.v1.ScriptEvent
+	6,  // 18: loki.v1.Loki.GetCapabilities:input_type -> loki.v1.GetCapabilitiesRequest
+	8,  // 19: loki.v1.Loki.GetChildrenStatus:input_type -> loki.v1.GetChildrenStatusRequest
+	10, // 20: loki.v1.Loki.ListScripts:input_type -> loki.v1.ListScriptsRequest
+	12, // 21: loki.v1.Loki.GetScript:input_type -> loki.v1.GetScriptRequest
+	14, // 22: loki.v1.Loki.RegisterScript:input_type -> loki.v1.RegisterScriptRequest
+	16, // 23: loki.v1.Loki.UnregisterScript:input_type -> loki.v1.UnregisterScriptRequest
+	18, // 24: loki.v1.Loki.ExecuteScript:input_type -> loki.v1.ExecuteScriptRequest
+	20, // 25: loki.v1.Loki.StreamScriptExecution:input_type -> loki.v1.StreamScriptExecutionRequest
+	22, // 26: loki.v1.Loki.WatchEvents:input_type -> loki.v1.WatchEventsRequest
+	0,  // 27: loki.v1.Devices.ListDevices:input_type -> loki.v1.ListDevicesRequest
+	2,  // 28: loki.v1.Devices.GetDevice:input_type -> loki.v1.GetDeviceRequest
+	33, // 29: loki.v1.Devices.CommandDevice:input_type -> jotunheim.v1.CommandRequest
+	5,  // 30: loki.v1.Devices.WatchDevices:input_type -> loki.v1.WatchDevicesRequest
+	7,  // 31: loki.v1.Loki.GetCapabilities:output_type -> loki.v1.GetCapabilitiesResponse
+	9,  // 32: loki.v1.Loki.GetChildrenStatus:output_type -> loki.v1.GetChildrenStatusResponse
+	11, // 33: loki.v1.Loki.ListScripts:output_type -> loki.v1.ListScriptsResponse
+	13, // 34: loki.v1.Loki.GetScript:output_type -> loki.v1.GetScriptResponse
+	15, // 35: loki.v1.Loki.RegisterScript:output_type -> loki.v1.RegisterScriptResponse
+	17, // 36: loki.v1.Loki.UnregisterScript:output_type -> loki.v1.UnregisterScriptResponse
+	19, // 37: loki.v1.Loki.ExecuteScript:output_type -> loki.v1.ExecuteScriptResponse
+	21, // 38: loki.v1.Loki.StreamScriptExecution:output_type -> loki.v1.StreamScriptExecutionResponse
+	23, // 39: loki.v1.Loki.WatchEvents:output_type -> loki.v1.WatchEventsResponse
+	1,  // 40: loki.v1.Devices.ListDevices:output_type -> loki.v1.ListDevicesResponse
+	3,  // 41: loki.v1.Devices.GetDevice:output_type -> loki.v1.GetDeviceResponse
+	4,  // 42: loki.v1.Devices.CommandDevice:output_type -> loki.v1.CommandDeviceResponse
+	34, // 43: loki.v1.Devices.WatchDevices:output_type -> jotunheim.v1.DeviceEvent
+	31, // [31:44] is the sub-list for method output_type
+	18, // [18:31] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_loki_v1_gateway_proto_init() }
@@ -1048,7 +1358,7 @@ func file_loki_v1_gateway_proto_init() {
 		return
 	}
 	file_loki_v1_loki_proto_init()
-	file_loki_v1_gateway_proto_msgTypes[15].OneofWrappers = []any{
+	file_loki_v1_gateway_proto_msgTypes[21].OneofWrappers = []any{
 		(*StreamScriptExecutionResponse_Chunk)(nil),
 		(*StreamScriptExecutionResponse_Result)(nil),
 	}
@@ -1058,9 +1368,9 @@ func file_loki_v1_gateway_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loki_v1_gateway_proto_rawDesc), len(file_loki_v1_gateway_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   24,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_loki_v1_gateway_proto_goTypes,
 		DependencyIndexes: file_loki_v1_gateway_proto_depIdxs,

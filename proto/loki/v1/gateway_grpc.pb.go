@@ -13,6 +13,7 @@ package lokiv1
 
 import (
 	context "context"
+	v1 "github.com/loki-iot/loki/proto/jotunheim/v1"
 	grpc "google.golang.org/grpc"
 	codes "google.golang.org/grpc/codes"
 	status "google.golang.org/grpc/status"
@@ -470,6 +471,268 @@ var Loki_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "WatchEvents",
 			Handler:       _Loki_WatchEvents_Handler,
+			ServerStreams: true,
+		},
+	},
+	Metadata: "loki/v1/gateway.proto",
+}
+
+const (
+	Devices_ListDevices_FullMethodName   = "/loki.v1.Devices/ListDevices"
+	Devices_GetDevice_FullMethodName     = "/loki.v1.Devices/GetDevice"
+	Devices_CommandDevice_FullMethodName = "/loki.v1.Devices/CommandDevice"
+	Devices_WatchDevices_FullMethodName  = "/loki.v1.Devices/WatchDevices"
+)
+
+// DevicesClient is the client API for Devices service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// Devices lists, inspects, commands and watches Jotunheim devices
+// (docs/DEVICES.md) through the gateway, which forwards every call to the
+// device service over NATS (devices.list, devices.get, devices.cmd,
+// devices.events.<id>.<kind>). Errors are gRPC statuses whose codes follow
+// the fault code of the failure, as for loki.v1.Loki: an unknown device is
+// NOT_FOUND, an offline one UNAVAILABLE, a device that does not answer in
+// time DEADLINE_EXCEEDED, and a device's own error keeps the device's code.
+type DevicesClient interface {
+	// ListDevices returns every device the registry knows, online or not.
+	ListDevices(ctx context.Context, in *ListDevicesRequest, opts ...grpc.CallOption) (*ListDevicesResponse, error)
+	// GetDevice returns one device: its manifest, presence and tools;
+	// NOT_FOUND if the registry does not know it.
+	GetDevice(ctx context.Context, in *GetDeviceRequest, opts ...grpc.CallOption) (*GetDeviceResponse, error)
+	// CommandDevice sends a command to a device and returns the data of its
+	// result. The command's id is set by the device service (any id given is
+	// replaced); the call's deadline, the command's timeout_ms and the
+	// service's limit bound the wait, whichever is shortest. A result the
+	// device reports as failed is an error status with the device's code and
+	// message.
+	CommandDevice(ctx context.Context, in *v1.CommandRequest, opts ...grpc.CallOption) (*CommandDeviceResponse, error)
+	// WatchDevices streams device events (online, offline, manifest, refused,
+	// state, event) as they happen, optionally filtered by device and kind.
+	// Response headers are sent once the watch is live: events after that
+	// point are delivered.
+	WatchDevices(ctx context.Context, in *WatchDevicesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[v1.DeviceEvent], error)
+}
+
+type devicesClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewDevicesClient(cc grpc.ClientConnInterface) DevicesClient {
+	return &devicesClient{cc}
+}
+
+func (c *devicesClient) ListDevices(ctx context.Context, in *ListDevicesRequest, opts ...grpc.CallOption) (*ListDevicesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListDevicesResponse)
+	err := c.cc.Invoke(ctx, Devices_ListDevices_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *devicesClient) GetDevice(ctx context.Context, in *GetDeviceRequest, opts ...grpc.CallOption) (*GetDeviceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetDeviceResponse)
+	err := c.cc.Invoke(ctx, Devices_GetDevice_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *devicesClient) CommandDevice(ctx context.Context, in *v1.CommandRequest, opts ...grpc.CallOption) (*CommandDeviceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CommandDeviceResponse)
+	err := c.cc.Invoke(ctx, Devices_CommandDevice_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *devicesClient) WatchDevices(ctx context.Context, in *WatchDevicesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[v1.DeviceEvent], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Devices_ServiceDesc.Streams[0], Devices_WatchDevices_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchDevicesRequest, v1.DeviceEvent]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Devices_WatchDevicesClient = grpc.ServerStreamingClient[v1.DeviceEvent]
+
+// DevicesServer is the server API for Devices service.
+// All implementations must embed UnimplementedDevicesServer
+// for forward compatibility.
+//
+// Devices lists, inspects, commands and watches Jotunheim devices
+// (docs/DEVICES.md) through the gateway, which forwards every call to the
+// device service over NATS (devices.list, devices.get, devices.cmd,
+// devices.events.<id>.<kind>). Errors are gRPC statuses whose codes follow
+// the fault code of the failure, as for loki.v1.Loki: an unknown device is
+// NOT_FOUND, an offline one UNAVAILABLE, a device that does not answer in
+// time DEADLINE_EXCEEDED, and a device's own error keeps the device's code.
+type DevicesServer interface {
+	// ListDevices returns every device the registry knows, online or not.
+	ListDevices(context.Context, *ListDevicesRequest) (*ListDevicesResponse, error)
+	// GetDevice returns one device: its manifest, presence and tools;
+	// NOT_FOUND if the registry does not know it.
+	GetDevice(context.Context, *GetDeviceRequest) (*GetDeviceResponse, error)
+	// CommandDevice sends a command to a device and returns the data of its
+	// result. The command's id is set by the device service (any id given is
+	// replaced); the call's deadline, the command's timeout_ms and the
+	// service's limit bound the wait, whichever is shortest. A result the
+	// device reports as failed is an error status with the device's code and
+	// message.
+	CommandDevice(context.Context, *v1.CommandRequest) (*CommandDeviceResponse, error)
+	// WatchDevices streams device events (online, offline, manifest, refused,
+	// state, event) as they happen, optionally filtered by device and kind.
+	// Response headers are sent once the watch is live: events after that
+	// point are delivered.
+	WatchDevices(*WatchDevicesRequest, grpc.ServerStreamingServer[v1.DeviceEvent]) error
+	mustEmbedUnimplementedDevicesServer()
+}
+
+// UnimplementedDevicesServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedDevicesServer struct{}
+
+func (UnimplementedDevicesServer) ListDevices(context.Context, *ListDevicesRequest) (*ListDevicesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListDevices not implemented")
+}
+func (UnimplementedDevicesServer) GetDevice(context.Context, *GetDeviceRequest) (*GetDeviceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetDevice not implemented")
+}
+func (UnimplementedDevicesServer) CommandDevice(context.Context, *v1.CommandRequest) (*CommandDeviceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CommandDevice not implemented")
+}
+func (UnimplementedDevicesServer) WatchDevices(*WatchDevicesRequest, grpc.ServerStreamingServer[v1.DeviceEvent]) error {
+	return status.Error(codes.Unimplemented, "method WatchDevices not implemented")
+}
+func (UnimplementedDevicesServer) mustEmbedUnimplementedDevicesServer() {}
+func (UnimplementedDevicesServer) testEmbeddedByValue()                 {}
+
+// UnsafeDevicesServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to DevicesServer will
+// result in compilation errors.
+type UnsafeDevicesServer interface {
+	mustEmbedUnimplementedDevicesServer()
+}
+
+func RegisterDevicesServer(s grpc.ServiceRegistrar, srv DevicesServer) {
+	// If the following call panics, it indicates UnimplementedDevicesServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&Devices_ServiceDesc, srv)
+}
+
+func _Devices_ListDevices_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListDevicesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DevicesServer).ListDevices(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Devices_ListDevices_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DevicesServer).ListDevices(ctx, req.(*ListDevicesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Devices_GetDevice_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDeviceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DevicesServer).GetDevice(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Devices_GetDevice_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DevicesServer).GetDevice(ctx, req.(*GetDeviceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Devices_CommandDevice_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(v1.CommandRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DevicesServer).CommandDevice(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Devices_CommandDevice_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DevicesServer).CommandDevice(ctx, req.(*v1.CommandRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Devices_WatchDevices_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchDevicesRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(DevicesServer).WatchDevices(m, &grpc.GenericServerStream[WatchDevicesRequest, v1.DeviceEvent]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Devices_WatchDevicesServer = grpc.ServerStreamingServer[v1.DeviceEvent]
+
+// Devices_ServiceDesc is the grpc.ServiceDesc for Devices service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var Devices_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "loki.v1.Devices",
+	HandlerType: (*DevicesServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "ListDevices",
+			Handler:    _Devices_ListDevices_Handler,
+		},
+		{
+			MethodName: "GetDevice",
+			Handler:    _Devices_GetDevice_Handler,
+		},
+		{
+			MethodName: "CommandDevice",
+			Handler:    _Devices_CommandDevice_Handler,
+		},
+	},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchDevices",
+			Handler:       _Devices_WatchDevices_Handler,
 			ServerStreams: true,
 		},
 	},

@@ -1,0 +1,169 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/loki-iot/loki/devices/jotunheim"
+	"github.com/loki-iot/loki/internal/bench"
+	"github.com/loki-iot/loki/internal/natsrv"
+	svcjotunheim "github.com/loki-iot/loki/services/jotunheim"
+	"github.com/loki-iot/loki/services/loki"
+	"github.com/loki-iot/loki/services/loki/engine"
+	"github.com/loki-iot/loki/subjects"
+	"github.com/nats-io/nats.go"
+)
+
+// benchDevice measures a sensor read through a device tool — caller →
+// Loki → device service → MQTT → agent → back — against a raw NATS echo in
+// the same run, and the time from an agent's start to its tools being
+// callable. Everything runs in this process on loopback: an embedded
+// server with its MQTT listener (no authentication: its cost is measured
+// by --auth), a Loki replica with the jotunheim module, the device service
+// and agents on the simulated board.
+func benchDevice(ctx context.Context, cfg bench.Config, log *slog.Logger, stdout, stderr io.Writer) error {
+	dir, err := os.MkdirTemp("", "loki-bench-device-")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = os.RemoveAll(dir) }()
+	srv, err := natsrv.Start(natsrv.Config{Name: "bench-device", DataDir: dir, Port: -1, MQTTPort: -1}, nil)
+	if err != nil {
+		return err
+	}
+	defer srv.Shutdown()
+	nc, err := srv.Connect("bench-services")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	runCtx, stop := context.WithCancel(ctx)
+	var waits []chan error
+	defer func() {
+		stop()
+		for _, w := range waits {
+			<-w
+		}
+	}()
+	run := func(r func(context.Context) error) {
+		done := make(chan error, 1)
+		waits = append(waits, done)
+		go func() { done <- r(runCtx) }()
+	}
+	lcfg := loki.DefaultConfig()
+	lcfg.Modules = []engine.Module{svcjotunheim.NewModule(nc)}
+	lsvc, err := loki.New(lcfg, nc, log)
+	if err != nil {
+		return err
+	}
+	run(lsvc.Run)
+	jsvc, err := svcjotunheim.New(svcjotunheim.DefaultConfig(), nc, log)
+	if err != nil {
+		return err
+	}
+	run(jsvc.Run)
+	<-lsvc.Ready()
+	<-jsvc.Ready()
+
+	caller, err := nats.Connect(srv.ClientURL(), nats.Name("bench-caller"))
+	if err != nil {
+		return err
+	}
+	defer caller.Close()
+	client := loki.NewClient(caller)
+	startAgent := func(id string) (time.Time, func(), error) {
+		acfg := jotunheim.DefaultConfig()
+		acfg.Device.ID = id
+		acfg.Transport.Broker = srv.MQTTURL()
+		acfg.Transport.Username = id
+		acfg.Board.Sim = true
+		acfg.Telemetry.StateFile = fmt.Sprintf("%s/%s.state.json", dir, id)
+		a, err := jotunheim.New(acfg, log)
+		if err != nil {
+			return time.Time{}, nil, err
+		}
+		actx, astop := context.WithCancel(runCtx)
+		done := make(chan error, 1)
+		started := time.Now()
+		go func() { done <- a.Run(actx) }()
+		return started, func() { astop(); <-done }, nil
+	}
+	// callable waits until the device's temperature tool answers.
+	callable := func(id string) error {
+		tool, err := subjects.DeviceToolName(id, "temperature")
+		if err != nil {
+			return err
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			_, err := client.Call(cctx, tool, []byte("{}"))
+			cancel()
+			if err == nil {
+				return nil
+			}
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				return fmt.Errorf("device %s's tool %s not callable: %w", id, tool, err)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+
+	const starts = 7
+	fmt.Fprintf(stderr, "benchmarking a device tool on loopback: %d agent starts, then %d sequential calls, %d callers for %s, %d rounds...\n",
+		starts, cfg.Sequential, cfg.Concurrency, cfg.Duration, cfg.Rounds)
+	var took []time.Duration
+	for i := range starts {
+		id := fmt.Sprintf("start%d", i)
+		started, stopAgent, err := startAgent(id)
+		if err != nil {
+			return err
+		}
+		err = callable(id)
+		took = append(took, time.Since(started))
+		stopAgent()
+		if err != nil {
+			return err
+		}
+	}
+	slices.Sort(took)
+
+	_, stopAgent, err := startAgent("bench")
+	if err != nil {
+		return err
+	}
+	defer stopAgent()
+	if err := callable("bench"); err != nil {
+		return err
+	}
+	echo, err := nc.QueueSubscribe(subjects.BenchEcho, "q", func(m *nats.Msg) { _ = m.Respond(m.Data) })
+	if err != nil {
+		return err
+	}
+	defer func() { _ = echo.Unsubscribe() }()
+	echoTarget := bench.Target{Name: "raw NATS echo", Call: func(ctx context.Context) error {
+		_, err := caller.RequestWithContext(ctx, subjects.BenchEcho, benchBody)
+		return err
+	}}
+	device := bench.Target{Name: "device tool bench_temperature", Call: func(ctx context.Context) error {
+		res, err := client.Call(ctx, "bench_temperature", []byte("{}"))
+		if err == nil && len(res.JSON) == 0 {
+			return errors.New("bench_temperature returned nothing")
+		}
+		return err
+	}}
+	rep, err := bench.Run(ctx, cfg, echoTarget, device)
+	if err != nil {
+		return err
+	}
+	rep.Markdown(stdout)
+	fmt.Fprintf(stdout, "\nAgent start to its tools callable (%d fresh devices): median %s, min %s, max %s\n",
+		starts, took[starts/2].Round(time.Millisecond), took[0].Round(time.Millisecond), took[starts-1].Round(time.Millisecond))
+	return nil
+}
