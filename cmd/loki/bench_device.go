@@ -13,6 +13,7 @@ import (
 	"github.com/loki-iot/loki/devices/jotunheim"
 	"github.com/loki-iot/loki/internal/bench"
 	"github.com/loki-iot/loki/internal/natsrv"
+	jv1 "github.com/loki-iot/loki/proto/jotunheim/v1"
 	svcjotunheim "github.com/loki-iot/loki/services/jotunheim"
 	"github.com/loki-iot/loki/services/loki"
 	"github.com/loki-iot/loki/services/loki/engine"
@@ -158,7 +159,12 @@ func benchDevice(ctx context.Context, cfg bench.Config, log *slog.Logger, stdout
 		}
 		return err
 	}}
-	rep, err := bench.Run(ctx, cfg, echoTarget, device)
+	jc := svcjotunheim.NewClient(caller)
+	direct := bench.Target{Name: "devices.cmd read", Call: func(ctx context.Context) error {
+		_, err := jc.Command(ctx, "bench", &jv1.Command{Name: "ping"})
+		return err
+	}}
+	rep, err := bench.Run(ctx, cfg, echoTarget, device, direct)
 	if err != nil {
 		return err
 	}

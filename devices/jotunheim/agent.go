@@ -181,7 +181,7 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	if a.hw, err = openHW(board); err != nil {
+	if a.hw, err = openHW(board, cfg.Telemetry.SampleMaxAge); err != nil {
 		return nil, err
 	}
 	return a, nil

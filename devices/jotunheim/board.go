@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/loki-iot/loki/hardware"
 )
@@ -12,6 +13,33 @@ import (
 type hw struct {
 	mu  sync.RWMutex
 	dev *hardware.Device
+
+	// maxAge is how long a sensor's reading answers reads (see
+	// TelemetryConfig.SampleMaxAge); samples holds the last ones, and is
+	// emptied when the board is replaced.
+	maxAge  time.Duration
+	smu     sync.Mutex
+	samples map[string]hardware.Reading
+}
+
+// readSensor returns sensor name's reading: the last one while it is
+// younger than maxAge, else a new measurement. Motion sensors, a pin read,
+// are always read.
+func (h *hw) readSensor(name string) (hardware.Reading, error) {
+	h.smu.Lock()
+	r, ok := h.samples[name]
+	h.smu.Unlock()
+	if ok && time.Since(time.Unix(0, int64(r.At*1e9))) < h.maxAge {
+		return r, nil
+	}
+	r, err := h.device().ReadSensor(name)
+	if err != nil || r.Kind == hardware.KindMotion {
+		return r, err
+	}
+	h.smu.Lock()
+	h.samples[name] = r
+	h.smu.Unlock()
+	return r, nil
 }
 
 // boardConfig returns the board cfg names: the simulated one, or the
@@ -44,12 +72,12 @@ func openDevice(bc hardware.BoardConfig) (*hardware.Device, error) {
 	return dev, nil
 }
 
-func openHW(bc hardware.BoardConfig) (*hw, error) {
+func openHW(bc hardware.BoardConfig, maxAge time.Duration) (*hw, error) {
 	dev, err := openDevice(bc)
 	if err != nil {
 		return nil, err
 	}
-	return &hw{dev: dev}, nil
+	return &hw{dev: dev, maxAge: maxAge, samples: map[string]hardware.Reading{}}, nil
 }
 
 // device returns the current device; callers use it without holding the
@@ -66,6 +94,9 @@ func (h *hw) device() *hardware.Device {
 func (h *hw) replace(bc hardware.BoardConfig) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.smu.Lock()
+	clear(h.samples)
+	h.smu.Unlock()
 	old := h.dev.Config()
 	// Close first: real pins can be held by one owner only.
 	if err := h.dev.Close(); err != nil {

@@ -172,9 +172,7 @@ func (a *Agent) reply(c *jv1.Command, data any, err error) {
 		}
 		r.Data = v
 	}
-	if err := a.publish(a.topics.result, 1, false, r); err != nil {
-		a.log.Warn("publish command result", logCmd, c.GetName(), "id", c.GetId(), logErr, err)
-	}
+	a.publishAsync(a.topics.result, 1, r, "the result of command "+c.GetName()+" "+c.GetId())
 }
 
 // execute runs one command.
@@ -300,7 +298,7 @@ func (a *Agent) read(entity string) (any, error) {
 	if !a.isSensor(entity) {
 		return nil, a.noEntity("sensor", entity)
 	}
-	r, err := a.hw.device().ReadSensor(entity)
+	r, err := a.hw.readSensor(entity)
 	if err != nil {
 		return nil, hwFault(err)
 	}
@@ -331,7 +329,7 @@ func (a *Agent) state(entity string) (any, error) {
 	var value any
 	switch {
 	case a.isSensor(entity):
-		r, err := a.hw.device().ReadSensor(entity)
+		r, err := a.hw.readSensor(entity)
 		if err != nil {
 			return nil, hwFault(err)
 		}

@@ -105,6 +105,12 @@ type TelemetryConfig struct {
 	// StateFile keeps the runtime settings config.set changes. Empty: no
 	// persistence (cmd/jotunheim picks a default path).
 	StateFile string `toml:"state_file"`
+	// SampleMaxAge is how long a sensor's measurement answers reads
+	// (default 1s; 0: every read measures). A BME280 in forced mode takes
+	// about 8 ms per measurement and warms itself when measured back to
+	// back, so a burst of reads shares one measurement instead of queueing
+	// behind each other; a State's "at" tells its age.
+	SampleMaxAge time.Duration `toml:"sample_max_age"`
 }
 
 // DefaultConfig returns the defaults; Device.ID and a board must still be set.
@@ -113,7 +119,7 @@ func DefaultConfig() Config {
 		Transport:  TransportConfig{Kind: TransportMQTT, Broker: DefaultBroker},
 		Resilience: ResilienceConfig{BackoffBase: time.Second, BackoffCap: time.Minute, NegotiateTimeout: 10 * time.Second},
 		Limits:     LimitsConfig{MaxQueuedCommands: 32, MaxMessageBytes: wire.MaxMessageBytes},
-		Telemetry:  TelemetryConfig{Period: 30 * time.Second, Heartbeat: 15 * time.Second},
+		Telemetry:  TelemetryConfig{Period: 30 * time.Second, Heartbeat: 15 * time.Second, SampleMaxAge: time.Second},
 	}
 }
 
@@ -285,6 +291,9 @@ func (c Config) Validate() error {
 	}
 	if err := checkSeconds(c.Telemetry.Heartbeat); err != nil {
 		return bad("telemetry.heartbeat", "%v", err)
+	}
+	if c.Telemetry.SampleMaxAge < 0 || c.Telemetry.SampleMaxAge > time.Hour {
+		return bad("telemetry.sample_max_age", "%v must be 0 to 1h", c.Telemetry.SampleMaxAge)
 	}
 	return nil
 }

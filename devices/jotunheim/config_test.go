@@ -62,6 +62,7 @@ func TestConfigErrorsNameFileLine(t *testing.T) {
 		{"two boards", "[device]\nid = \"a\"\n[board]\nsim = true\nfile = \"b.toml\"\n", "dev.toml:4: board.sim"},
 		{"two passwords", "[device]\nid = \"a\"\n[transport]\npassword = \"x\"\npassword_file = \"y\"\n[board]\nsim = true\n", "dev.toml:4: transport.password"},
 		{"bad period", "[device]\nid = \"a\"\n[board]\nsim = true\n[telemetry]\nperiod = \"1500ms\"\n", "dev.toml:6: telemetry.period"},
+		{"negative sample age", "[device]\nid = \"a\"\n[board]\nsim = true\n[telemetry]\nsample_max_age = \"-1s\"\n", "dev.toml:6: telemetry.sample_max_age"},
 		{"cap below base", "[device]\nid = \"a\"\n[board]\nsim = true\n[resilience]\nbackoff_base = \"10s\"\nbackoff_cap = \"1s\"\n", "dev.toml:7: resilience.backoff_cap"},
 		{"queue", "[device]\nid = \"a\"\n[board]\nsim = true\n[limits]\nmax_queued_commands = 0\n", "dev.toml:6: limits.max_queued_commands"},
 		{"wrong type", "[device]\nid = 5\n", "dev.toml:2:"},

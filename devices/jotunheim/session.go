@@ -245,6 +245,29 @@ func (a *Agent) publish(topic string, qos byte, retain bool, m proto.Message) er
 	return a.publishRaw(topic, qos, retain, payload)
 }
 
+// publishAsync is publish without waiting for the broker's acknowledgement:
+// the command worker goes on to the next command while a result is on its
+// way; a failed delivery is logged as what.
+func (a *Agent) publishAsync(topic string, qos byte, m proto.Message, what string) {
+	payload, err := wire.Encode(m)
+	a.mu.Lock()
+	s := a.sess
+	a.mu.Unlock()
+	if err == nil && s == nil {
+		err = errNotConnected
+	}
+	if err != nil {
+		a.log.Warn("publish "+what, logErr, err)
+		return
+	}
+	t := s.client.Publish(topic, qos, false, payload)
+	go func() {
+		if err := a.wait(context.Background(), t); err != nil {
+			a.log.Warn("publish "+what, logErr, err)
+		}
+	}()
+}
+
 func (a *Agent) publishRaw(topic string, qos byte, retain bool, payload []byte) error {
 	a.mu.Lock()
 	s := a.sess

@@ -136,9 +136,17 @@ func (s *Service) handleCmd(ctx context.Context, r *microsvc.Request) ([]byte, n
 // command sends cmd to device id and waits for its result, until ctx's
 // deadline or cmd's timeout_ms, whichever is first.
 func (s *Service) command(ctx context.Context, id string, cmd *jv1.Command) ([]byte, error) {
-	d, _, err := s.get(ctx, id)
-	if err != nil {
-		return nil, err
+	// The registry as this replica's watch last saw it (a millisecond
+	// behind at most) spares every command a read of the bucket; a device
+	// the watch has not seen yet is read from the bucket.
+	s.cacheMu.RLock()
+	d := s.cache[id]
+	s.cacheMu.RUnlock()
+	if d == nil {
+		var err error
+		if d, _, err = s.get(ctx, id); err != nil {
+			return nil, err
+		}
 	}
 	if !d.GetOnline() {
 		return nil, offlineError(d)
