@@ -109,7 +109,9 @@ func (s *Service) setPresence(ctx context.Context, id string, online bool) {
 		}
 		return d
 	})
-	if err != nil {
+	if err != nil && ctx.Err() != nil {
+		s.log.Warn("presence not recorded: the service is stopping", logKeyDevice, id, "online", online)
+	} else if err != nil {
 		s.log.Error("record presence", logKeyDevice, id, logKeyErr, err)
 		return
 	}
