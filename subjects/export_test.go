@@ -5,3 +5,4 @@ var (
 	SubjectCovers   = subjectCovers
 	SubjectsCollide = subjectsCollide
 )
+var SrvSubs = srvSubs

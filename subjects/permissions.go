@@ -6,8 +6,6 @@ import (
 	"strings"
 	"unicode"
 	"unicode/utf8"
-
-	"github.com/nats-io/nats.go/micro"
 )
 
 // Permissions are what one identity may publish and subscribe to, as NATS
@@ -254,20 +252,27 @@ func kvStream(b string) string { return "KV_" + b }
 // jsAccountInfo is the account info call every JetStream client makes.
 const jsAccountInfo = jsAPI + ".INFO"
 
+// srvPrefix and srvVerbs are NATS micro's control subjects
+// ($SRV.<verb>[.<name>[.<id>]]), spelled here rather than taken from
+// nats.go/micro so that what imports subjects — the device agent — does not
+// link a NATS client; a test checks them against micro.ControlSubject.
+const srvPrefix = "$SRV"
+
+var srvVerbs = []string{"PING", "INFO", "STATS"}
+
 // srvSubs are the $SRV subjects a micro service named name answers on.
 func srvSubs(name string) []string {
 	var s []string
-	for _, v := range []micro.Verb{micro.PingVerb, micro.InfoVerb, micro.StatsVerb} {
-		all, _ := micro.ControlSubject(v, "", "")
-		byName, _ := micro.ControlSubject(v, name, "")
-		s = append(s, all, byName, byName+".*")
+	for _, v := range srvVerbs {
+		all := srvPrefix + "." + v
+		s = append(s, all, all+"."+name, all+"."+name+".*")
 	}
 	return s
 }
 
 // srvAll matches every $SRV request, for identities that may ask every
 // service for its status.
-var srvAll = micro.APIPrefix + ".>"
+var srvAll = srvPrefix + ".>"
 
 // RolePermissions returns the permissions of an identity with role r whose
 // inbox token (public key or name) is inbox. RoleDevice takes the device id

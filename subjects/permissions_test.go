@@ -8,6 +8,7 @@ import (
 
 	"github.com/loki-iot/loki/subjects"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/micro"
 )
 
 func TestMQTTFilterSubjects(t *testing.T) {
@@ -238,5 +239,20 @@ func TestSubjectMatching(t *testing.T) {
 				t.Errorf("collide(%q, %q): got %v, want %v", a, b, got, want)
 			}
 		}
+	}
+}
+
+// TestSrvSubsAreMicros: the $SRV subjects spelled in subjects are the ones
+// nats.go/micro answers on.
+func TestSrvSubsAreMicros(t *testing.T) {
+	got := subjects.SrvSubs("loki")
+	var want []string
+	for _, v := range []micro.Verb{micro.PingVerb, micro.InfoVerb, micro.StatsVerb} {
+		all, _ := micro.ControlSubject(v, "", "")
+		byName, _ := micro.ControlSubject(v, "loki", "")
+		want = append(want, all, byName, byName+".*")
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("got %v, want %v", got, want)
 	}
 }

@@ -7,14 +7,15 @@ import (
 	"testing"
 )
 
-// The agent must stay small: no NATS server, no Lua, no gRPC.
+// The agent must stay small: no NATS server, no Lua, no gRPC, and no NATS
+// client either: a device speaks MQTT.
 func TestFootprint(t *testing.T) {
 	out, err := exec.Command("go", "list", "-deps", ".").CombinedOutput()
 	if err != nil {
 		t.Fatalf("go list -deps: %v\n%s", err, out)
 	}
 	for _, pkg := range strings.Fields(string(out)) {
-		for _, banned := range []string{"github.com/nats-io/nats-server", "github.com/yuin/gopher-lua", "google.golang.org/grpc"} {
+		for _, banned := range []string{"github.com/nats-io/nats-server", "github.com/nats-io/nats.go", "github.com/yuin/gopher-lua", "google.golang.org/grpc"} {
 			if pkg == banned || strings.HasPrefix(pkg, banned+"/") {
 				t.Errorf("cmd/jotunheim imports %s", pkg)
 			}
