@@ -8,9 +8,11 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/loki-iot/loki/devices/jotunheim"
+	"github.com/loki-iot/loki/devices/wire"
 	"github.com/loki-iot/loki/internal/bench"
 	"github.com/loki-iot/loki/internal/natsrv"
 	jv1 "github.com/loki-iot/loki/proto/jotunheim/v1"
@@ -19,6 +21,7 @@ import (
 	"github.com/loki-iot/loki/services/loki/engine"
 	"github.com/loki-iot/loki/subjects"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
 )
 
 // benchDevice measures a sensor read through a device tool — caller →
@@ -39,11 +42,17 @@ func benchDevice(ctx context.Context, cfg bench.Config, log *slog.Logger, stdout
 		return err
 	}
 	defer srv.Shutdown()
-	nc, err := srv.Connect("bench-services")
+	// One connection per component, as under loki up.
+	nc, err := srv.Connect("bench-loki")
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
+	jnc, err := srv.Connect("bench-jotunheim")
+	if err != nil {
+		return err
+	}
+	defer jnc.Close()
 	runCtx, stop := context.WithCancel(ctx)
 	var waits []chan error
 	defer func() {
@@ -64,7 +73,7 @@ func benchDevice(ctx context.Context, cfg bench.Config, log *slog.Logger, stdout
 		return err
 	}
 	run(lsvc.Run)
-	jsvc, err := svcjotunheim.New(svcjotunheim.DefaultConfig(), nc, log)
+	jsvc, err := svcjotunheim.New(svcjotunheim.DefaultConfig(), jnc, log)
 	if err != nil {
 		return err
 	}
@@ -143,7 +152,7 @@ func benchDevice(ctx context.Context, cfg bench.Config, log *slog.Logger, stdout
 	if err := callable("bench"); err != nil {
 		return err
 	}
-	echo, err := nc.QueueSubscribe(subjects.BenchEcho, "q", func(m *nats.Msg) { _ = m.Respond(m.Data) })
+	echo, err := jnc.QueueSubscribe(subjects.BenchEcho, "q", func(m *nats.Msg) { _ = m.Respond(m.Data) })
 	if err != nil {
 		return err
 	}
@@ -164,7 +173,49 @@ func benchDevice(ctx context.Context, cfg bench.Config, log *slog.Logger, stdout
 		_, err := jc.Command(ctx, "bench", &jv1.Command{Name: "ping"})
 		return err
 	}}
-	rep, err := bench.Run(ctx, cfg, echoTarget, device, direct)
+	// The MQTT leg alone: a command published straight to the agent's
+	// topic and its result, with no service in between.
+	var waiting sync.Map // command id → chan struct{}
+	resultSubj, err := subjects.DeviceSubject("bench", subjects.DeviceResult)
+	if err != nil {
+		return err
+	}
+	results, err := caller.Subscribe(resultSubj, func(m *nats.Msg) {
+		if r, err := wire.DecodeResult(m.Data); err == nil {
+			if ch, ok := waiting.LoadAndDelete(r.GetId()); ok {
+				close(ch.(chan struct{}))
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = results.Unsubscribe() }()
+	cmdSubj, err := subjects.DeviceSubject("bench", subjects.DeviceCmd)
+	if err != nil {
+		return err
+	}
+	leg := bench.Target{Name: "MQTT leg only (command to the agent and its result)", Call: func(ctx context.Context) error {
+		id := nuid.Next()
+		ch := make(chan struct{})
+		waiting.Store(id, ch)
+		b, err := wire.Encode(&jv1.Command{Id: id, Name: "ping"})
+		if err == nil {
+			err = caller.Publish(cmdSubj, b)
+		}
+		if err != nil {
+			waiting.Delete(id)
+			return err
+		}
+		select {
+		case <-ch:
+			return nil
+		case <-ctx.Done():
+			waiting.Delete(id)
+			return ctx.Err()
+		}
+	}}
+	rep, err := bench.Run(ctx, cfg, echoTarget, device, direct, leg)
 	if err != nil {
 		return err
 	}
