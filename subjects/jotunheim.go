@@ -32,6 +32,10 @@ const (
 	DeviceCall = "call"
 	// DeviceCallResult carries the platform's ToolResults.
 	DeviceCallResult = "call/result"
+	// DeviceSet prefixes set/<entity>: a plain command payload for one
+	// entity ("ON", "OFF", "PRESS", a number), as Home Assistant sends it
+	// on an entity's command topic.
+	DeviceSet = "set"
 )
 
 // Presence payloads on a device's status topic.
@@ -42,7 +46,10 @@ const (
 
 // deviceKinds are the kinds a device topic may end in (state takes an entity).
 var deviceKinds = []string{DeviceStatus, DeviceManifest, DeviceNegotiation, DeviceCapsGet, DeviceCmd,
-	DeviceResult, DeviceState, DeviceEvent, DeviceHeartbeat, DeviceCall, DeviceCallResult}
+	DeviceResult, DeviceState, DeviceEvent, DeviceHeartbeat, DeviceCall, DeviceCallResult, DeviceSet}
+
+// entityKind reports whether topics of kind end in an entity.
+func entityKind(kind string) bool { return kind == DeviceState || kind == DeviceSet }
 
 func validDeviceKind(kind string) error {
 	for _, k := range deviceKinds {
@@ -91,15 +98,15 @@ func deviceLevels(id, kind string, entity []string) ([]string, error) {
 	}
 	levels := append([]string{DevicePrefix, id}, strings.Split(kind, "/")...)
 	switch {
-	case kind == DeviceState && len(entity) == 1:
+	case entityKind(kind) && len(entity) == 1:
 		if err := ValidEntity(entity[0]); err != nil {
 			return nil, err
 		}
 		return append(levels, entity[0]), nil
-	case kind == DeviceState:
-		return nil, fmt.Errorf("%w: a state topic needs one entity", ErrInvalidToken)
+	case entityKind(kind):
+		return nil, fmt.Errorf("%w: a %s topic needs one entity", ErrInvalidToken, kind)
 	case len(entity) > 0:
-		return nil, fmt.Errorf("%w: only state topics take an entity", ErrInvalidToken)
+		return nil, fmt.Errorf("%w: only state and set topics take an entity", ErrInvalidToken)
 	}
 	return levels, nil
 }
@@ -111,7 +118,7 @@ func DeviceSubjectAll(kind string) (string, error) {
 		return "", err
 	}
 	s := DevicePrefix + ".*." + strings.ReplaceAll(kind, "/", ".")
-	if kind == DeviceState {
+	if entityKind(kind) {
 		s += ".*"
 	}
 	return s, nil
@@ -126,13 +133,13 @@ func ParseDeviceSubject(subj string) (id, kind, entity string, err error) {
 		return "", "", "", fmt.Errorf("%w: %q is not a device subject", ErrInvalidToken, subj)
 	}
 	id, kind = toks[1], strings.Join(toks[2:], "/")
-	if len(toks) == 4 && toks[2] == DeviceState {
-		kind, entity = DeviceState, toks[3]
+	if len(toks) == 4 && entityKind(toks[2]) {
+		kind, entity = toks[2], toks[3]
 		if err := ValidEntity(entity); err != nil {
 			return "", "", "", err
 		}
-	} else if kind == DeviceState {
-		return "", "", "", fmt.Errorf("%w: %q: a state subject needs one entity", ErrInvalidToken, subj)
+	} else if entityKind(kind) {
+		return "", "", "", fmt.Errorf("%w: %q: a %s subject needs one entity", ErrInvalidToken, subj, kind)
 	}
 	if err := ValidDeviceID(id); err != nil {
 		return "", "", "", err
@@ -224,4 +231,43 @@ func DeviceToolName(id, entity string) (string, error) {
 		return "", fmt.Errorf("device %q entity %q: %w", id, entity, err)
 	}
 	return name, nil
+}
+
+// Home Assistant MQTT discovery (device-based): each device publishes one
+// retained config under the discovery prefix, and Home Assistant announces
+// itself on <prefix>/status.
+const (
+	// HADiscoveryPrefix is Home Assistant's default discovery prefix, the
+	// one device logins may publish under.
+	HADiscoveryPrefix = "homeassistant"
+	// HAOnline is what Home Assistant publishes on its status topic when it
+	// starts: devices then send their discovery config and states again.
+	HAOnline = "online"
+)
+
+// HADeviceConfigTopic returns <prefix>/device/<id>/config, where device id
+// publishes its retained discovery config.
+func HADeviceConfigTopic(prefix, id string) (string, error) {
+	if err := validHAPrefix(prefix); err != nil {
+		return "", err
+	}
+	if err := ValidDeviceID(id); err != nil {
+		return "", err
+	}
+	return prefix + "/device/" + id + "/config", nil
+}
+
+// HAStatusTopic returns <prefix>/status, Home Assistant's birth and will.
+func HAStatusTopic(prefix string) (string, error) {
+	if err := validHAPrefix(prefix); err != nil {
+		return "", err
+	}
+	return prefix + "/status", nil
+}
+
+func validHAPrefix(prefix string) error {
+	if !deviceID.MatchString(prefix) {
+		return fmt.Errorf("%w: discovery prefix %q must be 1 to 64 of [A-Za-z0-9_-]", ErrInvalidToken, prefix)
+	}
+	return nil
 }

@@ -16,6 +16,7 @@ func TestDeviceTopicsAndSubjects(t *testing.T) {
 		{"caps request", "pi-zero_1", subjects.DeviceCapsGet, "", "jotunheim/pi-zero_1/caps/get", "jotunheim.pi-zero_1.caps.get"},
 		{"state", "demo", subjects.DeviceState, "temperature", "jotunheim/demo/state/temperature", "jotunheim.demo.state.temperature"},
 		{"tool result", "demo", subjects.DeviceCallResult, "", "jotunheim/demo/call/result", "jotunheim.demo.call.result"},
+		{"set from Home Assistant", "demo", subjects.DeviceSet, "led", "jotunheim/demo/set/led", "jotunheim.demo.set.led"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -65,6 +66,20 @@ func TestDeviceToolName(t *testing.T) {
 		got, err := subjects.DeviceToolName(tc.id, tc.entity)
 		if got != tc.want || (err != nil) != tc.wantErr {
 			t.Errorf("DeviceToolName(%q, %q): got %q %v, want %q (error %v)", tc.id, tc.entity, got, err, tc.want, tc.wantErr)
+		}
+	}
+}
+
+func TestHATopics(t *testing.T) {
+	if got, err := subjects.HADeviceConfigTopic("homeassistant", "demo"); err != nil || got != "homeassistant/device/demo/config" {
+		t.Fatalf("config topic: got %q %v", got, err)
+	}
+	if got, err := subjects.HAStatusTopic("ha"); err != nil || got != "ha/status" {
+		t.Fatalf("status topic: got %q %v", got, err)
+	}
+	for _, bad := range []string{"", "home/assistant", "#", "a+b"} {
+		if _, err := subjects.HAStatusTopic(bad); !errors.Is(err, subjects.ErrInvalidToken) {
+			t.Errorf("prefix %q: got %v, want ErrInvalidToken", bad, err)
 		}
 	}
 }

@@ -92,6 +92,10 @@ const (
 	RoleAuth        Role = "auth"
 	RoleJotunheim   Role = "jotunheim"
 	RoleDevice      Role = "device"
+	// RoleHomeAssistant is Home Assistant's MQTT login: it reads devices'
+	// discovery configs, presence and states, and sends their entities'
+	// set commands.
+	RoleHomeAssistant Role = "homeassistant"
 	RoleScriptMQTT  Role = "script-mqtt"
 )
 
@@ -105,7 +109,7 @@ var PersonRoles = []Role{RoleClient, RoleAdmin}
 func (r Role) Valid() bool {
 	switch r {
 	case RoleAdmin, RoleClient, RoleLoki, RoleHel, RoleFenrir, RoleJormungandr, RoleGateway, RoleAuth, RoleJotunheim,
-		RoleDevice, RoleScriptMQTT:
+		RoleDevice, RoleScriptMQTT, RoleHomeAssistant:
 		return true
 	}
 	return false
@@ -279,7 +283,7 @@ var srvAll = srvPrefix + ".>"
 // as scope; RoleScriptMQTT the MQTT topic filters its grant names.
 func RolePermissions(r Role, inbox string, scope ...string) (Permissions, error) {
 	myInbox := ""
-	if r != RoleDevice && r != RoleScriptMQTT {
+	if r != RoleDevice && r != RoleScriptMQTT && r != RoleHomeAssistant {
 		in, err := Inbox(inbox)
 		if err != nil {
 			return Permissions{}, err
@@ -377,7 +381,18 @@ func RolePermissions(r Role, inbox string, scope ...string) (Permissions, error)
 		// the server subscribes to that parent level along with the tree:
 		// without it a device's subscription to its own tree is refused.
 		own := []string{DevicePrefix + "." + scope[0], tree}
-		return Permissions{PubAllow: own, SubAllow: own, MQTTOnly: true}, nil
+		// Its own Home Assistant discovery config, and Home Assistant's
+		// status (to resend discovery when Home Assistant starts).
+		haConfig, _ := HADeviceConfigTopic(HADiscoveryPrefix, scope[0])
+		haStatus, _ := HAStatusTopic(HADiscoveryPrefix)
+		return Permissions{PubAllow: append(own, mqttSubject(haConfig)), SubAllow: append(own, mqttSubject(haStatus)),
+			MQTTOnly: true}, nil
+	case RoleHomeAssistant:
+		ha := []string{HADiscoveryPrefix, HADiscoveryPrefix + ".>"}
+		status, _ := DeviceSubjectAll(DeviceStatus)
+		state, _ := DeviceSubjectAll(DeviceState)
+		set, _ := DeviceSubjectAll(DeviceSet)
+		return Permissions{PubAllow: append(ha, set), SubAllow: append(ha, status, state), MQTTOnly: true}, nil
 	case RoleScriptMQTT:
 		if len(scope) == 0 {
 			return Permissions{}, fmt.Errorf("%w: a script MQTT identity needs at least one topic filter", ErrInvalidToken)
@@ -453,3 +468,8 @@ func MQTTFilterSubjects(filter string) ([]string, error) {
 	}
 	return []string{strings.Join(toks, ".")}, nil
 }
+
+// mqttSubject maps an MQTT topic without wildcards to its NATS subject.
+func mqttSubject(topic string) string { return topicToSubject.Replace(topic) }
+
+var topicToSubject = strings.NewReplacer("/", ".", ".", "//")

@@ -146,7 +146,12 @@ func TestRolePermissionsConsequences(t *testing.T) {
 		t.Fatal(err)
 	}
 	perms[subjects.RoleScriptMQTT] = script
-	if !dev.MQTTOnly || !script.MQTTOnly {
+	ha, err := subjects.RolePermissions(subjects.RoleHomeAssistant, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	perms[subjects.RoleHomeAssistant] = ha
+	if !dev.MQTTOnly || !script.MQTTOnly || !ha.MQTTOnly {
 		t.Fatal("device and script-mqtt must be MQTT only")
 	}
 
@@ -185,11 +190,16 @@ func TestRolePermissionsConsequences(t *testing.T) {
 		{"forge a device event", false, "devices.events.kitchen.online", []subjects.Role{subjects.RoleAdmin, subjects.RoleJotunheim}},
 		{"write the device registry", false, "$KV.jotunheim_devices.kitchen", []subjects.Role{subjects.RoleAdmin, subjects.RoleJotunheim}},
 		{"delete the device registry", false, "$JS.API.STREAM.DELETE.KV_jotunheim_devices", []subjects.Role{subjects.RoleAdmin}},
+		{"publish a device's discovery config", false, "homeassistant.device.kitchen.config", []subjects.Role{subjects.RoleAdmin, subjects.RoleDevice, subjects.RoleHomeAssistant}},
+		{"publish another device's discovery config", false, "homeassistant.device.garage.config", []subjects.Role{subjects.RoleAdmin, subjects.RoleHomeAssistant}},
+		{"switch an entity from Home Assistant", false, "jotunheim.kitchen.set.led", []subjects.Role{subjects.RoleAdmin, subjects.RoleDevice, subjects.RoleHomeAssistant}},
 		{"device root", false, "jotunheim.kitchen", []subjects.Role{subjects.RoleAdmin, subjects.RoleDevice}},
 		{"read every inbox", true, "_INBOX.>", []subjects.Role{subjects.RoleAdmin}},
 		{"read another's inbox", true, "_INBOX.UOTHER.x", []subjects.Role{subjects.RoleAdmin}},
 		{"read calls", true, "loki.exec.add", []subjects.Role{subjects.RoleAdmin, subjects.RoleLoki}},
-		{"read devices", true, "jotunheim.kitchen.status", []subjects.Role{subjects.RoleAdmin, subjects.RoleDevice, subjects.RoleJotunheim}},
+		{"read devices", true, "jotunheim.kitchen.status", []subjects.Role{subjects.RoleAdmin, subjects.RoleDevice, subjects.RoleJotunheim, subjects.RoleHomeAssistant}},
+		{"hear Home Assistant start", true, "homeassistant.status", []subjects.Role{subjects.RoleAdmin, subjects.RoleDevice, subjects.RoleHomeAssistant}},
+		{"read a device's states", true, "jotunheim.kitchen.state.led", []subjects.Role{subjects.RoleAdmin, subjects.RoleDevice, subjects.RoleJotunheim, subjects.RoleHomeAssistant}},
 		{"read commands to a device", true, "jotunheim.kitchen.cmd", []subjects.Role{subjects.RoleAdmin, subjects.RoleDevice}},
 		{"serve devices", true, "devices.cmd", []subjects.Role{subjects.RoleAdmin, subjects.RoleJotunheim}},
 		{"watch devices", true, "devices.events.kitchen.online", []subjects.Role{subjects.RoleAdmin, subjects.RoleClient, subjects.RoleGateway, subjects.RoleJotunheim}},
