@@ -96,7 +96,7 @@ const (
 	// discovery configs, presence and states, and sends their entities'
 	// set commands.
 	RoleHomeAssistant Role = "homeassistant"
-	RoleScriptMQTT  Role = "script-mqtt"
+	RoleScriptMQTT    Role = "script-mqtt"
 )
 
 // ComponentRoles are the roles `loki up` holds one identity of each for.
