@@ -62,7 +62,7 @@ func run(args []string, stderr io.Writer) int {
 	var o options
 	fs := flag.NewFlagSet("jotunheim", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.config, "config", "", "config `FILE` (TOML: [device], [transport], [board], [resilience], [limits], [telemetry])")
+	fs.StringVar(&o.config, "config", "", "config `FILE` (TOML: [device], [transport], [board], [resilience], [limits], [telemetry], [homeassistant])")
 	fs.BoolVar(&o.sim, "sim", false, "use the simulated board")
 	fs.StringVar(&o.board, "board", "", "board `FILE`: a [[boards]] TOML in Fenrir's format (its one board)")
 	fs.StringVar(&o.id, "id", "", "device `ID`: 1 to 64 of [A-Za-z0-9_-]")

@@ -32,6 +32,7 @@ programs (role client or admin) and MQTT logins for devices.
 Commands:
   add NAME [--role client|admin] [-o FILE]   create an identity; print its nkey seed
   add-device ID [--json]                     create a device's MQTT login; print and save it
+  add-homeassistant NAME [--json]            create Home Assistant's MQTT login; print it
   list [--json]                              list identities (never a secret)
   revoke NAME                                delete an identity
   export [-o FILE]                           write every identity as nats-server configuration
@@ -53,7 +54,7 @@ const authTimeout = 10 * time.Second
 
 func cmdAuth(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return usageMistake("auth", errors.New("auth: name a command: add, add-device, list, revoke, export or context"))
+		return usageMistake("auth", errors.New("auth: name a command: add, add-device, add-homeassistant, list, revoke, export or context"))
 	}
 	sub, rest := args[0], args[1:]
 	switch sub {
@@ -61,6 +62,8 @@ func cmdAuth(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return authAdd(ctx, rest, stdout, stderr)
 	case "add-device":
 		return authAddDevice(ctx, rest, stdout, stderr)
+	case "add-homeassistant":
+		return authAddHomeAssistant(ctx, rest, stdout, stderr)
 	case "list":
 		return authList(ctx, rest, stdout, stderr)
 	case "revoke":
@@ -77,7 +80,7 @@ func cmdAuth(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprint(stdout, authUsage)
 		return nil
 	}
-	return usageMistake("auth", fmt.Errorf("auth: unknown command %q (commands: add, add-device, list, revoke, export, context)", sub))
+	return usageMistake("auth", fmt.Errorf("auth: unknown command %q (commands: add, add-device, add-homeassistant, list, revoke, export, context)", sub))
 }
 
 // authFlags are the flags of every `loki auth` command that reads or
@@ -135,6 +138,7 @@ func authFailed(cmd string, err error) error {
 type identityStore interface {
 	Add(ctx context.Context, name string, role subjects.Role) (auth.Credential, error)
 	AddDevice(ctx context.Context, deviceID string) (auth.Credential, error)
+	AddHomeAssistant(ctx context.Context, name string) (auth.Credential, error)
 	List(ctx context.Context) ([]auth.Identity, error)
 	Revoke(ctx context.Context, name string) error
 	// Live reports whether changes apply to a running server at once.
@@ -207,6 +211,10 @@ func (d dirStore) AddDevice(_ context.Context, id string) (auth.Credential, erro
 	return d.a.AddDevice(id)
 }
 
+func (d dirStore) AddHomeAssistant(_ context.Context, name string) (auth.Credential, error) {
+	return d.a.AddHomeAssistant(name)
+}
+
 func (d dirStore) List(context.Context) ([]auth.Identity, error) { return d.a.List(), nil }
 
 func (d dirStore) Revoke(_ context.Context, name string) error { return d.a.Revoke(name) }
@@ -230,6 +238,12 @@ func (b *busStore) Add(ctx context.Context, name string, role subjects.Role) (au
 func (b *busStore) AddDevice(ctx context.Context, id string) (auth.Credential, error) {
 	var cred auth.Credential
 	err := b.request(ctx, subjects.AuthAdd, auth.AddRequest{DeviceID: id}, &cred)
+	return cred, err
+}
+
+func (b *busStore) AddHomeAssistant(ctx context.Context, name string) (auth.Credential, error) {
+	var cred auth.Credential
+	err := b.request(ctx, subjects.AuthAdd, auth.AddRequest{Name: name, Role: subjects.RoleHomeAssistant}, &cred)
 	return cred, err
 }
 
@@ -453,6 +467,53 @@ For a device elsewhere, copy the login there and delete the file.`, stderr)
 	}
 	fmt.Fprintf(stderr, "loki: added device %q%s; it logs in to the MQTT listener with this username and password, saved for an agent on this host in %s (jotunheim --id %s reads it)\n",
 		id, appliedNote(store), loginFile, id)
+	return nil
+}
+
+func authAddHomeAssistant(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("auth add-homeassistant", `Usage: loki auth add-homeassistant NAME [--json] [flags]
+
+Creates the MQTT login NAME for Home Assistant's MQTT integration: username
+NAME and a random password (Loki's identities keep only its bcrypt hash).
+It may connect to the MQTT listener only; it reads and writes the discovery
+prefix homeassistant/#, reads every device's status and states, and may
+publish commands on jotunheim/ID/set/ENTITY, but never on a device's cmd
+topic. Enter the printed username and password in Home Assistant's MQTT
+integration (docs/DEVICES.md, "Home Assistant"); 'loki auth revoke NAME'
+deletes it.`, stderr)
+	af := addAuthFlags(fs, stderr)
+	asJSON := fs.Bool("json", false, `print {"username": ..., "password": ...}`)
+	pos, err := parseAuthArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usageError(fs, "auth add-homeassistant: want one NAME, got %d arguments", len(pos))
+	}
+	name := pos[0]
+	if err := auth.ValidName(name); err != nil {
+		return badInput("auth add-homeassistant: %v", err)
+	}
+	store, err := af.openStore()
+	if err != nil {
+		return authFailed("add-homeassistant", err)
+	}
+	defer store.Close()
+	cred, err := store.AddHomeAssistant(ctx, name)
+	if err != nil {
+		return authFailed("add-homeassistant", err)
+	}
+	if *asJSON {
+		b, _ := json.Marshal(struct {
+			Username string `json:"username"`
+			Password string `json:"password"`
+		}{cred.Username, cred.Password})
+		fmt.Fprintln(stdout, string(b))
+	} else {
+		fmt.Fprintf(stdout, "username: %s\npassword: %s\n", cred.Username, cred.Password)
+	}
+	fmt.Fprintf(stderr, "loki: added Home Assistant login %q%s; enter this username and password in Home Assistant's MQTT integration (the password is not shown again)\n",
+		name, appliedNote(store))
 	return nil
 }
 

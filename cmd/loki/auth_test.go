@@ -394,6 +394,8 @@ func TestAuthUsage(t *testing.T) {
 		{"add bad name", []string{"auth", "add", "a b"}, `name "a b"`},
 		{"add bad role", []string{"auth", "add", "a", "--role", "device"}, `--role "device": want client or admin`},
 		{"add-device bad id", []string{"auth", "add-device", "a/b"}, `device id "a/b"`},
+		{"add-homeassistant bad name", []string{"auth", "add-homeassistant", "a b"}, `name "a b"`},
+		{"add-homeassistant without name", []string{"auth", "add-homeassistant"}, "want one NAME"},
 		{"revoke without name", []string{"auth", "revoke"}, "want one NAME"},
 		{"list argument", []string{"auth", "list", "x"}, `unexpected argument "x"`},
 		{"export argument", []string{"auth", "export", "x"}, `unexpected argument "x"`},
@@ -413,10 +415,105 @@ func TestAuthUsage(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "auth")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("a usage mistake touched the data dir: %v", err)
 	}
-	for _, sub := range []string{"add", "add-device", "list", "revoke", "export", "context"} {
+	for _, sub := range []string{"add", "add-device", "add-homeassistant", "list", "revoke", "export", "context"} {
 		help, _, err := cliAll("auth", sub, "--help")
 		if exitCode(err) != 0 || !strings.Contains(help, "Usage: loki auth "+sub) || !strings.Contains(help, "-data-dir") {
 			t.Fatalf("auth %s --help: got %v and\n%s", sub, err, help)
 		}
+	}
+}
+
+// haMQTT connects an MQTT client with a login.
+func haMQTT(t *testing.T, addr, user, pass string) mqtt.Client {
+	t.Helper()
+	c := mqtt.NewClient(mqtt.NewClientOptions().AddBroker("tcp://" + addr).
+		SetClientID(fmt.Sprintf("%s%d", user, time.Now().UnixNano())).SetProtocolVersion(4).
+		SetAutoReconnect(false).SetConnectRetry(false).SetConnectTimeout(10 * time.Second).
+		SetUsername(user).SetPassword(pass))
+	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("MQTT login %s: %v", user, tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(0) })
+	return c
+}
+
+// TestAuthHomeAssistant: `loki auth add-homeassistant` makes an MQTT login
+// that may command devices through their set topics and read their states,
+// but never reach their cmd topic; revoke deletes it.
+func TestAuthHomeAssistant(t *testing.T) {
+	dir := t.TempDir()
+	url, stop, banner := startUpOut(t, dir)
+	defer stop()
+	m := mqttLine.FindStringSubmatch(banner)
+	if m == nil {
+		t.Fatalf("no MQTT listener in the banner:\n%s", banner)
+	}
+	out, hint, err := cliAll("auth", "add-homeassistant", "hass", "--json", "--nats-url", url)
+	if err != nil {
+		t.Fatalf("auth add-homeassistant: %v", err)
+	}
+	var login struct{ Username, Password string }
+	if err := json.Unmarshal([]byte(out), &login); err != nil || login.Username != "hass" || login.Password == "" {
+		t.Fatalf("auth add-homeassistant --json: got %q, %v", out, err)
+	}
+	if !strings.Contains(hint, "Home Assistant") {
+		t.Errorf("add-homeassistant's message %q does not say what the login is for", hint)
+	}
+	devOut, _, err := cliAll("auth", "add-device", "x", "--json", "--nats-url", url)
+	if err != nil {
+		t.Fatalf("auth add-device: %v", err)
+	}
+	var dev struct{ Username, Password string }
+	if err := json.Unmarshal([]byte(devOut), &dev); err != nil {
+		t.Fatal(err)
+	}
+
+	device := haMQTT(t, m[1], dev.Username, dev.Password)
+	got := make(chan mqtt.Message, 16)
+	if tok := device.Subscribe("jotunheim/x/#", 0, func(_ mqtt.Client, msg mqtt.Message) { got <- msg }); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("device subscribe: %v", tok.Error())
+	}
+	ha := haMQTT(t, m[1], login.Username, login.Password)
+	states := make(chan mqtt.Message, 16)
+	tok := ha.Subscribe("jotunheim/+/state/+", 0, func(_ mqtt.Client, msg mqtt.Message) { states <- msg })
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil || tok.(*mqtt.SubscribeToken).Result()["jotunheim/+/state/+"] == 0x80 {
+		t.Fatalf("Home Assistant subscribe to states: refused (%v)", tok.Error())
+	}
+	tok = ha.Subscribe("jotunheim/x/cmd", 0, func(mqtt.Client, mqtt.Message) {})
+	if !tok.WaitTimeout(10*time.Second) || tok.(*mqtt.SubscribeToken).Result()["jotunheim/x/cmd"] != 0x80 {
+		t.Fatalf("Home Assistant subscribe to a device's cmd: got %v, want refused", tok.(*mqtt.SubscribeToken).Result())
+	}
+	// A refused publish is followed by an allowed one on the same
+	// connection: the device sees only the allowed one.
+	for _, p := range []struct{ topic, payload string }{{"jotunheim/x/cmd", "forged"}, {"jotunheim/x/set/led", "ON"}} {
+		if tok := ha.Publish(p.topic, 0, false, p.payload); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish %s: %v", p.topic, tok.Error())
+		}
+	}
+	select {
+	case msg := <-got:
+		if msg.Topic() != "jotunheim/x/set/led" || string(msg.Payload()) != "ON" {
+			t.Fatalf("device got %q on %s, want ON on jotunheim/x/set/led (the cmd refused)", msg.Payload(), msg.Topic())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the set command never reached the device")
+	}
+	if tok := device.Publish("jotunheim/x/state/led", 0, false, `{"entity":"led"}`); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("device publish state: %v", tok.Error())
+	}
+	select {
+	case msg := <-states:
+		if msg.Topic() != "jotunheim/x/state/led" {
+			t.Fatalf("Home Assistant got %s, want jotunheim/x/state/led", msg.Topic())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Home Assistant never got the device's state")
+	}
+
+	if _, _, err := cliAll("auth", "revoke", "hass", "--nats-url", url); err != nil {
+		t.Fatalf("auth revoke: %v", err)
+	}
+	if err := dialMQTT(m[1], login.Username, login.Password); err == nil {
+		t.Fatal("a revoked Home Assistant login still connects")
 	}
 }

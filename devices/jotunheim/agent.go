@@ -96,6 +96,10 @@ type Stats struct {
 	Connects uint64
 	// Online is true while connected and accepted by the platform.
 	Online bool
+	// Resources are the resource budgets' figures (budget.go).
+	Resources ResourceStats
+	// Spool is the store-and-forward buffer (spool.go).
+	Spool SpoolStats
 }
 
 // Agent is one device's agent. Create it with New, run it with Run (once).
@@ -119,6 +123,7 @@ type Agent struct {
 	sess       *session      // nil while disconnected
 	states     map[string]string
 	calls      map[string]chan *jv1.ToolResult
+	ha         haState // Home Assistant discovery (homeassistant.go)
 
 	heartbeatSeq atomic.Uint64
 	received     atomic.Uint64
@@ -127,6 +132,11 @@ type Agent struct {
 	queueFull    atomic.Uint64
 	connects     atomic.Uint64
 	online       atomic.Bool
+
+	budgetCounters            // throttled telemetry, refused commands (budget.go)
+	res            resources  // memory and CPU samples (budget.go)
+	bw             *bandwidth // bytes in the bandwidth window (budget.go)
+	spool          *spool     // store-and-forward (spool.go)
 }
 
 // New validates cfg, opens the board it names and reads the state file.
@@ -160,6 +170,7 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Agent, error) {
 		settingsCh: make(chan struct{}),
 		states:     map[string]string{},
 		calls:      map[string]chan *jv1.ToolResult{},
+		bw:         newBandwidth(cfg.Limits.BandwidthBudget, cfg.Limits.BandwidthWindow),
 	}
 	for _, o := range opts {
 		o(a)
@@ -181,7 +192,14 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := checkDiagNames(board); err != nil {
+		return nil, err
+	}
+	if a.spool, err = openSpool(cfg, a.log); err != nil {
+		return nil, err
+	}
 	if a.hw, err = openHW(board, cfg.Telemetry.SampleMaxAge); err != nil {
+		a.spool.close()
 		return nil, err
 	}
 	return a, nil
@@ -232,6 +250,7 @@ func (a *Agent) Stats() Stats {
 	return Stats{
 		Received: a.received.Load(), Bad: a.bad.Load(), Commands: a.commands.Load(),
 		QueueFull: a.queueFull.Load(), Queued: a.queue.len(), Connects: a.connects.Load(), Online: a.online.Load(),
+		Resources: a.resourceStats(), Spool: a.spool.stats(),
 	}
 }
 
@@ -241,10 +260,15 @@ func (a *Agent) Stats() Stats {
 // platform refuses the device, and ErrReboot after a reboot command.
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.hw.close()
+	defer a.spool.close()
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var wg sync.WaitGroup
 	wg.Go(func() { a.worker(ctx, cancel) })
+	// Telemetry runs offline too: what it produces then is spooled.
+	wg.Go(func() { a.loops(ctx) })
+	wg.Go(func() { a.watchMotion(ctx) })
+	wg.Go(func() { a.monitor(ctx) })
 	defer wg.Wait()
 	for attempt := 0; ; attempt++ {
 		accepted, err := a.session(ctx)

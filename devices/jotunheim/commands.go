@@ -115,6 +115,12 @@ func (h *cmdHeap) Pop() any {
 // enqueue queues c, or answers RESOURCE_EXHAUSTED at once when the queue
 // is full.
 func (a *Agent) enqueue(c *jv1.Command) {
+	if err := a.memoryRefusal(); err != nil { // budget.go: no new work while starving
+		a.memRefused.Add(1)
+		a.log.Warn("memory exhausted: command refused", logCmd, c.GetName(), "id", c.GetId())
+		a.reply(c, nil, err)
+		return
+	}
 	if a.queue.push(c) {
 		return
 	}
@@ -156,6 +162,9 @@ func (a *Agent) worker(ctx context.Context, cancel context.CancelCauseFunc) {
 
 // reply publishes the CommandResult of c.
 func (a *Agent) reply(c *jv1.Command, data any, err error) {
+	if a.haReply(c, err) {
+		return // from Home Assistant: it sees the state topic
+	}
 	r := &jv1.CommandResult{Id: c.GetId(), Ok: err == nil}
 	if err != nil {
 		r.Code, r.Message = string(fault.CodeOf(err)), fault.MessageOf(err)
@@ -295,6 +304,9 @@ func (a *Agent) isActuator(name string) bool {
 
 // read reads a sensor: data is its value.
 func (a *Agent) read(entity string) (any, error) {
+	if v, ok := a.diagValue(entity); ok { // the agent's own figures (budget.go)
+		return v, nil
+	}
 	if !a.isSensor(entity) {
 		return nil, a.noEntity("sensor", entity)
 	}
@@ -328,6 +340,17 @@ func (a *Agent) state(entity string) (any, error) {
 	st := &jv1.State{Entity: entity, At: unixNow()}
 	var value any
 	switch {
+	case isDiagnostic(entity):
+		v, ok := a.diagValue(entity)
+		if !ok {
+			return nil, a.noEntity("entity", entity)
+		}
+		value = v
+		for _, s := range diagSensors {
+			if s.GetName() == entity {
+				st.Unit = s.GetUnit()
+			}
+		}
 	case a.isSensor(entity):
 		r, err := a.hw.readSensor(entity)
 		if err != nil {

@@ -35,6 +35,8 @@ type Config struct {
 	Resilience ResilienceConfig `toml:"resilience"`
 	Limits     LimitsConfig     `toml:"limits"`
 	Telemetry  TelemetryConfig  `toml:"telemetry"`
+	// HomeAssistant is Home Assistant MQTT discovery (homeassistant.go).
+	HomeAssistant HomeAssistantConfig `toml:"homeassistant"`
 
 	// file and lines locate the settings for error messages; empty for a
 	// Config built in code.
@@ -95,6 +97,21 @@ type LimitsConfig struct {
 	MaxQueuedCommands int `toml:"max_queued_commands"`
 	// MaxMessageBytes caps every incoming message.
 	MaxMessageBytes int `toml:"max_message_bytes"`
+
+	// Resource budgets (budget.go); 0 turns a threshold off.
+	// MemoryWarn and MemoryMax are the process's resident memory: over
+	// MemoryWarn an event warns; over MemoryMax new commands are refused
+	// with RESOURCE_EXHAUSTED. SystemMemoryWarn and SystemMemoryMin are the
+	// system's available memory: at or below them, the same.
+	MemoryWarn       ByteSize `toml:"memory_warn"`
+	MemoryMax        ByteSize `toml:"memory_max"`
+	SystemMemoryWarn ByteSize `toml:"system_memory_warn"`
+	SystemMemoryMin  ByteSize `toml:"system_memory_min"`
+	// BandwidthBudget is the bytes (topics and payloads, sent and
+	// received) allowed per BandwidthWindow; over it telemetry is skipped
+	// and counted. 0: unlimited.
+	BandwidthWindow time.Duration `toml:"bandwidth_window"`
+	BandwidthBudget ByteSize      `toml:"bandwidth_budget"`
 }
 
 // TelemetryConfig sets the periods of states and heartbeats. A config.set
@@ -111,15 +128,23 @@ type TelemetryConfig struct {
 	// back, so a burst of reads shares one measurement instead of queueing
 	// behind each other; a State's "at" tells its age.
 	SampleMaxAge time.Duration `toml:"sample_max_age"`
+
+	// Store-and-forward (spool.go): telemetry produced offline waits in a
+	// spool of at most SpoolMaxMessages and SpoolMaxBytes, oldest dropped
+	// first; in SpoolFile when set, so a restart keeps it.
+	SpoolMaxMessages int      `toml:"spool_max_messages"`
+	SpoolMaxBytes    ByteSize `toml:"spool_max_bytes"`
+	SpoolFile        string   `toml:"spool_file"`
 }
 
 // DefaultConfig returns the defaults; Device.ID and a board must still be set.
 func DefaultConfig() Config {
 	return Config{
-		Transport:  TransportConfig{Kind: TransportMQTT, Broker: DefaultBroker},
-		Resilience: ResilienceConfig{BackoffBase: time.Second, BackoffCap: time.Minute, NegotiateTimeout: 10 * time.Second},
-		Limits:     LimitsConfig{MaxQueuedCommands: 32, MaxMessageBytes: wire.MaxMessageBytes},
-		Telemetry:  TelemetryConfig{Period: 30 * time.Second, Heartbeat: 15 * time.Second, SampleMaxAge: time.Second},
+		Transport:     TransportConfig{Kind: TransportMQTT, Broker: DefaultBroker},
+		Resilience:    ResilienceConfig{BackoffBase: time.Second, BackoffCap: time.Minute, NegotiateTimeout: 10 * time.Second},
+		Limits:        LimitsConfig{MaxQueuedCommands: 32, MaxMessageBytes: wire.MaxMessageBytes, BandwidthWindow: time.Minute},
+		Telemetry:     TelemetryConfig{Period: 30 * time.Second, Heartbeat: 15 * time.Second, SampleMaxAge: time.Second, SpoolMaxMessages: 1000, SpoolMaxBytes: 1 << 20},
+		HomeAssistant: HomeAssistantConfig{Enabled: true, Prefix: subjects.HADiscoveryPrefix},
 	}
 }
 
@@ -168,6 +193,9 @@ func DecodeConfig(file string, data []byte) (Config, error) {
 			}
 			return Config{}, fmt.Errorf("%w: %s: %v", ErrConfig, file, err)
 		}
+		if pe.LastKey != "" { // a value its type refused (a size): name the key
+			return Config{}, fmt.Errorf("%w: %s:%d: %s: %s", ErrConfig, file, pe.Position.Line, pe.LastKey, pe.Message)
+		}
 		return Config{}, fmt.Errorf("%w: %s:%d: %s", ErrConfig, file, pe.Position.Line, pe.Message)
 	}
 	cfg.file = file
@@ -178,7 +206,7 @@ func DecodeConfig(file string, data []byte) (Config, error) {
 	}
 	dir := filepath.Dir(file)
 	for _, p := range []*string{&cfg.Transport.CAFile, &cfg.Transport.PasswordFile, &cfg.Transport.LoginFile,
-		&cfg.Board.File, &cfg.Telemetry.StateFile} {
+		&cfg.Board.File, &cfg.Telemetry.StateFile, &cfg.Telemetry.SpoolFile} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(dir, *p)
 		}
@@ -294,6 +322,12 @@ func (c Config) Validate() error {
 	}
 	if c.Telemetry.SampleMaxAge < 0 || c.Telemetry.SampleMaxAge > time.Hour {
 		return bad("telemetry.sample_max_age", "%v must be 0 to 1h", c.Telemetry.SampleMaxAge)
+	}
+	if err := c.validateBudgets(); err != nil {
+		return err
+	}
+	if _, err := subjects.HAStatusTopic(c.HomeAssistant.Prefix); err != nil {
+		return bad("homeassistant.prefix", "%q must be 1 to 64 of [A-Za-z0-9_-]", c.HomeAssistant.Prefix)
 	}
 	return nil
 }

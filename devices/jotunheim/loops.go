@@ -29,6 +29,9 @@ func (a *Agent) loops(ctx context.Context) {
 				stop()
 				break inner
 			case <-hb.C:
+				if !a.online.Load() {
+					continue // presence only: never spooled
+				}
 				h := &jv1.Heartbeat{Uptime: time.Since(a.started).Seconds(), Seq: a.heartbeatSeq.Add(1)}
 				if err := a.publish(a.topics.heartbeat, 0, false, h); err != nil {
 					a.log.Debug("heartbeat", logErr, err)

@@ -13,8 +13,9 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
-// Features is what this agent implements of the protocol.
-var Features = []string{"commands", "telemetry", "events", "tool_calls", "config"}
+// Features is what this agent implements of the protocol; "ha_discovery"
+// is added when Home Assistant discovery is on.
+var Features = []string{"commands", "telemetry", "events", "tool_calls", "config", "budgets", "store_and_forward"}
 
 // sensorMeta is what the manifest says of each sensor kind: Home Assistant
 // device class, value type and the BME280's measuring range.
@@ -54,10 +55,19 @@ func (a *Agent) Manifest() *jv1.Manifest {
 		Model:           a.cfg.Device.Model,
 		FirmwareVersion: FirmwareVersion,
 		Protocol:        proto.Clone(wire.Version).(*jv1.ProtocolVersion),
-		Features:        Features,
+		Features:        features(a.cfg),
 		Limits: &jv1.Limits{
 			MaxMessageBytes:   uint32(a.cfg.Limits.MaxMessageBytes),
 			MaxQueuedCommands: uint32(a.cfg.Limits.MaxQueuedCommands),
+			MemoryBytes:       uint64(a.cfg.Limits.MemoryMax),
+			MemoryWarnBytes:   uint64(a.cfg.Limits.MemoryWarn),
+			// The agent's system memory figures and budgets, as configured.
+			SystemMemoryWarnBytes:  uint64(a.cfg.Limits.SystemMemoryWarn),
+			SystemMemoryMinBytes:   uint64(a.cfg.Limits.SystemMemoryMin),
+			BandwidthBudgetBytes:   uint64(a.cfg.Limits.BandwidthBudget),
+			BandwidthWindowSeconds: uint32(a.cfg.Limits.BandwidthWindow / time.Second),
+			SpoolMaxMessages:       uint32(a.cfg.Telemetry.SpoolMaxMessages),
+			SpoolMaxBytes:          uint64(a.cfg.Telemetry.SpoolMaxBytes),
 		},
 		HeartbeatSeconds: set.HeartbeatSeconds,
 		TelemetrySeconds: set.TelemetrySeconds,
@@ -81,6 +91,9 @@ func (a *Agent) Manifest() *jv1.Manifest {
 		if s.Driver == hardware.DriverBME280 || s.Driver == hardware.DriverBMP280 {
 			ifaces["i2c"] = true
 		}
+	}
+	for _, s := range diagSensors { // the agent's own figures (budget.go)
+		m.Sensors = append(m.Sensors, proto.Clone(s).(*jv1.Sensor))
 	}
 	for _, ac := range bc.Actuators {
 		meta := actuatorMeta[ac.Kind]
@@ -114,6 +127,9 @@ func (a *Agent) publishManifest(reason jv1.Manifest_Reason, requestID string) er
 // gone. Outputs of the new board start in their configured state. If bc
 // cannot be opened the old board is kept and the error returned.
 func (a *Agent) UpdateBoard(bc hardware.BoardConfig) error {
+	if err := checkDiagNames(bc); err != nil {
+		return fmt.Errorf("update board: %w", err)
+	}
 	before := a.entities()
 	if err := a.hw.replace(bc); err != nil {
 		return fmt.Errorf("update board: %w", err)
@@ -131,6 +147,7 @@ func (a *Agent) UpdateBoard(bc hardware.BoardConfig) error {
 	if err := a.publishManifest(jv1.Manifest_REASON_UPDATE, ""); err != nil {
 		return fmt.Errorf("update board: publish manifest: %w", err)
 	}
+	a.publishDiscovery()
 	a.publishStates(true)
 	return nil
 }
@@ -177,6 +194,7 @@ func (a *Agent) publishStates(force bool) {
 	for _, st := range dev.Info().Actuators {
 		a.publishState(st.Name, st, "", unixNow(), force)
 	}
+	a.publishDiagStates(force)
 }
 
 // publishState publishes entity's value (retained) if it changed or force.
@@ -199,21 +217,14 @@ func (a *Agent) publishState(entity string, value any, unit string, at float64, 
 		a.log.Warn("state topic", logEntity, entity, logErr, err)
 		return
 	}
-	if err := a.publish(topic, 0, true, &jv1.State{Entity: entity, Value: v, Unit: unit, At: at}); err != nil && err != errNotConnected {
-		a.log.Warn("publish state", logEntity, entity, logErr, err)
-	}
+	// Telemetry: spooled while offline, throttled over the bandwidth budget.
+	a.emit(topic, 0, true, &jv1.State{Entity: entity, Value: v, Unit: unit, At: at}, true)
 }
 
-// publishEvent publishes an event (QoS 1).
+// publishEvent publishes an event (QoS 1) as telemetry: spooled while
+// offline, throttled over the bandwidth budget (spool.go).
 func (a *Agent) publishEvent(kind, entity string, data any) {
-	v, err := toValue(data)
-	if err != nil {
-		a.log.Warn("event data", "kind", kind, logErr, err)
-		return
-	}
-	if err := a.publish(a.topics.event, 1, false, &jv1.Event{Kind: kind, Entity: entity, Data: v, At: unixNow()}); err != nil && err != errNotConnected {
-		a.log.Warn("publish event", "kind", kind, logErr, err)
-	}
+	a.emitEvent(kind, entity, data, true)
 }
 
 // toValue converts v to a protobuf Value through its JSON form, so structs
@@ -243,3 +254,11 @@ func toValue(v any) (*structpb.Value, error) {
 }
 
 func unixNow() float64 { return float64(time.Now().UnixNano()) / 1e9 }
+
+func features(cfg Config) []string {
+	f := append([]string(nil), Features...)
+	if cfg.HomeAssistant.Enabled {
+		f = append(f, "ha_discovery")
+	}
+	return f
+}

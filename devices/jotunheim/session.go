@@ -69,6 +69,7 @@ func (a *Agent) session(ctx context.Context) (accepted bool, err error) {
 	a.mu.Unlock()
 	defer func() {
 		a.online.Store(false)
+		a.spool.offline()
 		a.mu.Lock()
 		a.sess = nil
 		a.mu.Unlock()
@@ -85,6 +86,7 @@ func (a *Agent) session(ctx context.Context) (accepted bool, err error) {
 	}()
 
 	filters := map[string]byte{a.topics.negotiation: 0, a.topics.capsGet: 0, a.topics.cmd: 0, a.topics.callResult: 0}
+	a.haFilters(filters)
 	if err := a.wait(ctx, s.client.SubscribeMultiple(filters, func(_ mqtt.Client, m mqtt.Message) { a.handle(s, m) })); err != nil {
 		return false, fmt.Errorf("subscribe: %w", err)
 	}
@@ -95,14 +97,12 @@ func (a *Agent) session(ctx context.Context) (accepted bool, err error) {
 		return false, err
 	}
 	a.online.Store(true)
+	a.publishDiscovery() // Home Assistant: discovery before states
+	// Store-and-forward: what was spooled offline goes first, in order.
+	if err := a.flushSpool(ctx, s); err != nil {
+		return true, err
+	}
 	a.publishStates(true)
-
-	loopCtx, stopLoops := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Go(func() { a.loops(loopCtx) })
-	wg.Go(func() { a.watchMotion(loopCtx) })
-	defer wg.Wait()
-	defer stopLoops()
 	for {
 		select {
 		case <-ctx.Done():
@@ -174,6 +174,7 @@ func (a *Agent) logNegotiation(n *jv1.Negotiation) {
 // bad payload: it logs and counts it.
 func (a *Agent) handle(s *session, m mqtt.Message) {
 	a.received.Add(1)
+	a.bw.received(len(m.Topic()) + len(m.Payload()))
 	max := a.cfg.Limits.MaxMessageBytes
 	bad := func(err error) {
 		a.bad.Add(1)
@@ -214,6 +215,9 @@ func (a *Agent) handle(s *session, m mqtt.Message) {
 		}
 		a.deliverToolResult(r)
 	default:
+		if a.handleHA(m.Topic(), m.Payload()) {
+			return
+		}
 		bad(fmt.Errorf("%w: unexpected topic", wire.ErrDecode))
 	}
 }
@@ -260,6 +264,7 @@ func (a *Agent) publishAsync(topic string, qos byte, m proto.Message, what strin
 		a.log.Warn("publish "+what, logErr, err)
 		return
 	}
+	a.bw.sent(len(topic) + len(payload))
 	t := s.client.Publish(topic, qos, false, payload)
 	go func() {
 		if err := a.wait(context.Background(), t); err != nil {
@@ -275,5 +280,6 @@ func (a *Agent) publishRaw(topic string, qos byte, retain bool, payload []byte) 
 	if s == nil {
 		return errNotConnected
 	}
+	a.bw.sent(len(topic) + len(payload))
 	return a.wait(context.Background(), s.client.Publish(topic, qos, retain, payload))
 }

@@ -207,6 +207,10 @@ func checkStored(id Identity) error {
 		if _, err := bcrypt.Cost([]byte(id.PasswordHash)); err != nil || id.PublicKey != "" || id.DeviceID != id.Name {
 			return fmt.Errorf("%w: device %q: want a bcrypt password hash, no public key and device_id %q", ErrInvalid, id.Name, id.Name)
 		}
+	case id.Role == subjects.RoleHomeAssistant:
+		if _, err := bcrypt.Cost([]byte(id.PasswordHash)); err != nil || id.PublicKey != "" || id.DeviceID != "" {
+			return fmt.Errorf("%w: Home Assistant login %q: want a bcrypt password hash, no public key and no device_id", ErrInvalid, id.Name)
+		}
 	default:
 		if !nkeys.IsValidPublicUserKey(id.PublicKey) || id.PasswordHash != "" {
 			return fmt.Errorf("%w: identity %q: want a user nkey public key and no password hash", ErrInvalid, id.Name)
@@ -431,6 +435,30 @@ func (a *Authority) AddDevice(deviceID string) (Credential, error) {
 		return Credential{}, err
 	}
 	return Credential{Identity: id, Username: deviceID, Password: pass}, nil
+}
+
+// AddHomeAssistant creates the MQTT login name for Home Assistant's MQTT
+// integration: username name, a random password (returned once, stored
+// as a bcrypt hash), with subjects.RoleHomeAssistant's permissions: the
+// discovery prefix, every device's status and states, and commands on
+// set topics (never a device's cmd topic).
+func (a *Authority) AddHomeAssistant(name string) (Credential, error) {
+	if err := ValidName(name); err != nil {
+		return Credential{}, err
+	}
+	pass, err := randomSecret()
+	if err != nil {
+		return Credential{}, err
+	}
+	hash, err := bcrypt.GenerateFromPassword([]byte(pass), bcrypt.DefaultCost)
+	if err != nil {
+		return Credential{}, err
+	}
+	id := Identity{Name: name, Role: subjects.RoleHomeAssistant, PasswordHash: string(hash), Created: time.Now().UTC()}
+	if err := a.insert(id); err != nil {
+		return Credential{}, err
+	}
+	return Credential{Identity: id, Username: name, Password: pass}, nil
 }
 
 func (a *Authority) insert(id Identity) error {

@@ -893,6 +893,49 @@ func TestDevicePermissions(t *testing.T) {
 	storesIntact(t, b)
 }
 
+func TestHomeAssistantPermissions(t *testing.T) {
+	b := startBus(t)
+	seedStores(t, b)
+	ha, err := b.a.AddHomeAssistant("hass")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ha.Username != "hass" || ha.Password == "" || ha.Identity.Role != subjects.RoleHomeAssistant {
+		t.Fatalf("credential: got %+v", ha)
+	}
+	cases := []permCase{
+		{name: "discovery config", op: mqttPub, subject: "homeassistant/device/x/config", allowed: true},
+		{name: "its own status", op: mqttPub, subject: "homeassistant/status", allowed: true},
+		{name: "discovery prefix", op: mqttSub, subject: "homeassistant/#", allowed: true},
+		{name: "command an LED through its set topic", op: mqttPub, subject: "jotunheim/x/set/led", allowed: true},
+		{name: "devices' status", op: mqttSub, subject: "jotunheim/+/status", allowed: true},
+		{name: "devices' states", op: mqttSub, subject: "jotunheim/+/state/+", allowed: true},
+		{name: "one state", op: mqttSub, subject: "jotunheim/x/state/led", allowed: true},
+
+		{name: "a device's commands", op: mqttPub, subject: "jotunheim/x/cmd"},
+		{name: "forge a state", op: mqttPub, subject: "jotunheim/x/state/led"},
+		{name: "forge a status", op: mqttPub, subject: "jotunheim/x/status"},
+		{name: "forge a manifest", op: mqttPub, subject: "jotunheim/x/manifest"},
+		{name: "read a device's commands", op: mqttSub, subject: "jotunheim/x/cmd"},
+		{name: "read results", op: mqttSub, subject: "jotunheim/+/result"},
+	}
+	cases = append(cases, mqttDenied...)
+	m := b.mustMQTT(t, "hass", ha.Password)
+	for _, tc := range cases {
+		t.Run(verdict(tc)+"/"+tc.name, func(t *testing.T) {
+			runMQTTCase(t, b, m, "homeassistant/marker", tc)
+		})
+	}
+	storesIntact(t, b)
+	// Revoked, it cannot log in again.
+	if err := b.a.Revoke("hass"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.a.Get("hass"); !errors.Is(err, auth.ErrNotFound) {
+		t.Fatalf("after revoke: got %v, want ErrNotFound", err)
+	}
+}
+
 func verdict(tc permCase) string {
 	if tc.allowed {
 		return "allowed"

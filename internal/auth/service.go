@@ -18,7 +18,8 @@ import (
 const Version = "0.1.0"
 
 // AddRequest is the body of subjects.AuthAdd: a client or admin identity
-// (Name, Role), or a device identity (DeviceID).
+// (Name, Role), a Home Assistant login (Name, Role homeassistant), or a
+// device identity (DeviceID).
 type AddRequest struct {
 	Name     string        `json:"name,omitempty"`
 	Role     subjects.Role `json:"role,omitempty"`
@@ -76,9 +77,12 @@ func (s *Service) add(_ context.Context, r *microsvc.Request) ([]byte, nats.Head
 	}
 	var cred Credential
 	var err error
-	if req.DeviceID != "" {
+	switch {
+	case req.DeviceID != "":
 		cred, err = s.a.AddDevice(req.DeviceID)
-	} else {
+	case req.Role == subjects.RoleHomeAssistant:
+		cred, err = s.a.AddHomeAssistant(req.Name)
+	default:
 		cred, err = s.a.Add(req.Name, req.Role)
 	}
 	if err != nil {

@@ -554,9 +554,23 @@ type Limits struct {
 	MaxMessageBytes uint32 `protobuf:"varint,1,opt,name=max_message_bytes,json=maxMessageBytes,proto3" json:"max_message_bytes,omitempty"`
 	// Commands the device queues before refusing with RESOURCE_EXHAUSTED.
 	MaxQueuedCommands uint32 `protobuf:"varint,2,opt,name=max_queued_commands,json=maxQueuedCommands,proto3" json:"max_queued_commands,omitempty"`
-	MemoryBytes       uint64 `protobuf:"varint,3,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Process memory over which new commands are refused (0: no limit).
+	MemoryBytes uint64 `protobuf:"varint,3,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	// Process memory over which the device warns.
+	MemoryWarnBytes uint64 `protobuf:"varint,4,opt,name=memory_warn_bytes,json=memoryWarnBytes,proto3" json:"memory_warn_bytes,omitempty"`
+	// Available system memory under which the device warns, and under
+	// which it refuses new commands.
+	SystemMemoryWarnBytes uint64 `protobuf:"varint,5,opt,name=system_memory_warn_bytes,json=systemMemoryWarnBytes,proto3" json:"system_memory_warn_bytes,omitempty"`
+	SystemMemoryMinBytes  uint64 `protobuf:"varint,6,opt,name=system_memory_min_bytes,json=systemMemoryMinBytes,proto3" json:"system_memory_min_bytes,omitempty"`
+	// Bytes sent and received per bandwidth_window_seconds over which
+	// telemetry is throttled (0: no budget); commands never are.
+	BandwidthBudgetBytes   uint64 `protobuf:"varint,7,opt,name=bandwidth_budget_bytes,json=bandwidthBudgetBytes,proto3" json:"bandwidth_budget_bytes,omitempty"`
+	BandwidthWindowSeconds uint32 `protobuf:"varint,8,opt,name=bandwidth_window_seconds,json=bandwidthWindowSeconds,proto3" json:"bandwidth_window_seconds,omitempty"`
+	// What the device keeps while offline, to send after it reconnects.
+	SpoolMaxMessages uint32 `protobuf:"varint,9,opt,name=spool_max_messages,json=spoolMaxMessages,proto3" json:"spool_max_messages,omitempty"`
+	SpoolMaxBytes    uint64 `protobuf:"varint,10,opt,name=spool_max_bytes,json=spoolMaxBytes,proto3" json:"spool_max_bytes,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Limits) Reset() {
@@ -606,6 +620,55 @@ func (x *Limits) GetMaxQueuedCommands() uint32 {
 func (x *Limits) GetMemoryBytes() uint64 {
 	if x != nil {
 		return x.MemoryBytes
+	}
+	return 0
+}
+
+func (x *Limits) GetMemoryWarnBytes() uint64 {
+	if x != nil {
+		return x.MemoryWarnBytes
+	}
+	return 0
+}
+
+func (x *Limits) GetSystemMemoryWarnBytes() uint64 {
+	if x != nil {
+		return x.SystemMemoryWarnBytes
+	}
+	return 0
+}
+
+func (x *Limits) GetSystemMemoryMinBytes() uint64 {
+	if x != nil {
+		return x.SystemMemoryMinBytes
+	}
+	return 0
+}
+
+func (x *Limits) GetBandwidthBudgetBytes() uint64 {
+	if x != nil {
+		return x.BandwidthBudgetBytes
+	}
+	return 0
+}
+
+func (x *Limits) GetBandwidthWindowSeconds() uint32 {
+	if x != nil {
+		return x.BandwidthWindowSeconds
+	}
+	return 0
+}
+
+func (x *Limits) GetSpoolMaxMessages() uint32 {
+	if x != nil {
+		return x.SpoolMaxMessages
+	}
+	return 0
+}
+
+func (x *Limits) GetSpoolMaxBytes() uint64 {
+	if x != nil {
+		return x.SpoolMaxBytes
 	}
 	return 0
 }
@@ -1639,11 +1702,19 @@ const file_jotunheim_v1_jotunheim_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x18\n" +
 	"\aaccepts\x18\x03 \x03(\tR\aaccepts\x12!\n" +
-	"\fdevice_class\x18\x04 \x01(\tR\vdeviceClass\"\x87\x01\n" +
+	"\fdevice_class\x18\x04 \x01(\tR\vdeviceClass\"\xe9\x03\n" +
 	"\x06Limits\x12*\n" +
 	"\x11max_message_bytes\x18\x01 \x01(\rR\x0fmaxMessageBytes\x12.\n" +
 	"\x13max_queued_commands\x18\x02 \x01(\rR\x11maxQueuedCommands\x12!\n" +
-	"\fmemory_bytes\x18\x03 \x01(\x04R\vmemoryBytes\"\xa3\x01\n" +
+	"\fmemory_bytes\x18\x03 \x01(\x04R\vmemoryBytes\x12*\n" +
+	"\x11memory_warn_bytes\x18\x04 \x01(\x04R\x0fmemoryWarnBytes\x127\n" +
+	"\x18system_memory_warn_bytes\x18\x05 \x01(\x04R\x15systemMemoryWarnBytes\x125\n" +
+	"\x17system_memory_min_bytes\x18\x06 \x01(\x04R\x14systemMemoryMinBytes\x124\n" +
+	"\x16bandwidth_budget_bytes\x18\a \x01(\x04R\x14bandwidthBudgetBytes\x128\n" +
+	"\x18bandwidth_window_seconds\x18\b \x01(\rR\x16bandwidthWindowSeconds\x12,\n" +
+	"\x12spool_max_messages\x18\t \x01(\rR\x10spoolMaxMessages\x12&\n" +
+	"\x0fspool_max_bytes\x18\n" +
+	" \x01(\x04R\rspoolMaxBytes\"\xa3\x01\n" +
 	"\vNegotiation\x12\x1a\n" +
 	"\baccepted\x18\x01 \x01(\bR\baccepted\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12J\n" +
