@@ -17,6 +17,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/loki-iot/loki/devices/wire"
+	"github.com/loki-iot/loki/internal/atomicfile"
 	jv1 "github.com/loki-iot/loki/proto/jotunheim/v1"
 	"google.golang.org/protobuf/proto"
 )
@@ -363,29 +364,8 @@ func (s *spool) rewrite() error {
 	for _, r := range s.recs {
 		b = appendData(b, r)
 	}
-	dir := filepath.Dir(s.path)
-	tmp, err := os.CreateTemp(dir, ".spool-*")
-	if err != nil {
+	if err := atomicfile.Write(s.path, b, 0o600); err != nil {
 		return err
-	}
-	defer os.Remove(tmp.Name()) // a no-op after the rename
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), s.path); err != nil {
-		return err
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
 	}
 	f, err := os.OpenFile(s.path, os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {

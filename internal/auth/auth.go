@@ -24,6 +24,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/loki-iot/loki/internal/atomicfile"
 	"github.com/loki-iot/loki/subjects"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nkeys"
@@ -569,37 +570,5 @@ func maps(m map[string]Identity) map[string]Identity {
 	return out
 }
 
-// writeFileAtomic writes data to path (0600) through a synced temporary
-// file and a rename, then syncs the directory.
-func writeFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer func() { _ = os.Remove(tmp) }()
-	if err := f.Chmod(0o600); err != nil {
-		_ = f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		_ = f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		_ = f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		_ = d.Close()
-	}
-	return nil
-}
+// writeFileAtomic writes data to path (0600), all or nothing.
+func writeFileAtomic(path string, data []byte) error { return atomicfile.Write(path, data, 0o600) }
