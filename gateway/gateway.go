@@ -187,7 +187,12 @@ func (g *Gateway) Serve(ctx context.Context, lis net.Listener) error {
 	// The registry logs every tool it loads at Info; Loki's replicas already
 	// do, so the gateway's copy only reports warnings and errors.
 	regLog := slog.New(minLevel{min: slog.LevelWarn, Handler: g.log.Handler()})
+	// A gateway with the gateway role may only read the registry: when it
+	// cannot create it, it waits for a Loki replica to.
 	reg, err := loki.OpenRegistry(ctx, g.nc, regLog)
+	if err != nil && ctx.Err() == nil {
+		reg, err = loki.WaitRegistry(ctx, g.nc, regLog)
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil

@@ -41,7 +41,7 @@ type natsFlags struct {
 // keeps in the data dir, when there is one.
 func addNATSFlags(fs *flag.FlagSet, role subjects.Role) *natsFlags {
 	return &natsFlags{
-		url: fs.String("nats-url", envOr("NATS_URL", nats.DefaultURL), "NATS server URL; nats://user:pass@host or nats://token@host work too (env NATS_URL)"),
+		url: fs.String("nats-url", envOr("NATS_URL", nats.DefaultURL), "NATS server URL, or several comma-separated (the nodes of a cluster); nats://user:pass@host or nats://token@host work too (env NATS_URL)"),
 		creds: fs.String("creds", os.Getenv("LOKI_CREDS"), fmt.Sprintf(
 			"credential file: an nkey seed (as loki auth add prints) or a NATS .creds file (env LOKI_CREDS; default: %s if it exists)",
 			localCreds(role))),

@@ -85,7 +85,14 @@ type natsSettings struct {
 	// such as "2m" (nats-server's default: faster writes, but a power cut
 	// loses up to that much acknowledged data).
 	Sync string `toml:"sync"`
+	// Replicas is the JetStream replica count of every bucket Loki creates
+	// (tool registry, Hel's KV, objects and cache, device registry): 1 on a
+	// single node, 3 on a cluster. `loki serve` reads it too. A bucket that
+	// exists keeps its own count; a difference is logged at WARN.
+	Replicas int `toml:"replicas"`
 
+	// hubDomain is the JetStream domain of the hub (`loki up --hub`).
+	hubDomain    string
 	syncAlways   bool
 	syncInterval time.Duration
 }
@@ -97,6 +104,9 @@ const syncAlways = "always"
 // directory of the config file, checking that each can be read. Errors
 // name the key and the file.
 func (n *natsSettings) validate(dir string) error {
+	if n.Replicas < 1 || n.Replicas > 5 {
+		return fmt.Errorf("replicas = %d: must be 1 to 5 (3 on a three-node cluster)", n.Replicas)
+	}
 	if strings.EqualFold(n.Sync, syncAlways) {
 		n.syncAlways, n.syncInterval = true, 0
 	} else {
@@ -150,7 +160,7 @@ func (n natsSettings) server(cfg natsrv.Config) natsrv.Config {
 func loadServiceConfig(path, dataDir string) (serviceConfig, error) {
 	def := loki.DefaultConfig()
 	cfg := serviceConfig{
-		NATS:        natsSettings{Sync: syncAlways},
+		NATS:        natsSettings{Sync: syncAlways, Replicas: 1},
 		Loki:        lokiSettings{Concurrency: def.Concurrency, Queue: def.Queue, DrainTimeout: def.DrainTimeout},
 		Hel:         hel.DefaultConfig(dataDir),
 		Fenrir:      fenrir.DefaultConfig(),
@@ -165,6 +175,20 @@ func loadServiceConfig(path, dataDir string) (serviceConfig, error) {
 		}
 		if und := md.Undecoded(); len(und) > 0 {
 			return cfg, fmt.Errorf("service config %s: unknown key %q", path, und[0].String())
+		}
+		// [nats] replicas sets every component's; a component's own
+		// replicas key, older, still works alone but must not contradict it.
+		if md.IsDefined("nats", "replicas") {
+			for _, c := range []struct {
+				table string
+				n     *int
+			}{{"hel", &cfg.Hel.Replicas}, {"jotunheim", &cfg.Jotunheim.Replicas}} {
+				if md.IsDefined(c.table, "replicas") && *c.n != cfg.NATS.Replicas {
+					return cfg, fmt.Errorf("service config %s: [%s] replicas = %d contradicts [nats] replicas = %d: keep only [nats] replicas",
+						path, c.table, *c.n, cfg.NATS.Replicas)
+				}
+				*c.n = cfg.NATS.Replicas
+			}
 		}
 	}
 	if _, _, err := cfg.Log.level(slog.LevelInfo); err != nil {
@@ -225,7 +249,13 @@ func (c serviceConfig) lokiConfig(nc *nats.Conn) loki.Config {
 	cfg.Concurrency, cfg.Queue, cfg.DrainTimeout = c.Loki.Concurrency, c.Loki.Queue, c.Loki.DrainTimeout
 	cfg.MemoryLimit = uint64(c.Loki.MemoryLimitMiB) << 20
 	cfg.Modules = modules(nc)
+	cfg.Registry = c.registry()
 	return cfg
+}
+
+// registry is how the tool registry bucket is created.
+func (c serviceConfig) registry() loki.RegistryConfig {
+	return loki.RegistryConfig{Replicas: c.NATS.Replicas, HubDomain: c.NATS.hubDomain}
 }
 
 // modules are every child service's Lua module; a module whose service is

@@ -45,6 +45,13 @@ which the loki CLI uses by default (see 'loki auth' and docs/SECURITY.md).
 JetStream fsyncs every write before acknowledging it ([nats] sync).
 One loki up per data dir: a second is refused.
 
+With --hub, the embedded server joins a hub (a NATS cluster, or another
+loki up with --leaf-port) as a leaf node: everything keeps running locally,
+with this site's own JetStream domain (--domain), and goes on working when
+the uplink drops. Tools registered at the hub appear here (this site's tool
+registry sources the hub's); script and device events reach the hub while
+the link is up. See docs/SCALING.md.
+
 SIGHUP reloads --config and the settings of --service-config that apply live
 ([log] level, [jormungandr.policy], [gateway] tokens and admin_tokens, [loki]
 memory_limit_mib), and logs those that changed but need a restart.
@@ -58,6 +65,11 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
 	grpcPort := fs.Int("grpc-port", 50051, "gRPC gateway port (-1 picks a free port, 0 turns the gateway off)")
 	mqttPort := fs.Int("mqtt-port", 1883, "MQTT 3.1.1 listener port of the NATS server (-1 picks a free port, 0 turns it off)")
 	concurrency := fs.Int("concurrency", 0, "tools running at once (default 4 per core)")
+	hub := fs.String("hub", "", "join a hub as a leaf node: its leaf-node URL(s), comma-separated (nats-leaf://hub.example:7422)")
+	hubCreds := fs.String("hub-creds", "", "with --hub: the credential this site presents to the hub (an nkey seed file or a NATS .creds file)")
+	hubDomain := fs.String("hub-domain", "hub", "with --hub: the hub's JetStream domain")
+	domain := fs.String("domain", "", "this site's JetStream domain (default with --hub: site-HOSTNAME; without: none)")
+	leafPort := fs.Int("leaf-port", 0, "accept edge sites as leaf nodes on this port (7422 is usual; 0: off), making this loki up a hub")
 	metricsFlag := addMetricsFlag(fs)
 	newLog := logFlagsVar(fs, stderr)
 	if err := fs.Parse(args); err != nil {
@@ -65,6 +77,10 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("up: unexpected argument %q", fs.Arg(0))
+	}
+	topo, err := upTopology(*hub, *hubCreds, *hubDomain, *domain, *leafPort)
+	if err != nil {
+		return usageMistake("up", err)
 	}
 	log, level, err := newLog()
 	if err != nil {
@@ -94,7 +110,11 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
 		return err
 	}
 	// Every port at once, so a clash names all the flags to move.
-	if err := checkPorts(upPorts(*listen, *port, *mqttPort, *grpcPort, metricsFlag.explicitAddr())); err != nil {
+	ports := upPorts(*listen, *port, *mqttPort, *grpcPort, metricsFlag.explicitAddr())
+	if *leafPort > 0 {
+		ports = append(ports, portCheck{"--leaf-port", net.JoinHostPort(*listen, strconv.Itoa(*leafPort))})
+	}
+	if err := checkPorts(ports); err != nil {
 		return fmt.Errorf("up: %w", err)
 	}
 
@@ -110,8 +130,13 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
 	if err != nil {
 		return err
 	}
-	srv, err := natsrv.Start(svcCfg.NATS.server(natsrv.Config{Name: "loki", DataDir: *dataDir, Host: *listen, Port: *port, MQTTPort: *mqttPort,
-		Nkeys: nkeyUsers, Users: users}), log)
+	srvCfg := svcCfg.NATS.server(natsrv.Config{Name: "loki", DataDir: *dataDir, Host: *listen, Port: *port, MQTTPort: *mqttPort,
+		Nkeys: nkeyUsers, Users: users})
+	srvCfg.Domain, srvCfg.LeafPort, srvCfg.Hub = topo.domain, topo.leafPort, topo.hub
+	if topo.hub != nil {
+		svcCfg.NATS.hubDomain = *hubDomain
+	}
+	srv, err := natsrv.Start(srvCfg, log)
 	if err != nil {
 		return err
 	}
@@ -141,10 +166,17 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
 		met.watchNATS(string(role), nc)
 	}
 	nc := conns[subjects.RoleLoki]
+	if topo.hub != nil {
+		// A site that ran on its own before has a registry bucket without
+		// the hub's source; only an admin may add it.
+		if err := followHub(ctx, srv, authDir, svcCfg.registry(), log); err != nil {
+			return err
+		}
+	}
 
 	// Register before the services start, so the tools are in the registry's
 	// first snapshot and callable the moment "Loki is up" is printed.
-	if err := register(ctx, nc, log, tools); err != nil {
+	if err := register(ctx, nc, log, svcCfg.registry(), tools); err != nil {
 		return err
 	}
 	lokiCfg := svcCfg.lokiConfig(nc)
@@ -340,7 +372,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer met.close()
-	nc, err := natsrv.Dial(*nf.url, name, log, credOpts...)
+	nc, err := natsrv.Dial(ctx, *nf.url, name, log, credOpts...)
 	if err != nil {
 		return err
 	}
@@ -352,7 +384,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	var rl *toolsReloader
 	switch name {
 	case "loki":
-		if err := register(ctx, nc, log, tools); err != nil {
+		if err := register(ctx, nc, log, svcCfg.registry(), tools); err != nil {
 			return err
 		}
 		if *concurrency > 0 {
@@ -450,13 +482,15 @@ func loadToolsFlag(path string) ([]*loki.Compiled, string, error) {
 	return all, "built-in examples", checkGrants(all)
 }
 
-func register(ctx context.Context, nc *nats.Conn, log *slog.Logger, tools []*loki.Compiled) error {
-	if len(tools) == 0 {
-		return nil
-	}
-	reg, err := loki.OpenRegistry(ctx, nc, log)
+// register opens the registry, creating its bucket as rc says, and
+// stores tools.
+func register(ctx context.Context, nc *nats.Conn, log *slog.Logger, rc loki.RegistryConfig, tools []*loki.Compiled) error {
+	reg, err := loki.OpenRegistryConfig(ctx, nc, log, rc)
 	if err != nil {
 		return err
+	}
+	if len(tools) == 0 {
+		return nil
 	}
 	if err := reg.Put(ctx, tools...); err != nil {
 		return err
@@ -644,4 +678,62 @@ func natsContextCommand(a *auth.Authority, url, ctxName string, role subjects.Ro
 		return ""
 	}
 	return natsContextSave(ctxName, url, auth.SeedFile(a.Dir(), string(role)), id.PublicKey, role)
+}
+
+// topology is where `loki up`'s server sits: alone, as a hub that accepts
+// edge sites, or as an edge site of a hub.
+type topology struct {
+	domain   string
+	leafPort int
+	hub      *natsrv.HubConfig
+}
+
+// upTopology checks --hub, --hub-creds, --hub-domain, --domain and
+// --leaf-port. Without any of them `loki up` runs as it always has.
+func upTopology(hub, creds, hubDomain, domain string, leafPort int) (topology, error) {
+	t := topology{domain: domain, leafPort: leafPort}
+	if hub == "" {
+		if creds != "" {
+			return t, errors.New("up: --hub-creds needs --hub")
+		}
+		return t, nil
+	}
+	if hubDomain == "" {
+		return t, errors.New("up: --hub-domain must not be empty with --hub")
+	}
+	if t.domain == "" {
+		host, _ := os.Hostname()
+		t.domain = "site-" + strings.Map(func(r rune) rune {
+			if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' {
+				return r
+			}
+			return '-'
+		}, host)
+	}
+	if t.domain == hubDomain {
+		return t, fmt.Errorf("up: --domain %q is the hub's: every site needs a JetStream domain of its own", domain)
+	}
+	if creds != "" {
+		if _, err := os.Stat(creds); err != nil {
+			return t, fmt.Errorf("up: --hub-creds: %w", err)
+		}
+	}
+	t.hub = &natsrv.HubConfig{URLs: strings.Split(hub, ","), CredsFile: creds}
+	return t, nil
+}
+
+// followHub makes the site's tool registry source the hub's, as this
+// site's admin (Loki itself may create the bucket but not change it).
+func followHub(ctx context.Context, srv *natsrv.Server, authDir string, rc loki.RegistryConfig, log *slog.Logger) error {
+	opts, err := auth.ConnectOptions(auth.SeedFile(authDir, string(subjects.RoleAdmin)))
+	if err != nil {
+		return err
+	}
+	nc, err := srv.Connect("loki-up-admin", opts...)
+	if err != nil {
+		return fmt.Errorf("connect to embedded NATS as admin: %w", err)
+	}
+	defer nc.Close()
+	_, err = loki.OpenRegistryConfig(ctx, nc, log, rc)
+	return err
 }

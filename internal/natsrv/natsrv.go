@@ -3,11 +3,15 @@
 package natsrv
 
 import (
+	"bytes"
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
+	"net/url"
 	"os"
 	"strconv"
 	"sync"
@@ -49,7 +53,59 @@ type Config struct {
 	// TLS turns on TLS for the client port and the MQTT listener. In-process
 	// connections (Connect) never use it.
 	TLS *TLSConfig
+	// Cluster, when set, makes this server one node of a cluster: the
+	// nodes share one subject space and JetStream replicates streams
+	// created with more than one replica across them (RAFT: a stream of
+	// R replicas accepts writes while a majority of them is up).
+	Cluster *ClusterConfig
+	// Domain is the JetStream domain of this server ("" for none). In a
+	// hub-and-edge layout every site (the hub cluster, each edge) has its
+	// own, so each keeps its streams to itself and reaches another's by
+	// naming its domain (a bucket sourced from the hub, say).
+	Domain string
+	// LeafPort, when non-zero, accepts leaf-node connections from edge
+	// sites on Host (-1 picks a random port; see LeafURL). They
+	// authenticate as the server's users (Nkeys, Users).
+	LeafPort int
+	// Hub, when set, connects this server to a hub as a leaf node.
+	Hub *HubConfig
 }
+
+// ClusterConfig is one node's view of its cluster.
+type ClusterConfig struct {
+	// Name is the cluster's name, the same on every node. Required.
+	Name string
+	// Host is the route listen address. Default: Config.Host.
+	Host string
+	// Port is the route port: -1 picks a random one (see RouteURL).
+	Port int
+	// Routes are the route URLs (nats-route://host:port) of the other
+	// nodes; listing the node itself is harmless, so every node may be
+	// given the same list.
+	Routes []string
+}
+
+// HubConfig is how an edge site's server reaches the hub.
+type HubConfig struct {
+	// URLs are the hub's leaf-node URLs (nats-leaf://host:7422 or
+	// nats://host:7422); the server tries them in turn and reconnects
+	// for as long as it runs.
+	URLs []string
+	// CredsFile is the credential the leaf connection presents: an nkey
+	// seed file (as `loki auth add` writes) or a NATS .creds file. Empty
+	// when the URL carries user:password or the hub needs none.
+	CredsFile string
+}
+
+// LocalSubjects are the subjects that never cross a leaf-node connection
+// in either direction: KV and object-store writes ($KV, $O) and the MQTT
+// listener's internal streams ($MQTT). Without this, a write to a bucket
+// that exists at both ends (the tool registry, a Hel bucket) would be
+// captured by both sites' streams; with it, each site's storage stays
+// local and the hub's tools reach an edge only through the edge's sourced
+// registry bucket. Everything else (calls, script and device events,
+// $SRV) is shared while the link is up.
+var LocalSubjects = []string{"$KV.>", "$O.>", "$MQTT.>"}
 
 // TLSConfig is the server's certificate and, optionally, the CA that
 // client certificates must be signed by. Paths are used as given.
@@ -133,6 +189,9 @@ func Start(cfg Config, log *slog.Logger) (*Server, error) {
 	if cfg.SyncInterval > 0 {
 		opts.SyncInterval = cfg.SyncInterval
 	}
+	if err := cfg.topology(opts); err != nil {
+		return nil, err
+	}
 	if cfg.TLS != nil {
 		tc, err := cfg.TLS.Load()
 		if err != nil {
@@ -183,6 +242,77 @@ func Start(cfg Config, log *slog.Logger) (*Server, error) {
 	return &Server{ns: ns, cfg: cfg, opts: opts.Clone()}, nil
 }
 
+// topology applies Cluster, Domain, LeafPort and Hub to opts.
+func (cfg *Config) topology(opts *server.Options) error {
+	opts.JetStreamDomain = cfg.Domain
+	if c := cfg.Cluster; c != nil {
+		if c.Name == "" {
+			return errors.New("natsrv: a cluster needs a name")
+		}
+		host := c.Host
+		if host == "" {
+			host = cfg.Host
+		}
+		port := c.Port
+		if port == -1 {
+			p, err := freePort(host)
+			if err != nil {
+				return fmt.Errorf("natsrv: pick route port: %w", err)
+			}
+			port, c.Port = p, p
+		}
+		opts.Cluster = server.ClusterOpts{Name: c.Name, Host: host, Port: port}
+		for _, r := range c.Routes {
+			u, err := url.Parse(r)
+			if err != nil || u.Host == "" {
+				return fmt.Errorf("natsrv: route %q: want nats-route://host:port", r)
+			}
+			opts.Routes = append(opts.Routes, u)
+		}
+	}
+	if cfg.LeafPort != 0 {
+		port := cfg.LeafPort
+		if port == -1 {
+			p, err := freePort(cfg.Host)
+			if err != nil {
+				return fmt.Errorf("natsrv: pick leaf-node port: %w", err)
+			}
+			port, cfg.LeafPort = p, p
+		}
+		opts.LeafNode.Host, opts.LeafNode.Port = cfg.Host, port
+	}
+	if h := cfg.Hub; h != nil {
+		if len(h.URLs) == 0 {
+			return errors.New("natsrv: a hub needs at least one URL")
+		}
+		remote := &server.RemoteLeafOpts{DenyImports: LocalSubjects, DenyExports: LocalSubjects}
+		for _, s := range h.URLs {
+			u, err := url.Parse(s)
+			if err != nil || u.Host == "" {
+				return fmt.Errorf("natsrv: hub URL %q: want nats-leaf://host:port", s)
+			}
+			remote.URLs = append(remote.URLs, u)
+		}
+		if h.CredsFile != "" {
+			data, err := os.ReadFile(h.CredsFile)
+			if err != nil {
+				return fmt.Errorf("natsrv: hub credential: %w", err)
+			}
+			if bytes.Contains(data, []byte("BEGIN NATS USER JWT")) {
+				remote.Credentials = h.CredsFile
+			} else if seed := bytes.TrimSpace(data); bytes.HasPrefix(seed, []byte("SU")) {
+				remote.Nkey = string(seed)
+			} else {
+				return fmt.Errorf("natsrv: hub credential %s: want an nkey seed (SU...) or a .creds file", h.CredsFile)
+			}
+		}
+		// Retry the hub often: an edge site's uplink comes and goes.
+		opts.LeafNode.ReconnectInterval = time.Second
+		opts.LeafNode.Remotes = []*server.RemoteLeafOpts{remote}
+	}
+	return nil
+}
+
 // SetUsers replaces the server's users without a restart. Connections of
 // users that are gone, or whose credentials no longer match, are closed;
 // the others keep running with their new permissions.
@@ -197,6 +327,33 @@ func (s *Server) SetUsers(nkeys []*server.NkeyUser, users []*server.User) error 
 	s.opts = next
 	return nil
 }
+
+// RouteURL is the nats-route:// URL other cluster nodes route to, or ""
+// when the server is not clustered.
+func (s *Server) RouteURL() string {
+	c := s.cfg.Cluster
+	if c == nil {
+		return ""
+	}
+	host := c.Host
+	if host == "" {
+		host = s.cfg.Host
+	}
+	return "nats-route://" + net.JoinHostPort(host, strconv.Itoa(c.Port))
+}
+
+// LeafURL is the nats-leaf:// URL edge sites connect to, or "" when the
+// server accepts no leaf nodes.
+func (s *Server) LeafURL() string {
+	if s.cfg.LeafPort == 0 {
+		return ""
+	}
+	return "nats-leaf://" + net.JoinHostPort(s.cfg.Host, strconv.Itoa(s.cfg.LeafPort))
+}
+
+// LeafConnected reports whether this server has at least one leaf-node
+// connection up (to its hub, or from an edge site).
+func (s *Server) LeafConnected() bool { return s.ns.NumLeafNodes() > 0 }
 
 // ClientURL is the URL clients on this machine connect to: nats://, or
 // tls:// when the client port uses TLS.
@@ -253,29 +410,87 @@ func (s *Server) Shutdown() {
 	s.ns.WaitForShutdown()
 }
 
-// Dial connects to an external NATS server at url with reconnects forever,
-// so a component survives a server restart.
-func Dial(url, name string, log *slog.Logger, opts ...nats.Option) (*nats.Conn, error) {
+// Reconnect backoff of Dial: full jitter, a random wait in [0, min(cap,
+// base·2^attempts)) (AWS, "Exponential Backoff and Jitter"), so a fleet of
+// replicas that lost the same server does not come back in lockstep.
+const (
+	reconnectBase = 100 * time.Millisecond
+	reconnectCap  = 5 * time.Second
+)
+
+// ReconnectDelay is the wait before reconnect attempt number attempts
+// (counted from 1 by nats.go over the whole server list).
+func ReconnectDelay(attempts int) time.Duration {
+	ceil := reconnectCap
+	if attempts < 16 {
+		ceil = min(reconnectCap, reconnectBase<<attempts)
+	}
+	return time.Duration(rand.Int64N(int64(ceil)) + 1)
+}
+
+// Dial connects a long-lived component to external NATS at url, which may
+// list several servers separated by commas (the nodes of a cluster): it
+// tries them in random order, learns the rest of the cluster from the
+// server, and reconnects forever with full-jitter backoff, so a component
+// rides through a node's restart and keeps its subscriptions. When no
+// server answers at first, Dial keeps trying (logging each failure) until
+// one does; it gives up only when a server refuses the credential or
+// ctx ends.
+func Dial(ctx context.Context, url, name string, log *slog.Logger, opts ...nats.Option) (*nats.Conn, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	connected := make(chan struct{}, 1)
 	base := []nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
-		nats.ReconnectWait(500 * time.Millisecond),
-	}
-	if log != nil {
-		base = append(base,
-			nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-				if err != nil {
-					log.Warn("NATS disconnected", "err", err)
-				}
-			}),
-			nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("NATS reconnected", "url", nc.ConnectedUrl()) }),
-		)
+		nats.RetryOnFailedConnect(true),
+		nats.CustomReconnectDelay(ReconnectDelay),
+		nats.ConnectHandler(func(nc *nats.Conn) {
+			log.Info("NATS connected", "url", nc.ConnectedUrl())
+			connected <- struct{}{}
+		}),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("NATS disconnected; reconnecting", "err", err)
+			}
+		}),
+		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
+			log.Debug("NATS reconnect attempt failed", "err", err)
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("NATS reconnected", "url", nc.ConnectedUrl()) }),
 	}
 	nc, err := nats.Connect(url, append(base, opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to NATS at %s: %w", url, err)
 	}
-	return nc, nil
+	if nc.IsConnected() {
+		return nc, nil
+	}
+	log.Warn("NATS not reachable yet; retrying until it is", "url", url)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-connected:
+			return nc, nil
+		case <-ctx.Done():
+			nc.Close()
+			return nil, fmt.Errorf("connect to NATS at %s: %w", url, ctx.Err())
+		case <-tick.C:
+			if nc.IsConnected() {
+				return nc, nil
+			}
+			if nc.IsClosed() {
+				// nats.go closes after the same authentication error twice.
+				err := nc.LastError()
+				if err == nil {
+					err = nats.ErrConnectionClosed
+				}
+				return nil, fmt.Errorf("connect to NATS at %s: %w", url, err)
+			}
+		}
+	}
 }
 
 // logAdapter routes nats-server logs into slog.

@@ -50,7 +50,7 @@ func BenchmarkKVPutSync(b *testing.B) {
 			b.Fatal(err)
 		}
 		defer srv.Shutdown()
-		nc, err := natsrv.Dial(srv.ClientURL(), "bench", nil)
+		nc, err := natsrv.Dial(ctx, srv.ClientURL(), "bench", nil)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/loki-iot/loki/internal/fault"
 	"github.com/loki-iot/loki/internal/microsvc"
+	"github.com/loki-iot/loki/internal/replicas"
 	"github.com/loki-iot/loki/subjects"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -62,6 +63,7 @@ func (c *cacheStore) ensure(ctx context.Context) error {
 			c.bind(kv, si.Config.Name)
 			return nil
 		}
+		kvc.Replicas = replicas.Keep(c.s.log, kvc.Bucket, replicas.OfKV(ctx, kv), kvc.Replicas)
 	} else if !errors.Is(err, jetstream.ErrBucketNotFound) {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/loki-iot/loki/internal/fault"
 	"github.com/loki-iot/loki/internal/microsvc"
+	"github.com/loki-iot/loki/internal/replicas"
 	"github.com/loki-iot/loki/subjects"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -66,6 +67,11 @@ func (s *Service) kvFor(ctx context.Context, name string, write bool) (*kvBucket
 			Storage:        s.storageType(),
 			Replicas:       s.cfg.Replicas,
 			LimitMarkerTTL: s.cfg.KV.LimitMarkerTTL,
+		}
+		// An existing bucket keeps its replica count: the update brings
+		// its limits to the config, never its replicas.
+		if cur, err := s.js.KeyValue(ctx, jsName); err == nil {
+			cfg.Replicas = replicas.Keep(s.log, jsName, replicas.OfKV(ctx, cur), cfg.Replicas)
 		}
 		kv, err := s.js.CreateOrUpdateKeyValue(ctx, cfg)
 		perKeyTTL := true

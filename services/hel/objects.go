@@ -14,6 +14,7 @@ import (
 
 	"github.com/loki-iot/loki/internal/fault"
 	"github.com/loki-iot/loki/internal/microsvc"
+	"github.com/loki-iot/loki/internal/replicas"
 	"github.com/loki-iot/loki/subjects"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -79,12 +80,19 @@ func (s *Service) objFor(ctx context.Context, name string, write bool) (jetstrea
 	}
 	what := fmt.Sprintf("object bucket %q", name)
 	if write {
+		want := s.cfg.Replicas
+		// An existing bucket keeps its replica count (see replicas.Keep).
+		if cur, err := s.js.ObjectStore(ctx, jsName); err == nil {
+			if st, err := cur.Status(ctx); err == nil {
+				want = replicas.Keep(s.log, jsName, st.Replicas(), want)
+			}
+		}
 		obs, err := s.js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
 			Bucket:      jsName,
 			Description: "Hel object bucket " + name,
 			MaxBytes:    quota(s.cfg.Objects.Buckets, name, s.cfg.Objects.MaxBytes),
 			Storage:     s.storageType(),
-			Replicas:    s.cfg.Replicas,
+			Replicas:    want,
 		})
 		if err != nil {
 			return nil, storeError(err, what)

@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -111,6 +112,28 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Service, error) {
 	return s, nil
 }
 
+// ensureCache sets the cache bucket up within 30 s, in attempts of 5 s: on
+// a cluster, two replicas creating the same replicated bucket at once can
+// leave one request without an answer; the next attempt finds the bucket
+// the other created.
+func (s *Service) ensureCache(ctx context.Context) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		attempt, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := s.cache.ensure(attempt)
+		cancel()
+		if err == nil || ctx.Err() != nil || time.Now().After(deadline) {
+			return err
+		}
+		s.log.Warn("cache bucket not set up yet; trying again", logKeyErr, err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(100+rand.IntN(400)) * time.Millisecond):
+		}
+	}
+}
+
 // Ready is closed once the endpoints serve.
 func (s *Service) Ready() <-chan struct{} { return s.ready }
 
@@ -123,10 +146,7 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	defer s.files.close()
-	setup, cancel := context.WithTimeout(ctx, 30*time.Second)
-	err := s.cache.ensure(setup)
-	cancel()
-	if err != nil {
+	if err := s.ensureCache(ctx); err != nil {
 		return fmt.Errorf("hel: cache bucket: %w", err)
 	}
 	svc, err := microsvc.Start(s.nc, microsvc.Config{
@@ -174,10 +194,10 @@ func (s *Service) ops() []op {
 	xfer := min(s.cfg.Objects.MaxTransferTime, s.cfg.MaxRequestTimeout)
 	return []op{
 		{"kv_get", subjects.HelKVGet, fBucket | fKey, s.kvGet, t, false},
-		{"kv_put", subjects.HelKVPut, fBucket | fKey, s.kvPut, t, false},
-		{"kv_create", subjects.HelKVCreate, fBucket | fKey, s.kvCreate, t, false},
-		{"kv_update", subjects.HelKVUpdate, fBucket | fKey | fRevision, s.kvUpdate, t, false},
-		{"kv_delete", subjects.HelKVDelete, fBucket | fKey, s.kvDelete, t, false},
+		{"kv_put", subjects.HelKVPut, fBucket | fKey, bounded(s.kvPut), t, false},
+		{"kv_create", subjects.HelKVCreate, fBucket | fKey, bounded(s.kvCreate), t, false},
+		{"kv_update", subjects.HelKVUpdate, fBucket | fKey | fRevision, bounded(s.kvUpdate), t, false},
+		{"kv_delete", subjects.HelKVDelete, fBucket | fKey, bounded(s.kvDelete), t, false},
 		{"kv_keys", subjects.HelKVKeys, fBucket, s.kvKeys, t, false},
 		{"kv_history", subjects.HelKVHistory, fBucket | fKey, s.kvHistory, t, false},
 
@@ -196,8 +216,8 @@ func (s *Service) ops() []op {
 		{"files_stat", subjects.HelFilesStat, fNamespace | fPath, s.files.stat, t, false},
 
 		{"cache_get", subjects.HelCacheGet, fCacheKey, s.cache.get, t, false},
-		{"cache_set", subjects.HelCacheSet, fCacheKey, s.cache.set, t, false},
-		{"cache_delete", subjects.HelCacheDelete, fCacheKey, s.cache.remove, t, false},
+		{"cache_set", subjects.HelCacheSet, fCacheKey, bounded(s.cache.set), t, false},
+		{"cache_delete", subjects.HelCacheDelete, fCacheKey, bounded(s.cache.remove), t, false},
 		{"cache_clear", subjects.HelCacheClear, 0, s.cache.clear, t, false},
 	}
 }

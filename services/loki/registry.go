@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/loki-iot/loki/internal/fault"
+	"github.com/loki-iot/loki/internal/replicas"
 	lokiv1 "github.com/loki-iot/loki/proto/loki/v1"
 	"github.com/loki-iot/loki/subjects"
 	"github.com/nats-io/nats.go"
@@ -36,23 +37,53 @@ type Registry struct {
 	revision atomic.Uint64
 }
 
-// OpenRegistry opens the registry bucket, creating it on first use; an
-// existing bucket's settings are left as they are.
+// RegistryConfig is how the registry bucket is created.
+type RegistryConfig struct {
+	// Replicas of the bucket when it is created (0 or 1: one; 3 on a
+	// cluster). An existing bucket keeps its own, and a difference is
+	// logged at WARN.
+	Replicas int
+	// HubDomain, when set, is the JetStream domain of a hub this site
+	// follows as a leaf node: the site's bucket sources the hub's bucket
+	// of the same name, so tools registered at the hub appear here (once
+	// the uplink is up; the server catches up after an outage) next to
+	// tools registered locally. A tool registered at both is the one
+	// written last to this site's bucket.
+	HubDomain string
+}
+
+// OpenRegistry opens the registry bucket, creating it with one replica on
+// first use; an existing bucket's settings are left as they are.
 func OpenRegistry(ctx context.Context, nc *nats.Conn, log *slog.Logger) (*Registry, error) {
+	return OpenRegistryConfig(ctx, nc, log, RegistryConfig{})
+}
+
+// OpenRegistryConfig opens the registry bucket, creating it as cfg says on
+// first use. An existing bucket keeps its settings, except that a missing
+// hub source is added when cfg names a hub (which needs the right to
+// update the stream; without it, a WARN says what is missing).
+func OpenRegistryConfig(ctx context.Context, nc *nats.Conn, log *slog.Logger, cfg RegistryConfig) (*Registry, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("registry: %w", err)
 	}
+	kvc := jetstream.KeyValueConfig{
+		Bucket:      subjects.ToolsBucket,
+		Description: "Loki tool registry: one protojson Tool per key",
+		History:     8,
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(cfg.Replicas, 1),
+	}
+	if cfg.HubDomain != "" {
+		kvc.Sources = []*jetstream.StreamSource{{Name: subjects.ToolsBucket, Domain: cfg.HubDomain}}
+	}
 	// Open what exists: an operator may have changed the bucket (replicas in a
 	// cluster, say), and readers such as gateways need no right to change it.
 	kv, err := js.KeyValue(ctx, subjects.ToolsBucket)
+	created := false
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket:      subjects.ToolsBucket,
-			Description: "Loki tool registry: one protojson Tool per key",
-			History:     8,
-			Storage:     jetstream.FileStorage,
-		})
+		kv, err = js.CreateKeyValue(ctx, kvc)
+		created = err == nil
 		if errors.Is(err, jetstream.ErrBucketExists) { // another replica won the race
 			kv, err = js.KeyValue(ctx, subjects.ToolsBucket)
 		}
@@ -60,7 +91,66 @@ func OpenRegistry(ctx context.Context, nc *nats.Conn, log *slog.Logger) (*Regist
 	if err != nil {
 		return nil, fmt.Errorf("registry: open bucket %s (is JetStream enabled on the server?): %w", subjects.ToolsBucket, err)
 	}
+	if !created {
+		replicas.Keep(log, subjects.ToolsBucket, replicas.OfKV(ctx, kv), kvc.Replicas)
+		if cfg.HubDomain != "" {
+			addHubSource(ctx, js, kv, cfg.HubDomain, log)
+		}
+	}
 	return &Registry{kv: kv, log: log, tools: map[string]*Compiled{}, changed: make(chan struct{}, 1)}, nil
+}
+
+// WaitRegistry opens the registry bucket for reading only, for components
+// that may not create it (a gateway): while it does not exist yet — no Loki
+// replica has started — it waits, saying so once, until ctx ends.
+func WaitRegistry(ctx context.Context, nc *nats.Conn, log *slog.Logger) (*Registry, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("registry: %w", err)
+	}
+	said := false
+	for {
+		kv, err := js.KeyValue(ctx, subjects.ToolsBucket)
+		if err == nil {
+			return &Registry{kv: kv, log: log, tools: map[string]*Compiled{}, changed: make(chan struct{}, 1)}, nil
+		}
+		if !errors.Is(err, jetstream.ErrBucketNotFound) {
+			return nil, fmt.Errorf("registry: open bucket %s (is JetStream enabled on the server?): %w", subjects.ToolsBucket, err)
+		}
+		if !said {
+			log.Warn("waiting for the tool registry: no Loki replica has created it yet", "bucket", subjects.ToolsBucket)
+			said = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// addHubSource makes an existing registry bucket (a site that ran on its
+// own before it joined a hub) source the hub's bucket.
+func addHubSource(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, domain string, log *slog.Logger) {
+	st, err := kv.Status(ctx)
+	bs, ok := st.(*jetstream.KeyValueBucketStatus)
+	if err != nil || !ok || bs.StreamInfo() == nil {
+		return
+	}
+	sc := bs.StreamInfo().Config
+	prefix := "$JS." + domain + ".API"
+	for _, src := range sc.Sources {
+		if src.External != nil && src.External.APIPrefix == prefix {
+			return
+		}
+	}
+	sc.Sources = append(sc.Sources, &jetstream.StreamSource{Name: sc.Name, External: &jetstream.ExternalStream{APIPrefix: prefix}})
+	if _, err := js.UpdateStream(ctx, sc); err != nil {
+		log.Warn("tool registry does not follow the hub's, so tools registered at the hub do not appear here; add the source as an admin",
+			"bucket", subjects.ToolsBucket, "hub_domain", domain, "err", err)
+		return
+	}
+	log.Info("tool registry now follows the hub's", "bucket", subjects.ToolsBucket, "hub_domain", domain)
 }
 
 // Changed receives a value after the watch has applied changes to the

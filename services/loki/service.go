@@ -54,6 +54,8 @@ type Config struct {
 	// the micro service's per-endpoint figures (docs/METRICS.md). It also
 	// gets a readiness check that passes once Ready is closed.
 	Metrics *metrics.Registry
+	// Registry is how the tool registry bucket is created (replicas, hub).
+	Registry RegistryConfig
 }
 
 // DefaultConfig is four running calls per core, with a queue of 64 per core.
@@ -160,7 +162,7 @@ func (s *Service) Registry() *Registry { return s.reg }
 // Run serves until ctx is cancelled, then stops taking calls and waits up to
 // DrainTimeout for running ones.
 func (s *Service) Run(ctx context.Context) error {
-	reg, err := OpenRegistry(ctx, s.nc, s.log)
+	reg, err := OpenRegistryConfig(ctx, s.nc, s.log, s.cfg.Registry)
 	if err != nil {
 		return err
 	}

@@ -737,3 +737,33 @@ func TestOpenRegistryKeepsBucketSettings(t *testing.T) {
 		t.Fatalf("history: got %d, want the operator's 20", got)
 	}
 }
+
+// TestOpenRegistryReportsReplicaMismatch: a replica configured for three
+// replicas, starting against a bucket that has one, keeps the bucket as it
+// is and says so at WARN, naming the bucket, have and want.
+func TestOpenRegistryReportsReplicaMismatch(t *testing.T) {
+	srv := natstest.Start(t)
+	nc := natstest.Connect(t, srv)
+	ctx := context.Background()
+	if _, err := loki.OpenRegistry(ctx, nc, quietLog()); err != nil {
+		t.Fatal(err)
+	}
+	var logs strings.Builder
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	if _, err := loki.OpenRegistryConfig(ctx, nc, log, loki.RegistryConfig{Replicas: 3}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"level=WARN", "bucket=" + subjects.ToolsBucket, "have=1", "want=3"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("log: got %q, want %q in it", logs.String(), want)
+		}
+	}
+	js, _ := jetstream.New(nc)
+	s, err := js.Stream(ctx, "KV_"+subjects.ToolsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.CachedInfo().Config.Replicas; got != 1 {
+		t.Errorf("replicas: got %d, want the bucket's 1", got)
+	}
+}
