@@ -27,9 +27,14 @@ import (
 )
 
 func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "devices" {
+		return benchFleet(ctx, args[1:], stdout, stderr)
+	}
 	cfg := bench.DefaultConfig()
 	fs := newFlags("bench", `Usage: loki bench [flags]
+       loki bench devices [--count N] [flags]
 
+'loki bench devices' runs a fleet of simulated devices (see its --help).
 With --grpc, measures the gateway instead; with --auth, the cost of
 authentication and permissions; with --device, a device tool (see
 docs/BENCHMARKS.md).
@@ -47,6 +52,9 @@ with concurrent callers. Prints a Markdown table.`, stderr)
 	newLog := logFlags(fs, stderr)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if fs.NArg() > 0 {
+		return usageMistake("bench", fmt.Errorf("bench: unexpected argument %q (sub-mode: devices)", fs.Arg(0)))
 	}
 	log, err := newLog()
 	if err != nil {

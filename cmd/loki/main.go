@@ -199,7 +199,7 @@ func handler(cmd string) (func(ctx context.Context, args []string, stdout, stder
 
 // noPositionals are the commands run checks for stray arguments itself,
 // since their handlers take none.
-var noPositionals = map[string]int{"up": 0, "bench": 0}
+var noPositionals = map[string]int{"up": 0, "bench": 1} // bench: its sub-mode "devices"
 
 func isHelp(arg string) bool {
 	switch arg {

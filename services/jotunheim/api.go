@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -55,29 +57,60 @@ func deviceRequest(data []byte) (string, error) {
 	return id, nil
 }
 
-func (s *Service) handleList(ctx context.Context, _ *microsvc.Request) ([]byte, nats.Header, error) {
-	keys, err := s.kv.ListKeys(ctx)
-	if err != nil {
-		return nil, nil, fault.Wrap(fault.Unavailable, err, "device registry: list: %v", err)
-	}
-	var ids []string
-	for k := range keys.Keys() {
-		ids = append(ids, k)
-	}
-	slices.Sort(ids)
-	list := &jv1.DeviceList{}
+func (s *Service) handleList(ctx context.Context, r *microsvc.Request) ([]byte, nats.Header, error) {
+	// The watched copy of the registry, which holds this replica's own
+	// writes at once: reading 1,000 records from the bucket for every list
+	// would cost the server more than the fleet's telemetry.
+	s.cacheMu.RLock()
+	ids := slices.Sorted(maps.Keys(s.cache))
+	s.cacheMu.RUnlock()
+	// Each record is encoded on its own, so that a list larger than one
+	// message can go out in parts (a record holds its manifest: the list
+	// of 1,000 sim devices is past NATS's default 1 MiB).
+	var parts [][]byte
+	var part []byte
+	limit := int(s.nc.MaxPayload()) - listOverhead
 	for _, id := range ids {
-		d, _, err := s.get(ctx, id)
-		if fault.CodeOf(err) == fault.NotFound {
+		d := s.cached(id)
+		if d == nil {
 			continue // removed meanwhile
 		}
+		b, err := protojson.Marshal(d)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, fmt.Errorf("encode device %q: %w", id, err)
 		}
-		list.Devices = append(list.Devices, d)
+		if len(part) > 0 && len(part)+len(b)+1 > limit {
+			parts = append(parts, part)
+			part = nil
+		}
+		if len(part) > 0 {
+			part = append(part, ',')
+		}
+		part = append(part, b...)
 	}
-	return marshal(list)
+	parts = append(parts, part)
+	wrap := func(p []byte) []byte { return append(append([]byte(`{"devices":[`), p...), "]}"...) }
+	if len(parts) == 1 {
+		return wrap(parts[0]), nil, nil
+	}
+	if r.Header().Get(HeaderChunks) == "" {
+		return nil, nil, fault.New(fault.ResourceExhausted,
+			"the list of %d devices takes %d messages: ask with the header %s: 1 to get it in parts (jotunheim.Client does), or devices.get one device",
+			len(ids), len(parts), HeaderChunks)
+	}
+	for i, p := range parts[:len(parts)-1] {
+		m := nats.NewMsg("")
+		m.Header.Set(HeaderChunks, strconv.Itoa(i+1))
+		m.Data = wrap(p)
+		if err := r.Publish(m); err != nil {
+			return nil, nil, fault.Wrap(fault.Unavailable, err, "send part %d of the device list: %v", i+1, err)
+		}
+	}
+	return wrap(parts[len(parts)-1]), nil, nil
 }
+
+// listOverhead is room in a message for the list's wrapping and headers.
+const listOverhead = 4 << 10
 
 func (s *Service) handleGet(ctx context.Context, r *microsvc.Request) ([]byte, nats.Header, error) {
 	id, err := deviceRequest(r.Data())
@@ -96,10 +129,11 @@ func (s *Service) handleRemove(ctx context.Context, r *microsvc.Request) ([]byte
 	if err != nil {
 		return nil, nil, err
 	}
-	if _, _, err := s.get(ctx, id); err != nil {
+	d, _, err := s.get(ctx, id)
+	if err != nil {
 		return nil, nil, err
 	}
-	if err := s.removeTools(ctx, id); err != nil {
+	if err := s.removeTools(ctx, d); err != nil {
 		return nil, nil, fault.Wrap(fault.Unavailable, err, "device %s: unregister its tools: %s", id, fault.MessageOf(err))
 	}
 	if err := s.kv.Delete(ctx, id); err != nil {
@@ -139,9 +173,7 @@ func (s *Service) command(ctx context.Context, id string, cmd *jv1.Command) ([]b
 	// The registry as this replica's watch last saw it (a millisecond
 	// behind at most) spares every command a read of the bucket; a device
 	// the watch has not seen yet is read from the bucket.
-	s.cacheMu.RLock()
-	d := s.cache[id]
-	s.cacheMu.RUnlock()
+	d := s.cached(id)
 	if d == nil {
 		var err error
 		if d, _, err = s.get(ctx, id); err != nil {

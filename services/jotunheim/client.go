@@ -78,17 +78,48 @@ func deviceBody(id string) ([]byte, error) {
 	return protojson.Marshal(&jv1.DeviceRequest{Id: id})
 }
 
-// List returns every known device, sorted by id.
+// List returns every known device, sorted by id. A list larger than one
+// message comes in parts (HeaderChunks), gathered here.
 func (c *Client) List(ctx context.Context) ([]*jv1.Device, error) {
-	b, err := c.request(ctx, subjects.DevicesList, nil)
+	subj := subjects.DevicesList
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, DefaultClientTimeout)
+		defer cancel()
+	}
+	inbox := c.nc.NewRespInbox()
+	sub, err := c.nc.SubscribeSync(inbox)
 	if err != nil {
-		return nil, err
+		return nil, microsvc.TransportError(err, subjects.JotunheimService, subj)
 	}
-	list := &jv1.DeviceList{}
-	if err := protojson.Unmarshal(b, list); err != nil {
-		return nil, fault.Wrap(fault.Internal, err, "decode %s reply: %v", subjects.DevicesList, err)
+	defer func() { _ = sub.Unsubscribe() }()
+	m := nats.NewMsg(subj)
+	m.Reply = inbox
+	m.Header.Set(HeaderChunks, "1")
+	if dl, ok := ctx.Deadline(); ok {
+		middleware.SetTimeout(m.Header, HeaderTimeout, dl)
 	}
-	return list.GetDevices(), nil
+	if err := c.nc.PublishMsg(m); err != nil {
+		return nil, microsvc.TransportError(err, subjects.JotunheimService, subj)
+	}
+	var out []*jv1.Device
+	for {
+		resp, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			return nil, microsvc.TransportError(err, subjects.JotunheimService, subj)
+		}
+		if err := microsvc.ReplyError(resp, subjects.JotunheimService, subj); err != nil {
+			return nil, err
+		}
+		list := &jv1.DeviceList{}
+		if err := protojson.Unmarshal(resp.Data, list); err != nil {
+			return nil, fault.Wrap(fault.Internal, err, "decode %s reply: %v", subj, err)
+		}
+		out = append(out, list.GetDevices()...)
+		if resp.Header.Get(HeaderChunks) == "" {
+			return out, nil
+		}
+	}
 }
 
 // Get returns device id's registry record.

@@ -32,10 +32,21 @@ type Config struct {
 	// DeviceCalls are globs (path.Match syntax: *, ?, [a-z]) of the Loki
 	// tools devices may call; empty (the default) lets them call none.
 	DeviceCalls []string `toml:"device_calls"`
-	// Workers is how many device messages, and how many requests of one
-	// endpoint, are handled at once; Queue how many more may wait.
+	// Workers is how many requests of one endpoint other than devices.cmd
+	// and devices.caps are handled at once; Queue how many more may wait.
 	Workers int `toml:"workers"`
 	Queue   int `toml:"queue"`
+	// Commands is how many devices.cmd requests may wait for their devices
+	// at once, each on a goroutine of its own (a few KiB); Queue more may
+	// wait for a turn. A controller switching every device of
+	// a fleet at once must fit in it.
+	Commands int `toml:"commands"`
+	// MessageWorkers is how many device messages are handled at once (each
+	// device's in order), and MessageQueue how many more may wait before
+	// they are dropped and counted. A fleet reconnecting at once sends a
+	// status, a manifest and every state per device within a second.
+	MessageWorkers int `toml:"message_workers"`
+	MessageQueue   int `toml:"message_queue"`
 	// DrainTimeout bounds how long Run waits for running requests at
 	// shutdown.
 	DrainTimeout time.Duration `toml:"drain_timeout"`
@@ -54,6 +65,9 @@ func DefaultConfig() Config {
 		CapsTimeout:       5 * time.Second,
 		Workers:           4 * n,
 		Queue:             64 * n,
+		Commands:          1024,
+		MessageWorkers:    32 * n,
+		MessageQueue:      16384,
 		DrainTimeout:      10 * time.Second,
 		Replicas:          1,
 	}
@@ -76,6 +90,9 @@ func (c Config) Validate() error {
 		{c.CapsTimeout > 0, "caps_timeout", c.CapsTimeout, "must be positive"},
 		{c.Workers >= 1, "workers", c.Workers, "must be at least 1"},
 		{c.Queue >= 0, "queue", c.Queue, "must not be negative"},
+		{c.Commands >= 1, "commands", c.Commands, "must be at least 1"},
+		{c.MessageWorkers >= 1, "message_workers", c.MessageWorkers, "must be at least 1"},
+		{c.MessageQueue >= 0, "message_queue", c.MessageQueue, "must not be negative"},
 		{c.DrainTimeout > 0, "drain_timeout", c.DrainTimeout, "must be positive"},
 		{c.Replicas >= 1 && c.Replicas <= 5, "replicas", c.Replicas, "must be 1 to 5"},
 	} {

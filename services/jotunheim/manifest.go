@@ -17,8 +17,17 @@ import (
 
 // handleManifest negotiates with device id: a manifest that fails
 // validation or version negotiation is refused (Negotiation accepted=false,
-// a "refused" event, nothing stored); an accepted one is stored, its tools
-// synced, and the device told which tools it got.
+// a "refused" event, nothing stored). An accepted one is stored with the
+// device online, the device is told which tools it gets (those whose name
+// no other owner holds), and the tools are registered in the background
+// (syncManifest); should that fail, the device gets a second Negotiation
+// naming what failed.
+//
+// Registering goes through Loki's registry one tool at a time: a fleet of
+// 1,000 sim devices reconnecting at once brings 15,000 tools, about 40 s
+// of registrations on a 2-vCPU machine. Done before answering, it held every device
+// message behind it (states dropped from full queues) and left devices
+// waiting for their negotiation past their 10 s, resending manifests.
 func (s *Service) handleManifest(ctx context.Context, id string, data []byte) {
 	m, err := wire.DecodeManifest(id, data)
 	if err != nil {
@@ -30,7 +39,6 @@ func (s *Service) handleManifest(ctx context.Context, id string, data []byte) {
 		s.refuse(id, m, warning)
 		return
 	}
-	tools, problems := s.syncTools(ctx, id, m)
 	now := unixNow()
 	before, after, err := s.update(ctx, id, func(d *jv1.Device) *jv1.Device {
 		if d == nil {
@@ -39,7 +47,7 @@ func (s *Service) handleManifest(ctx context.Context, id string, data []byte) {
 		if !d.GetOnline() {
 			d.Since = now
 		}
-		d.Manifest, d.Online, d.LastSeen, d.OfflineReason, d.Refused, d.Tools = m, true, now, "", "", tools
+		d.Manifest, d.Online, d.LastSeen, d.OfflineReason, d.Refused = m, true, now, "", ""
 		return d
 	})
 	if err != nil {
@@ -48,7 +56,18 @@ func (s *Service) handleManifest(ctx context.Context, id string, data []byte) {
 		s.log.Error("store device manifest", logKeyDevice, id, logKeyErr, err)
 		return
 	}
+	if !before.GetOnline() {
+		s.presenceEvent(id, after)
+	}
+	tools, problems := s.planTools(ctx, id, m)
 	s.stats.accepted.Add(1)
+	s.negotiated(id, m, tools, problems, warning)
+	s.syncs.submit(id, manifestSync{m: m, planned: tools, warning: warning})
+}
+
+// negotiated tells device id its manifest m is accepted, with tools and
+// the problems and warning, and publishes the manifest event.
+func (s *Service) negotiated(id string, m *jv1.Manifest, tools, problems []string, warning string) {
 	reasons := problems
 	if warning != "" {
 		reasons = append([]string{warning}, reasons...)
@@ -57,12 +76,54 @@ func (s *Service) handleManifest(ctx context.Context, id string, data []byte) {
 		Accepted: true, Reason: strings.Join(reasons, "; "), PlatformProtocol: wire.Version, Tools: tools,
 	})
 	s.publishEvent(id, &jv1.DeviceEvent{Kind: "manifest", Manifest: m, Reason: strings.Join(reasons, "; ")})
-	if !before.GetOnline() {
-		s.presenceEvent(id, after)
-	}
 	s.log.Debug("device manifest accepted", logKeyDevice, id, "tools", tools, "reason", m.GetReason().String())
 	for _, p := range problems {
 		s.log.Warn("device tool not registered", logKeyDevice, id, logKeyReason, p)
+	}
+}
+
+// manifestSync is an accepted manifest whose tools are to be registered.
+type manifestSync struct {
+	m       *jv1.Manifest
+	planned []string // the tools the device was told it gets
+	warning string   // of the version negotiation
+}
+
+// syncManifest registers the tools of device id's accepted manifest j.m
+// and records them; if they are not the ones the device was told, it
+// tells the device again.
+func (s *Service) syncManifest(ctx context.Context, id string, j manifestSync) {
+	ctx, cancel := context.WithTimeout(ctx, 2*s.cfg.CommandTimeout)
+	defer cancel()
+	d := s.cached(id)
+	if d == nil {
+		var err error
+		if d, _, err = s.get(ctx, id); fault.CodeOf(err) == fault.NotFound || ctx.Err() != nil {
+			return // removed meanwhile, or stopping
+		} else if err != nil {
+			s.log.Error("read device record", logKeyDevice, id, logKeyErr, err)
+			return
+		}
+	}
+	tools, problems := s.syncTools(ctx, id, j.m, d.GetTools())
+	if !slices.Equal(tools, d.GetTools()) {
+		// Recorded even when a newer manifest is stored: its sync starts
+		// from the tools that are registered.
+		if _, _, err := s.update(ctx, id, func(d *jv1.Device) *jv1.Device {
+			if d == nil {
+				return nil
+			}
+			d.Tools = tools
+			return d
+		}); err != nil {
+			if ctx.Err() == nil {
+				s.log.Error("store device tools", logKeyDevice, id, logKeyErr, err)
+			}
+			return
+		}
+	}
+	if !slices.Equal(tools, j.planned) && ctx.Err() == nil {
+		s.negotiated(id, j.m, tools, problems, j.warning)
 	}
 }
 
@@ -146,35 +207,69 @@ func orDefault(s, def string) string {
 	return s
 }
 
+// planTools returns the names of the tools of m device id gets: those no
+// other owner holds. It asks the tool registry about each by name, and
+// registers nothing.
+func (s *Service) planTools(ctx context.Context, id string, m *jv1.Manifest) ([]string, []string) {
+	want, problems := s.deviceTools(id, m)
+	var names []string
+	for _, t := range want {
+		cur, err := s.loki.Get(ctx, t.GetName())
+		switch {
+		case fault.CodeOf(err) == fault.NotFound:
+		case err != nil:
+			problems = append(problems, fmt.Sprintf("tool %q not registered: the tool registry did not answer: %s", t.GetName(), fault.MessageOf(err)))
+			continue
+		case cur.GetOwner() != owner(id):
+			problems = append(problems, takenProblem(id, t, cur))
+			continue
+		}
+		names = append(names, t.GetName())
+	}
+	slices.Sort(names)
+	return names, problems
+}
+
+// takenProblem words, for the device's author, that t's name is held by
+// cur of another owner.
+func takenProblem(id string, t, cur *lokiv1.Tool) string {
+	who := "a tool registered by a user or a tool file"
+	if o := cur.GetOwner(); o != "" {
+		who = "a tool of " + o
+	}
+	return fmt.Sprintf("tool %q (entity %q) not registered: the name is taken by %s",
+		t.GetName(), strings.TrimPrefix(t.GetSourceName(), owner(id)+"/"), who)
+}
+
 // syncTools makes the registry hold exactly the tools of m for device id:
 // it registers new and changed ones, unregisters those of the device no
-// longer in m, and refuses names another owner holds. It returns the names
-// the device has and the problems, worded for the device's author.
-func (s *Service) syncTools(ctx context.Context, id string, m *jv1.Manifest) ([]string, []string) {
+// longer in m (had: the tools its record lists), and refuses names another
+// owner holds. It returns the names the device has and the problems,
+// worded for the device's author.
+//
+// It asks the tool registry about the device's own tools only, by name:
+// never the whole list, which grows with the fleet (1,000 sim devices
+// hold 15,000 tools, a list past NATS's 1 MiB message limit) and would make a
+// fleet's connect storm cost the square of its size.
+func (s *Service) syncTools(ctx context.Context, id string, m *jv1.Manifest, had []string) ([]string, []string) {
 	want, problems := s.deviceTools(id, m)
-	existing, err := s.loki.List(ctx)
-	if err != nil {
-		return nil, append(problems, fmt.Sprintf("tools not registered: the tool registry did not answer: %s", fault.MessageOf(err)))
-	}
-	have := make(map[string]*lokiv1.Tool, len(existing))
-	for _, t := range existing {
-		have[t.GetName()] = t
-	}
 	var names []string
 	wanted := map[string]bool{}
 	for _, t := range want {
 		wanted[t.GetName()] = true
-		cur, ok := have[t.GetName()]
-		if ok && cur.GetOwner() != owner(id) {
-			who := "a tool registered by a user or a tool file"
-			if o := cur.GetOwner(); o != "" {
-				who = "a tool of " + o
-			}
-			problems = append(problems, fmt.Sprintf("tool %q (entity %q) not registered: the name is taken by %s",
-				t.GetName(), strings.TrimPrefix(t.GetSourceName(), owner(id)+"/"), who))
+		cur, err := s.loki.Get(ctx, t.GetName())
+		if fault.CodeOf(err) == fault.NotFound {
+			cur, err = nil, nil
+		}
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("tool %q not registered: the tool registry did not answer: %s", t.GetName(), fault.MessageOf(err)))
 			continue
 		}
-		if ok {
+		if cur != nil && cur.GetOwner() != owner(id) {
+			problems = append(problems, takenProblem(id, t, cur))
+			continue
+		}
+		if cur != nil {
 			c := proto.Clone(cur).(*lokiv1.Tool)
 			c.Revision = 0
 			if proto.Equal(c, t) {
@@ -188,10 +283,10 @@ func (s *Service) syncTools(ctx context.Context, id string, m *jv1.Manifest) ([]
 		}
 		names = append(names, t.GetName())
 	}
-	for _, t := range existing {
-		if t.GetOwner() == owner(id) && !wanted[t.GetName()] {
-			if err := s.loki.Unregister(ctx, t.GetName()); err != nil && fault.CodeOf(err) != fault.NotFound {
-				s.log.Warn("unregister device tool", logKeyDevice, id, logKeyTool, t.GetName(), logKeyErr, err)
+	for _, name := range had {
+		if !wanted[name] {
+			if err := s.unregisterOwned(ctx, id, name); err != nil {
+				s.log.Warn("unregister device tool", logKeyDevice, id, logKeyTool, name, logKeyErr, err)
 			}
 		}
 	}
@@ -199,17 +294,36 @@ func (s *Service) syncTools(ctx context.Context, id string, m *jv1.Manifest) ([]
 	return names, problems
 }
 
-// removeTools unregisters every tool device id owns.
-func (s *Service) removeTools(ctx context.Context, id string) error {
-	existing, err := s.loki.List(ctx)
+// unregisterOwned unregisters tool name if device id owns it.
+func (s *Service) unregisterOwned(ctx context.Context, id, name string) error {
+	t, err := s.loki.Get(ctx, name)
+	if fault.CodeOf(err) == fault.NotFound {
+		return nil
+	}
 	if err != nil {
 		return err
 	}
-	for _, t := range existing {
-		if t.GetOwner() == owner(id) {
-			if err := s.loki.Unregister(ctx, t.GetName()); err != nil && fault.CodeOf(err) != fault.NotFound {
-				return err
-			}
+	if t.GetOwner() != owner(id) {
+		return nil
+	}
+	if err := s.loki.Unregister(ctx, name); err != nil && fault.CodeOf(err) != fault.NotFound {
+		return err
+	}
+	return nil
+}
+
+// removeTools unregisters every tool device d owns: those its record
+// lists and those its manifest would make.
+func (s *Service) removeTools(ctx context.Context, d *jv1.Device) error {
+	names := slices.Clone(d.GetTools())
+	want, _ := s.deviceTools(d.GetId(), d.GetManifest())
+	for _, t := range want {
+		names = append(names, t.GetName())
+	}
+	slices.Sort(names)
+	for _, name := range slices.Compact(names) {
+		if err := s.unregisterOwned(ctx, d.GetId(), name); err != nil {
+			return err
 		}
 	}
 	return nil

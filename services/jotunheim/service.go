@@ -26,6 +26,7 @@ import (
 	"github.com/loki-iot/loki/internal/fault"
 	"github.com/loki-iot/loki/internal/microsvc"
 	"github.com/loki-iot/loki/internal/middleware"
+	"github.com/loki-iot/loki/internal/replicas"
 	jv1 "github.com/loki-iot/loki/proto/jotunheim/v1"
 	"github.com/loki-iot/loki/services/loki"
 	"github.com/loki-iot/loki/subjects"
@@ -36,6 +37,14 @@ import (
 
 // Version is the service version reported in $SRV.INFO.
 const Version = "0.1.0"
+
+// HeaderChunks on a devices.list request says the caller takes a list
+// larger than one message in parts: each part but the last comes to the
+// reply subject with this header set to its number (from 1), holding a
+// DeviceList of some of the devices in order; the final reply, without
+// the header, holds the rest. Without it, such a list is
+// RESOURCE_EXHAUSTED.
+const HeaderChunks = "Jotunheim-Chunks"
 
 // HeaderTimeout (request) carries the caller's remaining deadline as a Go
 // duration ("1.5s") on devices.cmd and devices.caps.
@@ -80,7 +89,9 @@ type Service struct {
 	pending map[string]pendingCmd
 
 	cacheMu sync.RWMutex
-	cache   map[string]*jv1.Device // the registry as the KV watch last saw it
+	cache   map[string]cachedDevice // the registry as the KV watch, or this replica's own writes, last saw it
+
+	syncs *syncQueue // tool syncs of accepted manifests
 
 	calls  chan struct{} // running device tool calls
 	callWG sync.WaitGroup
@@ -105,15 +116,17 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Service, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("component", "jotunheim")
-	return &Service{
+	s := &Service{
 		cfg: cfg, nc: nc, log: log, ready: make(chan struct{}),
 		loki:    loki.NewClient(nc),
 		stats:   newCounters(cfg.Metrics),
 		warn:    newLogLimiter(log, time.Minute),
 		pending: map[string]pendingCmd{},
-		cache:   map[string]*jv1.Device{},
+		cache:   map[string]cachedDevice{},
 		calls:   make(chan struct{}, cfg.Workers),
-	}, nil
+	}
+	s.syncs = newSyncQueue(cfg.Workers, s.syncManifest)
+	return s, nil
 }
 
 // Ready is closed once the registry is loaded, device messages are heard
@@ -151,10 +164,10 @@ func (s *Service) Run(ctx context.Context) error {
 	// Every device message arrives on one channel, in the order the server
 	// delivered it, and is handed to the shard of its device: messages of
 	// one device are handled in order, different devices at once.
-	in := make(chan *nats.Msg, 4096+s.cfg.Queue)
-	shards := make([]chan *nats.Msg, s.cfg.Workers)
+	in := make(chan *nats.Msg, 4096)
+	shards := make([]chan *nats.Msg, s.cfg.MessageWorkers)
 	for i := range shards {
-		shards[i] = make(chan *nats.Msg, max(1, s.cfg.Queue/s.cfg.Workers))
+		shards[i] = make(chan *nats.Msg, max(1, s.cfg.MessageQueue/s.cfg.MessageWorkers))
 		wg.Go(func() {
 			for m := range shards[i] {
 				s.handleSafely(runCtx, m)
@@ -186,6 +199,9 @@ func (s *Service) Run(ctx context.Context) error {
 			return fmt.Errorf("jotunheim: subscribe %s: %w", subj, err)
 		}
 		subs = append(subs, sub)
+	}
+	for range s.cfg.Workers {
+		wg.Go(func() { s.syncs.work(runCtx) })
 	}
 	dispatched := make(chan struct{})
 	go func() {
@@ -223,17 +239,19 @@ func (s *Service) Run(ctx context.Context) error {
 		h          microsvc.Handler
 		def        time.Duration
 		logged     []fault.Code
+		workers    int
 	}{
-		{"list", subjects.DevicesList, s.handleList, s.cfg.CommandTimeout, nil},
-		{"get", subjects.DevicesGet, s.handleGet, s.cfg.CommandTimeout, nil},
-		{"cmd", subjects.DevicesCmd, s.handleCmd, s.cfg.CommandTimeout, deviceFaults},
-		{"caps", subjects.DevicesCaps, s.handleCaps, s.cfg.CapsTimeout, deviceFaults},
-		{"remove", subjects.DevicesRemove, s.handleRemove, s.cfg.CommandTimeout, nil},
+		{"list", subjects.DevicesList, s.handleList, s.cfg.CommandTimeout, nil, s.cfg.Workers},
+		{"get", subjects.DevicesGet, s.handleGet, s.cfg.CommandTimeout, nil, s.cfg.Workers},
+		// A command mostly waits for its device: a worker each.
+		{"cmd", subjects.DevicesCmd, s.handleCmd, s.cfg.CommandTimeout, deviceFaults, s.cfg.Commands},
+		{"caps", subjects.DevicesCaps, s.handleCaps, s.cfg.CapsTimeout, deviceFaults, s.cfg.Workers},
+		{"remove", subjects.DevicesRemove, s.handleRemove, s.cfg.CommandTimeout, nil, s.cfg.Workers},
 	} {
 		endpoints = append(endpoints, microsvc.Endpoint{
 			Name: e.name, Subject: e.subj,
 			Handler: middleware.ErrorLog(s.log, e.subj, middleware.Deadline(HeaderTimeout, e.def, s.cfg.MaxCommandTimeout, e.h), e.logged...),
-			Workers: s.cfg.Workers, Queue: s.cfg.Queue,
+			Workers: e.workers, Queue: s.cfg.Queue,
 		})
 	}
 	if err := svc.AddEndpoints(s.cfg.DrainTimeout, endpoints...); err != nil {
@@ -273,6 +291,7 @@ func (s *Service) openBucket(ctx context.Context) (jetstream.KeyValue, error) {
 	if err != nil {
 		return nil, fmt.Errorf("jotunheim: open bucket %s (is JetStream enabled on the server?): %w", subjects.DevicesBucket, err)
 	}
+	replicas.Keep(s.log, subjects.DevicesBucket, replicas.OfKV(ctx, kv), s.cfg.Replicas)
 	return kv, nil
 }
 
@@ -304,17 +323,43 @@ func (s *Service) follow(ctx context.Context, loaded chan<- error) {
 				}
 				continue
 			}
-			s.cacheMu.Lock()
 			if e.Operation() == jetstream.KeyValuePut {
 				if d, err := decodeDevice(e.Value()); err == nil {
-					s.cache[e.Key()] = d
+					s.remember(e.Key(), d, e.Revision())
 				}
-			} else {
+				continue
+			}
+			s.cacheMu.Lock()
+			if e.Revision() > s.cache[e.Key()].rev {
 				delete(s.cache, e.Key())
 			}
 			s.cacheMu.Unlock()
 		}
 	}
+}
+
+// cachedDevice is a record and its revision in the bucket.
+type cachedDevice struct {
+	d   *jv1.Device
+	rev uint64
+}
+
+// remember puts revision rev of device id's record d in the cache, unless
+// the cache holds a newer one: a replica sees its own writes at once, and
+// the watch, which delivers them again later, never takes it back.
+func (s *Service) remember(id string, d *jv1.Device, rev uint64) {
+	s.cacheMu.Lock()
+	if rev > s.cache[id].rev {
+		s.cache[id] = cachedDevice{d: d, rev: rev}
+	}
+	s.cacheMu.Unlock()
+}
+
+// cached returns device id's record as the cache holds it, or nil.
+func (s *Service) cached(id string) *jv1.Device {
+	s.cacheMu.RLock()
+	defer s.cacheMu.RUnlock()
+	return s.cache[id].d
 }
 
 // dispatch hands a device message to its device's shard, or handles a
