@@ -152,13 +152,49 @@ func (c *Client) Stream(ctx context.Context, tool string, args []byte, onChunk f
 	}
 }
 
+// listTimeout bounds List when ctx has no deadline.
+const listTimeout = 30 * time.Second
+
 // List returns every registered tool.
+//
+// A list larger than one message comes in parts, gathered here.
 func (c *Client) List(ctx context.Context) ([]*lokiv1.Tool, error) {
-	list := &lokiv1.ToolList{}
-	if err := c.request(ctx, subjects.LokiToolsList, nil, list); err != nil {
-		return nil, err
+	subj := subjects.LokiToolsList
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, listTimeout)
+		defer cancel()
 	}
-	return list.GetTools(), nil
+	inbox := c.nc.NewRespInbox()
+	sub, err := c.nc.SubscribeSync(inbox)
+	if err != nil {
+		return nil, microsvc.TransportError(err, subjects.LokiService, subj)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	m := nats.NewMsg(subj)
+	m.Reply = inbox
+	m.Header.Set(HeaderStream, "1")
+	if err := c.nc.PublishMsg(m); err != nil {
+		return nil, microsvc.TransportError(err, subjects.LokiService, subj)
+	}
+	var out []*lokiv1.Tool
+	for {
+		resp, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			return nil, microsvc.TransportError(err, subjects.LokiService, subj)
+		}
+		if err := microsvc.ReplyError(resp, subjects.LokiService, subj); err != nil {
+			return nil, err
+		}
+		list := &lokiv1.ToolList{}
+		if err := protojson.Unmarshal(resp.Data, list); err != nil {
+			return nil, fault.Wrap(fault.Internal, err, "decode %s reply: %v", subj, err)
+		}
+		out = append(out, list.GetTools()...)
+		if resp.Header.Get(HeaderChunk) == "" {
+			return out, nil
+		}
+	}
 }
 
 // Get returns one tool's definition.

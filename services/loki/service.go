@@ -370,13 +370,54 @@ func (s *Service) publishEvent(tool *Compiled, ev *event) {
 	}
 }
 
-func (s *Service) handleList(context.Context, *microsvc.Request) ([]byte, nats.Header, error) {
-	list := &lokiv1.ToolList{}
-	for _, c := range s.reg.List() {
-		list.Tools = append(list.Tools, c.Def)
+// handleList answers every tool. A list larger than one message (a fleet's
+// device tools are thousands) goes out in parts when the caller asked with
+// HeaderStream, as an exec streams its emits: each part but the last to the
+// reply subject with HeaderChunk, a ToolList of some tools in name order;
+// the final reply holds the rest. A caller that did not ask gets
+// RESOURCE_EXHAUSTED naming the header, never a reply NATS drops.
+func (s *Service) handleList(_ context.Context, r *microsvc.Request) ([]byte, nats.Header, error) {
+	var parts [][]byte
+	var part []byte
+	limit := int(s.nc.MaxPayload()) - listOverhead
+	tools := s.reg.List()
+	for _, c := range tools {
+		b, err := protojson.Marshal(c.Def)
+		if err != nil {
+			return nil, nil, fmt.Errorf("encode tool %q: %w", c.Def.GetName(), err)
+		}
+		if len(part) > 0 && len(part)+len(b)+1 > limit {
+			parts = append(parts, part)
+			part = nil
+		}
+		if len(part) > 0 {
+			part = append(part, ',')
+		}
+		part = append(part, b...)
 	}
-	return marshal(list)
+	parts = append(parts, part)
+	wrap := func(p []byte) []byte { return append(append([]byte(`{"tools":[`), p...), "]}"...) }
+	if len(parts) == 1 {
+		return wrap(parts[0]), nil, nil
+	}
+	if r.Header().Get(HeaderStream) == "" {
+		return nil, nil, fault.New(fault.ResourceExhausted,
+			"the list of %d tools takes %d messages: ask with the header %s: 1 to get it in parts (loki.Client does), or loki.tools.get one tool",
+			len(tools), len(parts), HeaderStream)
+	}
+	for i, p := range parts[:len(parts)-1] {
+		m := nats.NewMsg("")
+		m.Header.Set(HeaderChunk, strconv.Itoa(i+1))
+		m.Data = wrap(p)
+		if err := r.Publish(m); err != nil {
+			return nil, nil, fault.Wrap(fault.Unavailable, err, "send part %d of the tool list: %v", i+1, err)
+		}
+	}
+	return wrap(parts[len(parts)-1]), nil, nil
 }
+
+// listOverhead is room in a message for the list's wrapping and headers.
+const listOverhead = 4 << 10
 
 func (s *Service) handleGet(_ context.Context, r *microsvc.Request) ([]byte, nats.Header, error) {
 	name := string(r.Data())

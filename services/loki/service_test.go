@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -765,5 +766,41 @@ func TestOpenRegistryReportsReplicaMismatch(t *testing.T) {
 	}
 	if got := s.CachedInfo().Config.Replicas; got != 1 {
 		t.Errorf("replicas: got %d, want the bucket's 1", got)
+	}
+}
+
+// TestListPastOneMessage: a registry whose list is larger than one NATS
+// message (a fleet's device tools) is listed whole by the client, in parts;
+// a caller that did not ask for parts is told why instead of timing out.
+func TestListPastOneMessage(t *testing.T) {
+	nc, c := setup(t, loki.Config{})
+	ctx := context.Background()
+	big := strings.Repeat("d", 60<<10)
+	const n = 24 // 24 × 60 KiB descriptions: past the 1 MiB payload limit
+	for i := range n {
+		if _, err := c.Register(ctx, &lokiv1.Tool{Name: fmt.Sprintf("t%02d", i), Description: big, Source: "return 1"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mine := func(tools []*lokiv1.Tool) (names []string) {
+		for _, tl := range tools {
+			if tl.GetDescription() == big {
+				names = append(names, tl.GetName())
+			}
+		}
+		return names
+	}
+	waitFor(t, func() bool { tools, err := c.List(ctx); return err == nil && len(mine(tools)) == n })
+	tools, err := c.List(ctx)
+	got := mine(tools)
+	if err != nil || len(got) != n || got[0] != "t00" || got[n-1] != fmt.Sprintf("t%02d", n-1) {
+		t.Fatalf("list: got %v, %v; want t00..t%02d in name order", got, err, n-1)
+	}
+	m, err := nc.Request(subjects.LokiToolsList, nil, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := m.Header.Get("Nats-Service-Error-Code"); code != "RESOURCE_EXHAUSTED" || !strings.Contains(m.Header.Get("Nats-Service-Error"), loki.HeaderStream) {
+		t.Fatalf("a plain request: got code %q (%s), want RESOURCE_EXHAUSTED naming %s", code, m.Header.Get("Nats-Service-Error"), loki.HeaderStream)
 	}
 }
