@@ -217,7 +217,7 @@ func TestComposeTopology(t *testing.T) {
 		pending = rest
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	urls := strings.Join(st.allNATS(natsNames), ",")
 	// The bus is closed: loki-auth.conf is in force on the nodes.
@@ -280,7 +280,7 @@ func TestComposeTopology(t *testing.T) {
 	for want := 1.0; want <= 3; want++ {
 		var got float64
 		st.eventually(ctx, "count", func() error {
-			msg, err := clientNC.Request(must(subjects.ToolExec("count")), []byte(`{"name":"compose"}`), 5*time.Second)
+			msg, err := clientNC.Request(must(subjects.ToolExec("count")), []byte(`{"name":"compose"}`), 15*time.Second)
 			if err != nil {
 				return err
 			}
@@ -559,7 +559,7 @@ func (st *stack) startNATS(names []string) {
 		servers = append(servers, ns)
 	}
 	for i, ns := range servers {
-		if !ns.ReadyForConnections(10 * time.Second) {
+		if !ns.ReadyForConnections(60 * time.Second) { // a bound, not a measure: a loaded CI machine is slow to start three JetStream nodes
 			st.t.Fatalf("service %s: not ready", names[i])
 		}
 		st.natsURL[names[i]] = ns.ClientURL()
@@ -639,7 +639,7 @@ func (st *stack) startLoki(name, bin string) {
 // compose's healthcheck would, failing at once if its process has exited.
 func (st *stack) waitHealthy(name, u string) {
 	st.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(90 * time.Second)
 	for {
 		resp, err := http.Get(u)
 		if err == nil {
@@ -696,15 +696,26 @@ func (st *stack) eventually(ctx context.Context, what string, f func() error) {
 	}
 }
 
+// freePort returns a port free on 127.0.0.1 a moment ago, never one it
+// returned before in this process: a closed listener's port may be handed
+// out again at once, and two of the stack's listeners on one port leave a
+// node that never becomes ready.
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if _, dup := handedOut.LoadOrStore(p, true); !dup {
+			return p
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
+
+var handedOut sync.Map // port → true
 
 // syncBuffer is a bytes.Buffer safe for a process's output and the test.
 type syncBuffer struct {

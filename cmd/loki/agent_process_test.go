@@ -150,10 +150,12 @@ backoff_cap = "500ms"
 	if out, err := cli(t, "call", "demo_temperature", "--grpc", grpcAddr); err != nil {
 		t.Fatalf("demo_temperature through the gateway: got %q, %v", out, err)
 	}
-	if out, err := cli(t, "call", "demo_led", "value=true", "--grpc", grpcAddr); err != nil || !strings.Contains(out, `"on":true`) {
-		t.Fatalf("demo_led on through the gateway: got %q, %v", out, err)
-	}
+	// A device's tools are registered in the background after its
+	// negotiation, one after another: each becomes callable in turn.
 	ledOn := func(out string, err error) bool { return err == nil && strings.Contains(out, `"on":true`) }
+	waitFor("demo_led on through the gateway", func() (string, error) {
+		return cli(t, "call", "demo_led", "value=true", "--grpc", grpcAddr)
+	}, ledOn)
 	if out, err := cli(t, "devices", "cmd", "demo", "state", "--entity", "led", "--nats-url", url); !ledOn(out, err) {
 		t.Fatalf("led state: got %q, %v, want on", out, err)
 	}

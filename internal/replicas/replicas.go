@@ -5,8 +5,12 @@ package replicas
 
 import (
 	"context"
+	"errors"
 	"log/slog"
+	"math/rand/v2"
+	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -37,4 +41,39 @@ func OfKV(ctx context.Context, kv jetstream.KeyValue) int {
 		return bs.StreamInfo().Config.Replicas
 	}
 	return 0
+}
+
+// Set-up attempts: on a cluster, two replicas creating or updating one
+// replicated bucket at the same moment can leave one request without an
+// answer; the next attempt finds what the other made.
+const (
+	attemptTimeout = 5 * time.Second
+	setupTimeout   = 60 * time.Second
+)
+
+// Setup runs setup (creating or opening bucket) in attempts of 5 s, for at
+// most a minute or until ctx ends, while an attempt times out, and returns
+// its last error. It logs a
+// WARN naming bucket before each new attempt.
+func Setup(ctx context.Context, log *slog.Logger, bucket string, setup func(context.Context) error) error {
+	deadline := time.Now().Add(setupTimeout)
+	for {
+		attempt, cancel := context.WithTimeout(ctx, attemptTimeout)
+		err := setup(attempt)
+		cancel()
+		// Only an attempt left without an answer is tried again; a refusal
+		// (permissions, a bad config) is final.
+		if err == nil || ctx.Err() != nil || time.Now().After(deadline) ||
+			!(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)) {
+			return err
+		}
+		if log != nil {
+			log.Warn("bucket not set up yet; trying again", "bucket", bucket, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(100+rand.IntN(400)) * time.Millisecond):
+		}
+	}
 }

@@ -21,13 +21,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"time"
 
 	"github.com/loki-iot/loki/internal/fault"
 	"github.com/loki-iot/loki/internal/microsvc"
 	"github.com/loki-iot/loki/internal/middleware"
+	"github.com/loki-iot/loki/internal/replicas"
 	"github.com/loki-iot/loki/subjects"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -112,28 +112,6 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Service, error) {
 	return s, nil
 }
 
-// ensureCache sets the cache bucket up within 30 s, in attempts of 5 s: on
-// a cluster, two replicas creating the same replicated bucket at once can
-// leave one request without an answer; the next attempt finds the bucket
-// the other created.
-func (s *Service) ensureCache(ctx context.Context) error {
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		attempt, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := s.cache.ensure(attempt)
-		cancel()
-		if err == nil || ctx.Err() != nil || time.Now().After(deadline) {
-			return err
-		}
-		s.log.Warn("cache bucket not set up yet; trying again", logKeyErr, err)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Duration(100+rand.IntN(400)) * time.Millisecond):
-		}
-	}
-}
-
 // Ready is closed once the endpoints serve.
 func (s *Service) Ready() <-chan struct{} { return s.ready }
 
@@ -146,7 +124,7 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	defer s.files.close()
-	if err := s.ensureCache(ctx); err != nil {
+	if err := replicas.Setup(ctx, s.log, subjects.HelCacheBucket, s.cache.ensure); err != nil {
 		return fmt.Errorf("hel: cache bucket: %w", err)
 	}
 	svc, err := microsvc.Start(s.nc, microsvc.Config{

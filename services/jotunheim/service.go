@@ -275,19 +275,23 @@ func (s *Service) openBucket(ctx context.Context) (jetstream.KeyValue, error) {
 	if err != nil {
 		return nil, fmt.Errorf("jotunheim: %w", err)
 	}
-	kv, err := js.KeyValue(ctx, subjects.DevicesBucket)
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket:      subjects.DevicesBucket,
-			Description: "Jotunheim device registry: one protojson Device per device id",
-			History:     4,
-			Storage:     jetstream.FileStorage,
-			Replicas:    s.cfg.Replicas,
-		})
-		if errors.Is(err, jetstream.ErrBucketExists) { // another replica won the race
-			kv, err = js.KeyValue(ctx, subjects.DevicesBucket)
+	var kv jetstream.KeyValue
+	err = replicas.Setup(ctx, s.log, subjects.DevicesBucket, func(ctx context.Context) (err error) {
+		kv, err = js.KeyValue(ctx, subjects.DevicesBucket)
+		if errors.Is(err, jetstream.ErrBucketNotFound) {
+			kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+				Bucket:      subjects.DevicesBucket,
+				Description: "Jotunheim device registry: one protojson Device per device id",
+				History:     4,
+				Storage:     jetstream.FileStorage,
+				Replicas:    s.cfg.Replicas,
+			})
+			if errors.Is(err, jetstream.ErrBucketExists) { // another replica won the race
+				kv, err = js.KeyValue(ctx, subjects.DevicesBucket)
+			}
 		}
-	}
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("jotunheim: open bucket %s (is JetStream enabled on the server?): %w", subjects.DevicesBucket, err)
 	}

@@ -79,15 +79,19 @@ func OpenRegistryConfig(ctx context.Context, nc *nats.Conn, log *slog.Logger, cf
 	}
 	// Open what exists: an operator may have changed the bucket (replicas in a
 	// cluster, say), and readers such as gateways need no right to change it.
-	kv, err := js.KeyValue(ctx, subjects.ToolsBucket)
+	var kv jetstream.KeyValue
 	created := false
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		kv, err = js.CreateKeyValue(ctx, kvc)
-		created = err == nil
-		if errors.Is(err, jetstream.ErrBucketExists) { // another replica won the race
-			kv, err = js.KeyValue(ctx, subjects.ToolsBucket)
+	err = replicas.Setup(ctx, log, subjects.ToolsBucket, func(ctx context.Context) (err error) {
+		kv, err = js.KeyValue(ctx, subjects.ToolsBucket)
+		if errors.Is(err, jetstream.ErrBucketNotFound) {
+			kv, err = js.CreateKeyValue(ctx, kvc)
+			created = err == nil
+			if errors.Is(err, jetstream.ErrBucketExists) { // another replica won the race
+				kv, err = js.KeyValue(ctx, subjects.ToolsBucket)
+			}
 		}
-	}
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("registry: open bucket %s (is JetStream enabled on the server?): %w", subjects.ToolsBucket, err)
 	}
