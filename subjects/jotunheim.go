@@ -36,6 +36,14 @@ const (
 	// entity ("ON", "OFF", "PRESS", a number), as Home Assistant sends it
 	// on an entity's command topic.
 	DeviceSet = "set"
+	// DeviceOTAOffer carries the platform's OTAOffer.
+	DeviceOTAOffer = "ota/offer"
+	// DeviceOTAGet carries the device's OTAChunkRequests.
+	DeviceOTAGet = "ota/get"
+	// DeviceOTAChunk carries the platform's OTAChunks.
+	DeviceOTAChunk = "ota/chunk"
+	// DeviceOTAProgress carries the device's OTAProgress reports.
+	DeviceOTAProgress = "ota/progress"
 )
 
 // Presence payloads on a device's status topic.
@@ -46,7 +54,8 @@ const (
 
 // deviceKinds are the kinds a device topic may end in (state takes an entity).
 var deviceKinds = []string{DeviceStatus, DeviceManifest, DeviceNegotiation, DeviceCapsGet, DeviceCmd,
-	DeviceResult, DeviceState, DeviceEvent, DeviceHeartbeat, DeviceCall, DeviceCallResult, DeviceSet}
+	DeviceResult, DeviceState, DeviceEvent, DeviceHeartbeat, DeviceCall, DeviceCallResult, DeviceSet,
+	DeviceOTAOffer, DeviceOTAGet, DeviceOTAChunk, DeviceOTAProgress}
 
 // entityKind reports whether topics of kind end in an entity.
 func entityKind(kind string) bool { return kind == DeviceState || kind == DeviceSet }
@@ -169,6 +178,20 @@ const (
 	DevicesCaps = DevicesPrefix + ".caps"
 	// DevicesRemove forgets a device: its record and its tools.
 	DevicesRemove = DevicesPrefix + ".remove"
+	// DevicesOTAPublish records a signed release whose binary an admin put
+	// in the firmware object store, after checking its signature.
+	DevicesOTAPublish = DevicesPrefix + ".ota.publish"
+	// DevicesOTAReleases answers the published releases.
+	DevicesOTAReleases = DevicesPrefix + ".ota.releases"
+	// DevicesOTARollout starts a rollout of a release to devices.
+	DevicesOTARollout = DevicesPrefix + ".ota.rollout"
+	// DevicesOTAStatus answers a rollout's state, or every rollout's.
+	DevicesOTAStatus = DevicesPrefix + ".ota.status"
+	// FirmwareBucket is the JetStream object store of release binaries.
+	FirmwareBucket = "jotunheim_firmware"
+	// OTABucket is the KV bucket of releases and rollouts (with each
+	// device's state in them).
+	OTABucket = "jotunheim_ota"
 	// DevicesEventsPrefix prefixes devices.events.<id>.<kind>.
 	DevicesEventsPrefix = DevicesPrefix + ".events"
 	// DevicesEventsAll matches every device event.
@@ -179,7 +202,7 @@ const (
 )
 
 // DeviceEventKinds are the kinds of device events the service publishes.
-var DeviceEventKinds = []string{"online", "offline", "manifest", "refused", "state", "event"}
+var DeviceEventKinds = []string{"online", "offline", "manifest", "refused", "state", "event", "ota"}
 
 // DeviceEventSubject returns devices.events.<id>.<kind>.
 func DeviceEventSubject(id, kind string) (string, error) {

@@ -324,8 +324,8 @@ func RolePermissions(r Role, inbox string, scope ...string) (Permissions, error)
 		pub := []string{replies, jsAccountInfo, "$KV.*.>", "$O.*.>",
 			jsAPI + ".STREAM.PURGE.*"}
 		pub = append(pub, jsStreamUse("*")...)
-		deny := []string{"$KV." + ToolsBucket + ".>", "$KV." + DevicesBucket + ".>"}
-		for _, s := range append([]string{toolsKV, kvStream(DevicesBucket)}, MQTTStreams...) {
+		deny := []string{"$KV." + ToolsBucket + ".>", "$KV." + DevicesBucket + ".>", "$KV." + OTABucket + ".>", "$O." + FirmwareBucket + ".>"}
+		for _, s := range append([]string{toolsKV, kvStream(DevicesBucket), kvStream(OTABucket), "OBJ_" + FirmwareBucket}, MQTTStreams...) {
 			deny = append(deny, jsStreamAll(s)...)
 		}
 		return Permissions{PubAllow: pub, PubDeny: deny,
@@ -352,19 +352,25 @@ func RolePermissions(r Role, inbox string, scope ...string) (Permissions, error)
 		// the topics they subscribe to, keeps device tools in the registry
 		// through Loki, runs the tools devices call, and owns its bucket.
 		var sub, pub []string
-		for _, k := range []string{DeviceStatus, DeviceManifest, DeviceResult, DeviceState, DeviceEvent, DeviceHeartbeat, DeviceCall} {
+		for _, k := range []string{DeviceStatus, DeviceManifest, DeviceResult, DeviceState, DeviceEvent, DeviceHeartbeat, DeviceCall,
+			DeviceOTAGet, DeviceOTAProgress} {
 			s, _ := DeviceSubjectAll(k)
 			sub = append(sub, s)
 		}
-		for _, k := range []string{DeviceNegotiation, DeviceCapsGet, DeviceCmd, DeviceCallResult} {
+		for _, k := range []string{DeviceNegotiation, DeviceCapsGet, DeviceCmd, DeviceCallResult, DeviceOTAOffer, DeviceOTAChunk} {
 			s, _ := DeviceSubjectAll(k)
 			pub = append(pub, s)
 		}
 		pub = append(pub, replies, DevicesEventsAll, LokiExecAll, LokiToolsList, LokiToolsGet, LokiToolsRegister,
 			LokiToolsUnregister, jsAccountInfo, "$KV."+DevicesBucket+".>")
 		pub = append(pub, jsStreamUse(kvStream(DevicesBucket))...)
+		// OTA: its release and rollout bucket, and the firmware object store
+		// (read: binaries are put there by an admin, then published).
+		pub = append(pub, "$KV."+OTABucket+".>", "$O."+FirmwareBucket+".>")
+		pub = append(pub, jsStreamUse(kvStream(OTABucket))...)
+		pub = append(pub, jsStreamUse("OBJ_"+FirmwareBucket)...)
 		// DevicesEventsAll: devices.caps hears a refusal another replica saw.
-		sub = append(sub, DevicesPrefix+".*", DevicesEventsAll, myInbox)
+		sub = append(sub, DevicesPrefix+".*", DevicesPrefix+".ota.*", DevicesEventsAll, myInbox)
 		return Permissions{PubAllow: pub, SubAllow: append(sub, srvSubs(JotunheimService)...)}, nil
 	case RoleAuth:
 		return Permissions{PubAllow: []string{replies},

@@ -193,6 +193,9 @@ func TestRolePermissionsConsequences(t *testing.T) {
 		{"publish a device's discovery config", false, "homeassistant.device.kitchen.config", []subjects.Role{subjects.RoleAdmin, subjects.RoleDevice, subjects.RoleHomeAssistant}},
 		{"publish another device's discovery config", false, "homeassistant.device.garage.config", []subjects.Role{subjects.RoleAdmin, subjects.RoleHomeAssistant}},
 		{"switch an entity from Home Assistant", false, "jotunheim.kitchen.set.led", []subjects.Role{subjects.RoleAdmin, subjects.RoleDevice, subjects.RoleHomeAssistant}},
+		{"offer a device an update", false, "jotunheim.kitchen.ota.offer", []subjects.Role{subjects.RoleAdmin, subjects.RoleDevice, subjects.RoleJotunheim}},
+		{"write the firmware store", false, "$O.jotunheim_firmware.C.abc", []subjects.Role{subjects.RoleAdmin, subjects.RoleJotunheim}},
+		{"write the rollouts", false, "$KV.jotunheim_ota.rollout.r1", []subjects.Role{subjects.RoleAdmin, subjects.RoleJotunheim}},
 		{"device root", false, "jotunheim.kitchen", []subjects.Role{subjects.RoleAdmin, subjects.RoleDevice}},
 		{"read every inbox", true, "_INBOX.>", []subjects.Role{subjects.RoleAdmin}},
 		{"read another's inbox", true, "_INBOX.UOTHER.x", []subjects.Role{subjects.RoleAdmin}},
@@ -202,6 +205,8 @@ func TestRolePermissionsConsequences(t *testing.T) {
 		{"read a device's states", true, "jotunheim.kitchen.state.led", []subjects.Role{subjects.RoleAdmin, subjects.RoleDevice, subjects.RoleJotunheim, subjects.RoleHomeAssistant}},
 		{"read commands to a device", true, "jotunheim.kitchen.cmd", []subjects.Role{subjects.RoleAdmin, subjects.RoleDevice}},
 		{"serve devices", true, "devices.cmd", []subjects.Role{subjects.RoleAdmin, subjects.RoleJotunheim}},
+		{"serve OTA", true, "devices.ota.rollout", []subjects.Role{subjects.RoleAdmin, subjects.RoleJotunheim}},
+		{"hear update progress", true, "jotunheim.kitchen.ota.progress", []subjects.Role{subjects.RoleAdmin, subjects.RoleDevice, subjects.RoleJotunheim}},
 		{"watch devices", true, "devices.events.kitchen.online", []subjects.Role{subjects.RoleAdmin, subjects.RoleClient, subjects.RoleGateway, subjects.RoleJotunheim}},
 		{"read readings", true, "readings.kitchen", []subjects.Role{subjects.RoleAdmin, subjects.RoleScriptMQTT}},
 	}

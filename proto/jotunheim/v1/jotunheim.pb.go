@@ -1649,6 +1649,311 @@ func (x *DeviceEvent) GetManifest() *Manifest {
 	return nil
 }
 
+// OTAOffer offers a release to a device.
+type OTAOffer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The rollout this offer belongs to, echoed in every request and report.
+	RolloutId string `protobuf:"bytes,1,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
+	// The release manifest in its canonical JSON form (devices/ota), exactly
+	// the bytes the signature covers after the signing context.
+	Manifest string `protobuf:"bytes,2,opt,name=manifest,proto3" json:"manifest,omitempty"`
+	// The ed25519 signature over the manifest.
+	Signature []byte `protobuf:"bytes,3,opt,name=signature,proto3" json:"signature,omitempty"`
+	// Largest chunk the platform sends.
+	ChunkBytes uint32 `protobuf:"varint,4,opt,name=chunk_bytes,json=chunkBytes,proto3" json:"chunk_bytes,omitempty"`
+	// Seconds the new version has to prove healthy (reconnect, accepted
+	// manifest, board answering) before it commits; else it rolls back.
+	HealthWindowSeconds uint32 `protobuf:"varint,5,opt,name=health_window_seconds,json=healthWindowSeconds,proto3" json:"health_window_seconds,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *OTAOffer) Reset() {
+	*x = OTAOffer{}
+	mi := &file_jotunheim_v1_jotunheim_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OTAOffer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OTAOffer) ProtoMessage() {}
+
+func (x *OTAOffer) ProtoReflect() protoreflect.Message {
+	mi := &file_jotunheim_v1_jotunheim_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OTAOffer.ProtoReflect.Descriptor instead.
+func (*OTAOffer) Descriptor() ([]byte, []int) {
+	return file_jotunheim_v1_jotunheim_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *OTAOffer) GetRolloutId() string {
+	if x != nil {
+		return x.RolloutId
+	}
+	return ""
+}
+
+func (x *OTAOffer) GetManifest() string {
+	if x != nil {
+		return x.Manifest
+	}
+	return ""
+}
+
+func (x *OTAOffer) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+func (x *OTAOffer) GetChunkBytes() uint32 {
+	if x != nil {
+		return x.ChunkBytes
+	}
+	return 0
+}
+
+func (x *OTAOffer) GetHealthWindowSeconds() uint32 {
+	if x != nil {
+		return x.HealthWindowSeconds
+	}
+	return 0
+}
+
+// OTAChunkRequest asks for length bytes of the offered binary at offset.
+type OTAChunkRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RolloutId     string                 `protobuf:"bytes,1,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
+	Offset        uint64                 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	Length        uint32                 `protobuf:"varint,3,opt,name=length,proto3" json:"length,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OTAChunkRequest) Reset() {
+	*x = OTAChunkRequest{}
+	mi := &file_jotunheim_v1_jotunheim_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OTAChunkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OTAChunkRequest) ProtoMessage() {}
+
+func (x *OTAChunkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_jotunheim_v1_jotunheim_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OTAChunkRequest.ProtoReflect.Descriptor instead.
+func (*OTAChunkRequest) Descriptor() ([]byte, []int) {
+	return file_jotunheim_v1_jotunheim_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *OTAChunkRequest) GetRolloutId() string {
+	if x != nil {
+		return x.RolloutId
+	}
+	return ""
+}
+
+func (x *OTAChunkRequest) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *OTAChunkRequest) GetLength() uint32 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
+// OTAChunk answers an OTAChunkRequest; an error ends the download.
+type OTAChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RolloutId     string                 `protobuf:"bytes,1,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
+	Offset        uint64                 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	Data          []byte                 `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
+	Error         string                 `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OTAChunk) Reset() {
+	*x = OTAChunk{}
+	mi := &file_jotunheim_v1_jotunheim_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OTAChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OTAChunk) ProtoMessage() {}
+
+func (x *OTAChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_jotunheim_v1_jotunheim_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OTAChunk.ProtoReflect.Descriptor instead.
+func (*OTAChunk) Descriptor() ([]byte, []int) {
+	return file_jotunheim_v1_jotunheim_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *OTAChunk) GetRolloutId() string {
+	if x != nil {
+		return x.RolloutId
+	}
+	return ""
+}
+
+func (x *OTAChunk) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *OTAChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *OTAChunk) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+// OTAProgress is a device's report of one phase of an update.
+type OTAProgress struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RolloutId string                 `protobuf:"bytes,1,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
+	// The release's version.
+	Version string `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	// checking, downloading, verifying, installing, restarting, committed,
+	// rolled_back, refused, failed.
+	Phase string `protobuf:"bytes,3,opt,name=phase,proto3" json:"phase,omitempty"`
+	// For downloading: 0..100.
+	Percent uint32 `protobuf:"varint,4,opt,name=percent,proto3" json:"percent,omitempty"`
+	// Why a release was refused, failed or rolled back.
+	Reason string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The version running when this was sent.
+	RunningVersion string `protobuf:"bytes,6,opt,name=running_version,json=runningVersion,proto3" json:"running_version,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *OTAProgress) Reset() {
+	*x = OTAProgress{}
+	mi := &file_jotunheim_v1_jotunheim_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OTAProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OTAProgress) ProtoMessage() {}
+
+func (x *OTAProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_jotunheim_v1_jotunheim_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OTAProgress.ProtoReflect.Descriptor instead.
+func (*OTAProgress) Descriptor() ([]byte, []int) {
+	return file_jotunheim_v1_jotunheim_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *OTAProgress) GetRolloutId() string {
+	if x != nil {
+		return x.RolloutId
+	}
+	return ""
+}
+
+func (x *OTAProgress) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *OTAProgress) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *OTAProgress) GetPercent() uint32 {
+	if x != nil {
+		return x.Percent
+	}
+	return 0
+}
+
+func (x *OTAProgress) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *OTAProgress) GetRunningVersion() string {
+	if x != nil {
+		return x.RunningVersion
+	}
+	return ""
+}
+
 var File_jotunheim_v1_jotunheim_proto protoreflect.FileDescriptor
 
 const file_jotunheim_v1_jotunheim_proto_rawDesc = "" +
@@ -1786,7 +2091,34 @@ const file_jotunheim_v1_jotunheim_proto_rawDesc = "" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12)\n" +
 	"\x05state\x18\x05 \x01(\v2\x13.jotunheim.v1.StateR\x05state\x12)\n" +
 	"\x05event\x18\x06 \x01(\v2\x13.jotunheim.v1.EventR\x05event\x122\n" +
-	"\bmanifest\x18\a \x01(\v2\x16.jotunheim.v1.ManifestR\bmanifestB9Z7github.com/loki-iot/loki/proto/jotunheim/v1;jotunheimv1b\x06proto3"
+	"\bmanifest\x18\a \x01(\v2\x16.jotunheim.v1.ManifestR\bmanifest\"\xb8\x01\n" +
+	"\bOTAOffer\x12\x1d\n" +
+	"\n" +
+	"rollout_id\x18\x01 \x01(\tR\trolloutId\x12\x1a\n" +
+	"\bmanifest\x18\x02 \x01(\tR\bmanifest\x12\x1c\n" +
+	"\tsignature\x18\x03 \x01(\fR\tsignature\x12\x1f\n" +
+	"\vchunk_bytes\x18\x04 \x01(\rR\n" +
+	"chunkBytes\x122\n" +
+	"\x15health_window_seconds\x18\x05 \x01(\rR\x13healthWindowSeconds\"`\n" +
+	"\x0fOTAChunkRequest\x12\x1d\n" +
+	"\n" +
+	"rollout_id\x18\x01 \x01(\tR\trolloutId\x12\x16\n" +
+	"\x06offset\x18\x02 \x01(\x04R\x06offset\x12\x16\n" +
+	"\x06length\x18\x03 \x01(\rR\x06length\"k\n" +
+	"\bOTAChunk\x12\x1d\n" +
+	"\n" +
+	"rollout_id\x18\x01 \x01(\tR\trolloutId\x12\x16\n" +
+	"\x06offset\x18\x02 \x01(\x04R\x06offset\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\x12\x14\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\"\xb7\x01\n" +
+	"\vOTAProgress\x12\x1d\n" +
+	"\n" +
+	"rollout_id\x18\x01 \x01(\tR\trolloutId\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\x12\x14\n" +
+	"\x05phase\x18\x03 \x01(\tR\x05phase\x12\x18\n" +
+	"\apercent\x18\x04 \x01(\rR\apercent\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12'\n" +
+	"\x0frunning_version\x18\x06 \x01(\tR\x0erunningVersionB9Z7github.com/loki-iot/loki/proto/jotunheim/v1;jotunheimv1b\x06proto3"
 
 var (
 	file_jotunheim_v1_jotunheim_proto_rawDescOnce sync.Once
@@ -1801,7 +2133,7 @@ func file_jotunheim_v1_jotunheim_proto_rawDescGZIP() []byte {
 }
 
 var file_jotunheim_v1_jotunheim_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_jotunheim_v1_jotunheim_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_jotunheim_v1_jotunheim_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_jotunheim_v1_jotunheim_proto_goTypes = []any{
 	(Manifest_Reason)(0),    // 0: jotunheim.v1.Manifest.Reason
 	(*ProtocolVersion)(nil), // 1: jotunheim.v1.ProtocolVersion
@@ -1824,8 +2156,12 @@ var file_jotunheim_v1_jotunheim_proto_goTypes = []any{
 	(*DeviceRequest)(nil),   // 18: jotunheim.v1.DeviceRequest
 	(*CommandRequest)(nil),  // 19: jotunheim.v1.CommandRequest
 	(*DeviceEvent)(nil),     // 20: jotunheim.v1.DeviceEvent
-	(*structpb.Struct)(nil), // 21: google.protobuf.Struct
-	(*structpb.Value)(nil),  // 22: google.protobuf.Value
+	(*OTAOffer)(nil),        // 21: jotunheim.v1.OTAOffer
+	(*OTAChunkRequest)(nil), // 22: jotunheim.v1.OTAChunkRequest
+	(*OTAChunk)(nil),        // 23: jotunheim.v1.OTAChunk
+	(*OTAProgress)(nil),     // 24: jotunheim.v1.OTAProgress
+	(*structpb.Struct)(nil), // 25: google.protobuf.Struct
+	(*structpb.Value)(nil),  // 26: google.protobuf.Value
 }
 var file_jotunheim_v1_jotunheim_proto_depIdxs = []int32{
 	1,  // 0: jotunheim.v1.Manifest.protocol:type_name -> jotunheim.v1.ProtocolVersion
@@ -1835,12 +2171,12 @@ var file_jotunheim_v1_jotunheim_proto_depIdxs = []int32{
 	6,  // 4: jotunheim.v1.Manifest.limits:type_name -> jotunheim.v1.Limits
 	0,  // 5: jotunheim.v1.Manifest.reason:type_name -> jotunheim.v1.Manifest.Reason
 	1,  // 6: jotunheim.v1.Negotiation.platform_protocol:type_name -> jotunheim.v1.ProtocolVersion
-	21, // 7: jotunheim.v1.Command.args:type_name -> google.protobuf.Struct
-	22, // 8: jotunheim.v1.CommandResult.data:type_name -> google.protobuf.Value
-	22, // 9: jotunheim.v1.State.value:type_name -> google.protobuf.Value
-	22, // 10: jotunheim.v1.Event.data:type_name -> google.protobuf.Value
-	21, // 11: jotunheim.v1.ToolCall.args:type_name -> google.protobuf.Struct
-	22, // 12: jotunheim.v1.ToolResult.result:type_name -> google.protobuf.Value
+	25, // 7: jotunheim.v1.Command.args:type_name -> google.protobuf.Struct
+	26, // 8: jotunheim.v1.CommandResult.data:type_name -> google.protobuf.Value
+	26, // 9: jotunheim.v1.State.value:type_name -> google.protobuf.Value
+	26, // 10: jotunheim.v1.Event.data:type_name -> google.protobuf.Value
+	25, // 11: jotunheim.v1.ToolCall.args:type_name -> google.protobuf.Struct
+	26, // 12: jotunheim.v1.ToolResult.result:type_name -> google.protobuf.Value
 	2,  // 13: jotunheim.v1.Device.manifest:type_name -> jotunheim.v1.Manifest
 	16, // 14: jotunheim.v1.DeviceList.devices:type_name -> jotunheim.v1.Device
 	9,  // 15: jotunheim.v1.CommandRequest.command:type_name -> jotunheim.v1.Command
@@ -1866,7 +2202,7 @@ func file_jotunheim_v1_jotunheim_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_jotunheim_v1_jotunheim_proto_rawDesc), len(file_jotunheim_v1_jotunheim_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   20,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
