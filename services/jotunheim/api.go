@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -67,9 +66,7 @@ func (s *Service) handleList(ctx context.Context, r *microsvc.Request) ([]byte, 
 	// Each record is encoded on its own, so that a list larger than one
 	// message can go out in parts (a record holds its manifest: the list
 	// of 1,000 sim devices is past NATS's default 1 MiB).
-	var parts [][]byte
-	var part []byte
-	limit := int(s.nc.MaxPayload()) - listOverhead
+	items := make([][]byte, 0, len(ids))
 	for _, id := range ids {
 		d := s.cached(id)
 		if d == nil {
@@ -79,38 +76,13 @@ func (s *Service) handleList(ctx context.Context, r *microsvc.Request) ([]byte, 
 		if err != nil {
 			return nil, nil, fmt.Errorf("encode device %q: %w", id, err)
 		}
-		if len(part) > 0 && len(part)+len(b)+1 > limit {
-			parts = append(parts, part)
-			part = nil
-		}
-		if len(part) > 0 {
-			part = append(part, ',')
-		}
-		part = append(part, b...)
+		items = append(items, b)
 	}
-	parts = append(parts, part)
-	wrap := func(p []byte) []byte { return append(append([]byte(`{"devices":[`), p...), "]}"...) }
-	if len(parts) == 1 {
-		return wrap(parts[0]), nil, nil
-	}
-	if r.Header().Get(HeaderChunks) == "" {
-		return nil, nil, fault.New(fault.ResourceExhausted,
-			"the list of %d devices takes %d messages: ask with the header %s: 1 to get it in parts (jotunheim.Client does), or devices.get one device",
-			len(ids), len(parts), HeaderChunks)
-	}
-	for i, p := range parts[:len(parts)-1] {
-		m := nats.NewMsg("")
-		m.Header.Set(HeaderChunks, strconv.Itoa(i+1))
-		m.Data = wrap(p)
-		if err := r.Publish(m); err != nil {
-			return nil, nil, fault.Wrap(fault.Unavailable, err, "send part %d of the device list: %v", i+1, err)
-		}
-	}
-	return wrap(parts[len(parts)-1]), nil, nil
+	b, err := microsvc.Parts{Field: "devices", Ask: HeaderChunks, Part: HeaderChunks, What: "devices",
+		Instead: "devices.get one device (jotunheim.Client asks for parts)",
+		Limit: int(s.nc.MaxPayload()) - microsvc.PartsOverhead}.Reply(r, items)
+	return b, nil, err
 }
-
-// listOverhead is room in a message for the list's wrapping and headers.
-const listOverhead = 4 << 10
 
 func (s *Service) handleGet(ctx context.Context, r *microsvc.Request) ([]byte, nats.Header, error) {
 	id, err := deviceRequest(r.Data())

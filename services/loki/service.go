@@ -377,47 +377,20 @@ func (s *Service) publishEvent(tool *Compiled, ev *event) {
 // the final reply holds the rest. A caller that did not ask gets
 // RESOURCE_EXHAUSTED naming the header, never a reply NATS drops.
 func (s *Service) handleList(_ context.Context, r *microsvc.Request) ([]byte, nats.Header, error) {
-	var parts [][]byte
-	var part []byte
-	limit := int(s.nc.MaxPayload()) - listOverhead
 	tools := s.reg.List()
+	items := make([][]byte, 0, len(tools))
 	for _, c := range tools {
 		b, err := protojson.Marshal(c.Def)
 		if err != nil {
 			return nil, nil, fmt.Errorf("encode tool %q: %w", c.Def.GetName(), err)
 		}
-		if len(part) > 0 && len(part)+len(b)+1 > limit {
-			parts = append(parts, part)
-			part = nil
-		}
-		if len(part) > 0 {
-			part = append(part, ',')
-		}
-		part = append(part, b...)
+		items = append(items, b)
 	}
-	parts = append(parts, part)
-	wrap := func(p []byte) []byte { return append(append([]byte(`{"tools":[`), p...), "]}"...) }
-	if len(parts) == 1 {
-		return wrap(parts[0]), nil, nil
-	}
-	if r.Header().Get(HeaderStream) == "" {
-		return nil, nil, fault.New(fault.ResourceExhausted,
-			"the list of %d tools takes %d messages: ask with the header %s: 1 to get it in parts (loki.Client does), or loki.tools.get one tool",
-			len(tools), len(parts), HeaderStream)
-	}
-	for i, p := range parts[:len(parts)-1] {
-		m := nats.NewMsg("")
-		m.Header.Set(HeaderChunk, strconv.Itoa(i+1))
-		m.Data = wrap(p)
-		if err := r.Publish(m); err != nil {
-			return nil, nil, fault.Wrap(fault.Unavailable, err, "send part %d of the tool list: %v", i+1, err)
-		}
-	}
-	return wrap(parts[len(parts)-1]), nil, nil
+	b, err := microsvc.Parts{Field: "tools", Ask: HeaderStream, Part: HeaderChunk, What: "tools",
+		Instead: "loki.tools.get one tool (loki.Client asks for parts)",
+		Limit: int(s.nc.MaxPayload()) - microsvc.PartsOverhead}.Reply(r, items)
+	return b, nil, err
 }
-
-// listOverhead is room in a message for the list's wrapping and headers.
-const listOverhead = 4 << 10
 
 func (s *Service) handleGet(_ context.Context, r *microsvc.Request) ([]byte, nats.Header, error) {
 	name := string(r.Data())
