@@ -90,7 +90,31 @@ func (r *Request) Publish(m *nats.Msg) error {
 		return nil
 	}
 	m.Subject = r.msg.Reply
+	if err := tooBig(r.nc, "a message", m.Data, m.Header); err != nil {
+		return err
+	}
 	return r.nc.PublishMsg(m)
+}
+
+// tooBig is RESOURCE_EXHAUSTED when data and hdr would not fit in one
+// message on nc: NATS refuses such a message at the publisher, so the
+// caller would otherwise wait out its deadline for a reply that never
+// comes, and report a call that succeeded as timed out.
+func tooBig(nc *nats.Conn, what string, data []byte, hdr nats.Header) error {
+	limit := nc.MaxPayload()
+	size := int64(len(data))
+	if hdr != nil {
+		size += int64(len("NATS/1.0\r\n\r\n"))
+		for k, vs := range hdr {
+			for _, v := range vs {
+				size += int64(len(k) + len(v) + 4)
+			}
+		}
+	}
+	if limit > 0 && size > limit {
+		return fault.New(fault.ResourceExhausted, "%s of %d bytes is over the %d-byte message limit of the NATS server", what, size, limit)
+	}
+	return nil
 }
 
 // Handler answers one request. A nil error sends data (with hdr, which may be
@@ -337,6 +361,10 @@ func (s *Service) serve(ep *endpoint, r *Request) {
 	ep.busy.Add(1)
 	start := time.Now()
 	data, hdr, err := s.call(ep, r)
+	if err == nil && r.msg.Reply != "" {
+		// A reply too big to send is this request's error, counted as one.
+		err = tooBig(s.nc, "the reply", data, hdr)
+	}
 	elapsed := time.Since(start)
 	// Record before replying: a caller that asks for STATS after its reply
 	// must find its own request counted.

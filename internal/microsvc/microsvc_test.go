@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/loki-iot/loki/internal/fault"
 	"github.com/loki-iot/loki/internal/microsvc"
+	"github.com/loki-iot/loki/internal/natsrv"
 	"github.com/loki-iot/loki/internal/natstest"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
@@ -256,5 +258,40 @@ func TestStartRefusesNonSemverVersion(t *testing.T) {
 		if _, err := microsvc.Start(nc, microsvc.Config{Name: "svc", Version: v}, slog.New(slog.NewTextHandler(io.Discard, nil))); err == nil {
 			t.Errorf("version %q: got a service, want an error", v)
 		}
+	}
+}
+
+// TestRepliesNeverVanish: a reply, or a streamed message, larger than the
+// server's message limit becomes RESOURCE_EXHAUSTED naming the size and the
+// limit, at once, instead of a reply NATS refuses to send and a caller that
+// waits out its deadline.
+func TestRepliesNeverVanish(t *testing.T) {
+	srv := natstest.Start(t, func(c *natsrv.Config) { c.MaxPayload = 16 << 10 })
+	nc := natstest.Connect(t, srv)
+	big := make([]byte, 20<<10)
+	svc := start(t, nc,
+		microsvc.Endpoint{Name: "big", Subject: "svc.big",
+			Handler: func(context.Context, *microsvc.Request) ([]byte, nats.Header, error) { return big, nil, nil }},
+		microsvc.Endpoint{Name: "chunk", Subject: "svc.chunk",
+			Handler: func(_ context.Context, r *microsvc.Request) ([]byte, nats.Header, error) {
+				if err := r.Publish(&nats.Msg{Data: big}); err != nil {
+					return nil, nil, err
+				}
+				return []byte("done"), nil, nil
+			}})
+	defer svc.Stop(time.Second)
+	caller := natstest.Connect(t, srv)
+	for _, subj := range []string{"svc.big", "svc.chunk"} {
+		m, err := caller.Request(subj, nil, 10*time.Second)
+		if err != nil {
+			t.Fatalf("%s: %v (the reply vanished)", subj, err)
+		}
+		code, msg := m.Header.Get(micro.ErrorCodeHeader), m.Header.Get(micro.ErrorHeader)
+		if code != string(fault.ResourceExhausted) || !strings.Contains(msg, "20480 bytes") || !strings.Contains(msg, "16384-byte") {
+			t.Fatalf("%s: got %q %q, want RESOURCE_EXHAUSTED naming 20480 bytes and the 16384-byte limit", subj, code, msg)
+		}
+	}
+	if st := svc.Stats(); st.Endpoints[0].NumErrors != 1 {
+		t.Fatalf("the oversized reply is not counted as an error: %+v", st.Endpoints[0])
 	}
 }

@@ -804,3 +804,35 @@ func TestListPastOneMessage(t *testing.T) {
 		t.Fatalf("a plain request: got code %q (%s), want RESOURCE_EXHAUSTED naming %s", code, m.Header.Get("Nats-Service-Error"), loki.HeaderStream)
 	}
 }
+
+// TestResultsNeverVanish: a result, or an emit() chunk, larger than the
+// server's message limit is RESOURCE_EXHAUSTED naming the size and the
+// limit, at once, not a reply NATS drops and a caller that reports a
+// successful script as DEADLINE_EXCEEDED.
+func TestResultsNeverVanish(t *testing.T) {
+	srv := natstest.Start(t, func(c *natsrv.Config) { c.MaxPayload = 16 << 10 })
+	nc := natstest.Connect(t, srv)
+	registerTools(t, nc, `
+[[tools]]
+name = "big"
+returns = "string"
+script = "return string.rep('x', 20000)"
+
+[[tools]]
+name = "big_chunk"
+returns = "integer"
+script = "emit(string.rep('x', 20000)) return 1"
+`)
+	startLoki(t, srv, loki.Config{})
+	c := loki.NewClient(nc)
+	_, err := call(t, c, "big", `{}`)
+	if fault.CodeOf(err) != fault.ResourceExhausted || !strings.Contains(fault.MessageOf(err), "16384-byte") {
+		t.Fatalf("big result: got %v, want RESOURCE_EXHAUSTED naming the 16384-byte limit", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err = c.Stream(ctx, "big_chunk", []byte(`{}`), func(loki.Chunk) error { return nil })
+	if fault.CodeOf(err) != fault.ResourceExhausted || !strings.Contains(fault.MessageOf(err), "16384-byte") {
+		t.Fatalf("big chunk: got %v, want RESOURCE_EXHAUSTED naming the 16384-byte limit", err)
+	}
+}
