@@ -45,9 +45,11 @@ import (
 //   - The `..` operator and table constructors allocate before the next
 //     instruction check: `s = s .. s` doubles memory per iteration, so a
 //     script reaches gigabytes within a few dozen instructions.
-//   - Assigning t[n] for an integer n below lua.MaxArrayIndex (2^26) grows
-//     the array part to n in one step (up to 1 GiB); table.insert(t, n, v)
-//     likewise.
+//   - Assigning t[n] for an integer n below lua.MaxArrayIndex grows the
+//     array part to n in one step; table.insert(t, n, v) likewise. The
+//     engine lowers gopher-lua's 2^26 (1 GiB of nils in one instruction) to
+//     maxArrayIndex (2^20: at most 16 MiB); larger keys go to the hash part,
+//     one entry each, which Lua's semantics cannot tell apart.
 //   - string.byte, unpack and string.char are bounded only by the value
 //     stack (RegistryMaxSize, 65536 values), and string.len/sub/reverse,
 //     tostring and comparisons are linear in their inputs, which are bounded
@@ -55,6 +57,13 @@ import (
 //   - Module functions run Go code and must honour Call.Ctx themselves.
 
 const maxDateFormat = 256
+
+// maxArrayIndex bounds the array part of every Lua table. gopher-lua's
+// bound is a package variable, so this is set once for the process; the
+// engine is the only user of gopher-lua in it.
+const maxArrayIndex = 1 << 20
+
+func init() { lua.MaxArrayIndex = maxArrayIndex }
 
 // raise raises a Lua error "<where>: CODE: message" that Run maps back to
 // code; scripts can catch it with pcall.

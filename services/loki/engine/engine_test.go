@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -874,4 +875,29 @@ func TestConcurrent(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// TestSparseIndexDoesNotAllocateTheGap: assigning a huge integer key (or
+// table.insert at a huge position) is one VM instruction, which no
+// deadline can interrupt; it must not allocate an array up to that index.
+// With gopher-lua's own bound it allocated 1 GiB of nils for t[2^26-1].
+func TestSparseIndexDoesNotAllocateTheGap(t *testing.T) {
+	en := engine.New(engine.Config{}, nil)
+	tests := []struct{ name, src string }{
+		{"sparse assignment", "local t = {} t[67108863] = true return t[67108863]"},
+		{"table.insert at a huge position", "local t = {} table.insert(t, 67108863, true) return t[67108863]"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			if got := mustRun(t, en, tc.src); got != "true" {
+				t.Fatalf("got %s, want true", got)
+			}
+			runtime.ReadMemStats(&after)
+			if grew := after.TotalAlloc - before.TotalAlloc; grew > 64<<20 {
+				t.Fatalf("the call allocated %d MiB, want far less than the 1 GiB an array up to the index takes", grew>>20)
+			}
+		})
+	}
 }
