@@ -19,6 +19,7 @@ import (
 	"syscall"
 
 	"github.com/loki-iot/loki/devices/jotunheim"
+	"github.com/loki-iot/loki/devices/ota"
 )
 
 const usage = `jotunheim is the Jotunheim device agent: it connects a board's sensors and
@@ -43,6 +44,12 @@ without any, the login 'loki auth add-device ID' saved in the Loki data dir
 A reboot command makes the agent reply, publish offline and re-execute
 itself (same arguments, same process id under a supervisor).
 
+OTA updates ([ota] in the config, docs/OTA.md): the agent must run as
+<ota dir>/current (systemd: ExecStart=/var/lib/jotunheim/ota/current --config
+…). At start it finishes or undoes an interrupted install, counts the start
+of a new release and rolls back one past its boot limit; after an install
+or a rollback it re-executes <ota dir>/current.
+
 Exit codes: 0 stopped by a signal, --help or --version; 1 the agent failed or
 the platform refused it; 2 a usage or configuration mistake.
 
@@ -62,7 +69,7 @@ func run(args []string, stderr io.Writer) int {
 	var o options
 	fs := flag.NewFlagSet("jotunheim", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.config, "config", "", "config `FILE` (TOML: [device], [transport], [board], [resilience], [limits], [telemetry], [homeassistant])")
+	fs.StringVar(&o.config, "config", "", "config `FILE` (TOML: [device], [transport], [board], [resilience], [limits], [telemetry], [homeassistant], [ota])")
 	fs.BoolVar(&o.sim, "sim", false, "use the simulated board")
 	fs.StringVar(&o.board, "board", "", "board `FILE`: a [[boards]] TOML in Fenrir's format (its one board)")
 	fs.StringVar(&o.id, "id", "", "device `ID`: 1 to 64 of [A-Za-z0-9_-]")
@@ -101,7 +108,21 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "jotunheim: %v\nRun 'jotunheim --help' for usage.\n", err)
 		return 2
 	}
-	agent, err := jotunheim.New(cfg, log, jotunheim.WithLevelVar(level))
+	opts := []jotunheim.Option{jotunheim.WithLevelVar(level)}
+	exe := "" // what a restart execs: the OTA current, else this binary
+	if cfg.OTA.Dir != "" {
+		inst, err := bootOTA(cfg, log)
+		if err != nil {
+			fmt.Fprintf(stderr, "jotunheim: ota: %v\n", err)
+			return 1
+		}
+		if inst == nil {
+			return 1 // the exec failed; bootOTA said why
+		}
+		exe = inst.Current()
+		opts = append(opts, jotunheim.WithOTA(inst))
+	}
+	agent, err := jotunheim.New(cfg, log, opts...)
 	if err != nil {
 		fmt.Fprintf(stderr, "jotunheim: %v\n", err)
 		if errors.Is(err, jotunheim.ErrConfig) {
@@ -121,9 +142,9 @@ func run(args []string, stderr io.Writer) int {
 	switch {
 	case err == nil:
 		return 0
-	case errors.Is(err, jotunheim.ErrReboot):
-		log.Info("restarting")
-		if err := reexec(); err != nil {
+	case errors.Is(err, jotunheim.ErrReboot), errors.Is(err, jotunheim.ErrUpdated):
+		log.Info("restarting", "binary", exe)
+		if err := reexec(exe); err != nil {
 			fmt.Fprintf(stderr, "jotunheim: reboot: %v\n", err)
 			return 1
 		}
@@ -131,6 +152,46 @@ func run(args []string, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "jotunheim: %v\n", err)
 	return 1
+}
+
+// bootOTA opens the OTA directory and runs Boot: it finishes or undoes
+// an interrupted install, counts this start of a release on trial and
+// rolls back one past its boot limit, in which case it execs the rolled
+// back current at once (and returns nil, nil only when that failed).
+func bootOTA(cfg jotunheim.Config, log *slog.Logger) (*ota.Installer, error) {
+	inst, err := ota.Open(cfg.OTA.Dir, ota.WithBootLimit(cfg.OTA.BootLimit), ota.WithFactory(jotunheim.FirmwareVersion, 0))
+	if err != nil {
+		return nil, err
+	}
+	if self, err := os.Executable(); err == nil {
+		a, aerr := os.Stat(self)
+		b, berr := os.Stat(inst.Current())
+		if aerr != nil || berr != nil || !os.SameFile(a, b) {
+			log.Warn("not running as the OTA current binary: an update takes effect at the next restart into it",
+				"running", self, "current", inst.Current())
+		}
+	}
+	d, err := inst.Boot()
+	if err != nil {
+		// current is still a verified binary: run on, say so.
+		log.Error("ota: boot check failed; running on", "err", err)
+		return inst, nil
+	}
+	if d.Reexec {
+		log.Warn("ota: current was rolled back; restarting into it", "reason", rollbackReason(d))
+		if err := reexec(inst.Current()); err != nil {
+			log.Error("ota: exec current", "err", err)
+			return nil, nil
+		}
+	}
+	return inst, nil
+}
+
+func rollbackReason(d ota.Decision) string {
+	if d.RolledBack != nil {
+		return d.RolledBack.Reason
+	}
+	return "an interrupted rollback was finished"
 }
 
 // loadConfig builds the config: the file (if any) over the defaults, then

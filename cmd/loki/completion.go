@@ -26,6 +26,7 @@ func buildCompletionSpec(ctx context.Context) completionSpec {
 			"auth":       {"add", "add-device", "list", "revoke", "export", "context"},
 			"tools":      toolsCommands,
 			"devices":    devicesCommands,
+			"ota":        otaCommands,
 			"completion": {"bash", "zsh", "fish"},
 			"help":       commands,
 		},
@@ -43,7 +44,7 @@ func buildCompletionSpec(ctx context.Context) completionSpec {
 		fs, _ := probeFlags(ctx, c)
 		sp.flags[c] = names(fs)
 	}
-	for _, c := range []string{"serve", "auth", "tools", "devices"} {
+	for _, c := range []string{"serve", "auth", "tools", "devices", "ota"} {
 		for _, sub := range sp.subs[c] {
 			fs, _ := probeFlags(ctx, c, sub)
 			sp.flags[c+" "+sub] = names(fs)

@@ -209,6 +209,12 @@ func loadServiceConfig(path, dataDir string) (serviceConfig, error) {
 	if err := cfg.Jotunheim.Validate(); err != nil {
 		return cfg, fmt.Errorf("service config %s: [jotunheim]: %w", orDefault(path), err)
 	}
+	// [jotunheim] ota_keys, like [nats]'s files, are relative to the config file.
+	for i, k := range cfg.Jotunheim.OTAKeys {
+		if !filepath.IsAbs(k) {
+			cfg.Jotunheim.OTAKeys[i] = filepath.Join(filepath.Dir(path), k)
+		}
+	}
 	if err := cfg.Gateway.Validate(); err != nil {
 		return cfg, fmt.Errorf("service config %s: [gateway]: %w", orDefault(path), err)
 	}

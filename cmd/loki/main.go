@@ -4,6 +4,7 @@
 //	loki serve loki             run one component against an external NATS server
 //	loki tools | call | events  client commands
 //	loki devices                Jotunheim devices: list, show, cmd, watch, rm
+//	loki ota                    signed device updates: keygen, sign, publish, rollout, status
 //	loki bench                  measure Loki against raw NATS request/reply
 package main
 
@@ -34,6 +35,7 @@ Usage:
   loki call TOOL [key=value ...]  call a tool and print its JSON result
   loki events [flags]             print script events as they happen
   loki devices [flags]            list devices (show ID, cmd ID NAME [k=v ...], watch [ID], rm ID)
+  loki ota COMMAND [flags]        signed device updates: keygen, sign, publish, releases, rollout, status
   loki auth COMMAND [flags]       manage bus identities: add, add-device, list, revoke, export, context
   loki bench [flags]              benchmark tool calls against a raw NATS echo
   loki completion bash|zsh|fish   print a shell completion script
@@ -118,7 +120,7 @@ func main() {
 }
 
 // commands are the top-level commands, in the order help lists them.
-var commands = []string{"up", "serve", "tools", "call", "events", "devices", "auth", "bench", "completion", "version", "help"}
+var commands = []string{"up", "serve", "tools", "call", "events", "devices", "ota", "auth", "bench", "completion", "version", "help"}
 
 // run runs one command line. Help requests print to stdout and return nil;
 // usage mistakes return an exitError with code 2 and a hint; nothing is
@@ -187,6 +189,8 @@ func handler(cmd string) (func(ctx context.Context, args []string, stdout, stder
 		return cmdEvents, true
 	case "devices":
 		return cmdDevices, true
+	case "ota":
+		return cmdOTA, true
 	case "bench":
 		return cmdBench, true
 	case "auth":

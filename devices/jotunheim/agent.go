@@ -27,6 +27,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/loki-iot/loki/devices/ota"
 	jv1 "github.com/loki-iot/loki/proto/jotunheim/v1"
 	"github.com/loki-iot/loki/subjects"
 )
@@ -41,6 +42,10 @@ var (
 	// replied and published offline: the caller restarts the agent
 	// (cmd/jotunheim re-executes itself).
 	ErrReboot = errors.New("reboot requested")
+	// ErrUpdated is Run's answer after an OTA install or rollback replaced
+	// the binary in the OTA directory (ota.go): the caller execs that
+	// binary (cmd/jotunheim execs ota.Installer.Current, not os.Args[0]).
+	ErrUpdated = errors.New("the agent's binary was replaced: restart into it")
 	// errNotConnected is a publish without a connection.
 	errNotConnected = errors.New("not connected to the platform")
 )
@@ -116,6 +121,9 @@ type Agent struct {
 	topics  topics
 
 	hw *hw // the board; swapped by UpdateBoard
+
+	otaInst *ota.Installer // WithOTA
+	ota     *otaAgent      // nil without [ota] (ota.go)
 
 	mu         sync.Mutex
 	settings   Settings
@@ -195,6 +203,9 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Agent, error) {
 	if err := checkDiagNames(board); err != nil {
 		return nil, err
 	}
+	if err := a.openOTA(); err != nil {
+		return nil, err
+	}
 	if a.spool, err = openSpool(cfg, a.log); err != nil {
 		return nil, err
 	}
@@ -257,7 +268,8 @@ func (a *Agent) Stats() Stats {
 // Run connects and serves until ctx ends, reconnecting forever with
 // backoff. On ctx's end it publishes offline, disconnects, closes the board
 // and returns nil. It returns an error wrapping ErrRefused when the
-// platform refuses the device, and ErrReboot after a reboot command.
+// platform refuses the device, ErrReboot after a reboot command, and
+// ErrUpdated after an OTA install or rollback.
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.hw.close()
 	defer a.spool.close()
@@ -269,16 +281,21 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Go(func() { a.loops(ctx) })
 	wg.Go(func() { a.watchMotion(ctx) })
 	wg.Go(func() { a.monitor(ctx) })
+	wg.Go(func() { a.otaLoop(ctx, cancel) })
 	defer wg.Wait()
 	for attempt := 0; ; attempt++ {
 		accepted, err := a.session(ctx)
 		if ctx.Err() != nil {
-			if cause := context.Cause(ctx); errors.Is(cause, ErrReboot) {
-				return ErrReboot
+			if cause := context.Cause(ctx); errors.Is(cause, ErrReboot) || errors.Is(cause, ErrUpdated) {
+				return cause
 			}
 			return nil
 		}
 		if errors.Is(err, ErrRefused) {
+			if a.rollbackRefused(err) { // a new release the platform refuses
+				cancel(ErrUpdated)
+				return ErrUpdated
+			}
 			cancel(err)
 			return err
 		}
@@ -319,6 +336,7 @@ func sleep(ctx context.Context, d time.Duration) bool {
 // topics are the device's MQTT topics, built once.
 type topics struct {
 	status, manifest, negotiation, capsGet, cmd, result, event, heartbeat, call, callResult string
+	otaOffer, otaGet, otaChunk, otaProgress                                                 string
 }
 
 func newTopics(id string) topics {
@@ -334,5 +352,7 @@ func newTopics(id string) topics {
 		negotiation: t(subjects.DeviceNegotiation), capsGet: t(subjects.DeviceCapsGet),
 		cmd: t(subjects.DeviceCmd), result: t(subjects.DeviceResult), event: t(subjects.DeviceEvent),
 		heartbeat: t(subjects.DeviceHeartbeat), call: t(subjects.DeviceCall), callResult: t(subjects.DeviceCallResult),
+		otaOffer: t(subjects.DeviceOTAOffer), otaGet: t(subjects.DeviceOTAGet), otaChunk: t(subjects.DeviceOTAChunk),
+		otaProgress: t(subjects.DeviceOTAProgress),
 	}
 }

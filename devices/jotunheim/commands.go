@@ -28,7 +28,7 @@ const (
 )
 
 var builtin = map[string]bool{CmdPing: true, CmdCaps: true, CmdReboot: true, CmdConfigGet: true,
-	CmdConfigSet: true, CmdRead: true, CmdSet: true, CmdState: true}
+	CmdConfigSet: true, CmdRead: true, CmdSet: true, CmdState: true, CmdOTARollback: true}
 
 // queued is a command waiting for the worker.
 type queued struct {
@@ -157,6 +157,10 @@ func (a *Agent) worker(ctx context.Context, cancel context.CancelCauseFunc) {
 			cancel(ErrReboot)
 			return
 		}
+		if err == nil && c.GetName() == CmdOTARollback {
+			cancel(ErrUpdated) // current is the previous release now
+			return
+		}
 	}
 }
 
@@ -208,6 +212,8 @@ func (a *Agent) execute(ctx context.Context, c *jv1.Command) (any, error) {
 		return a.set(c.GetEntity(), args)
 	case CmdState:
 		return a.state(c.GetEntity())
+	case CmdOTARollback:
+		return a.manualRollback(args)
 	}
 	if fn, ok := a.custom[c.GetName()]; ok {
 		return fn(ctx, args)

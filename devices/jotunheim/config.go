@@ -37,6 +37,8 @@ type Config struct {
 	Telemetry  TelemetryConfig  `toml:"telemetry"`
 	// HomeAssistant is Home Assistant MQTT discovery (homeassistant.go).
 	HomeAssistant HomeAssistantConfig `toml:"homeassistant"`
+	// OTA is signed updates (ota.go, docs/OTA.md); off while Dir is empty.
+	OTA OTAConfig `toml:"ota"`
 
 	// file and lines locate the settings for error messages; empty for a
 	// Config built in code.
@@ -78,6 +80,27 @@ type TransportConfig struct {
 type BoardSource struct {
 	File string `toml:"file"`
 	Sim  bool   `toml:"sim"`
+}
+
+// OTAConfig turns on signed updates (ota.go, docs/OTA.md).
+type OTAConfig struct {
+	// Dir is the installer's directory (devices/ota): current, previous,
+	// ota.json. The agent must run as Dir/current (systemd:
+	// ExecStart=Dir/current …) for an update to take effect. Empty: no OTA.
+	Dir string `toml:"dir"`
+	// PublicKeyFile is the operator's pinned ed25519 public key (the key
+	// file format of devices/ota). Required with Dir.
+	PublicKeyFile string `toml:"public_key_file"`
+	// Model is the target model releases must match; default Device.Model.
+	Model string `toml:"model"`
+	// BootLimit is how many starts a new release gets without a commit
+	// before it is rolled back (default 3).
+	BootLimit int `toml:"boot_limit"`
+	// HealthWindow is how long a new release has to prove healthy
+	// (connected, accepted, board answering) before it is rolled back
+	// (default 60s). An offer's health_window_seconds overrides it within
+	// 5s to 1h.
+	HealthWindow time.Duration `toml:"health_window"`
 }
 
 // ResilienceConfig tunes reconnects: the agent sleeps a random time
@@ -145,6 +168,7 @@ func DefaultConfig() Config {
 		Limits:        LimitsConfig{MaxQueuedCommands: 32, MaxMessageBytes: wire.MaxMessageBytes, BandwidthWindow: time.Minute},
 		Telemetry:     TelemetryConfig{Period: 30 * time.Second, Heartbeat: 15 * time.Second, SampleMaxAge: time.Second, SpoolMaxMessages: 1000, SpoolMaxBytes: 1 << 20},
 		HomeAssistant: HomeAssistantConfig{Enabled: true, Prefix: subjects.HADiscoveryPrefix},
+		OTA:           OTAConfig{BootLimit: 3, HealthWindow: time.Minute},
 	}
 }
 
@@ -206,7 +230,7 @@ func DecodeConfig(file string, data []byte) (Config, error) {
 	}
 	dir := filepath.Dir(file)
 	for _, p := range []*string{&cfg.Transport.CAFile, &cfg.Transport.PasswordFile, &cfg.Transport.LoginFile,
-		&cfg.Board.File, &cfg.Telemetry.StateFile, &cfg.Telemetry.SpoolFile} {
+		&cfg.Board.File, &cfg.Telemetry.StateFile, &cfg.Telemetry.SpoolFile, &cfg.OTA.Dir, &cfg.OTA.PublicKeyFile} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(dir, *p)
 		}
@@ -328,6 +352,30 @@ func (c Config) Validate() error {
 	}
 	if _, err := subjects.HAStatusTopic(c.HomeAssistant.Prefix); err != nil {
 		return bad("homeassistant.prefix", "%q must be 1 to 64 of [A-Za-z0-9_-]", c.HomeAssistant.Prefix)
+	}
+	return c.validateOTA(bad)
+}
+
+// validateOTA checks the [ota] section.
+func (c Config) validateOTA(bad func(key, format string, args ...any) error) error {
+	o := c.OTA
+	if o.Dir == "" {
+		if o.PublicKeyFile != "" {
+			return bad("ota.public_key_file", "needs ota.dir (the installer's directory)")
+		}
+		return nil
+	}
+	if o.PublicKeyFile == "" {
+		return bad("ota.public_key_file", "is required with ota.dir: the operator's pinned public key")
+	}
+	if len(o.Model) > 64 {
+		return bad("ota.model", "is at most 64 bytes")
+	}
+	if o.BootLimit < 1 || o.BootLimit > 100 {
+		return bad("ota.boot_limit", "%d must be 1 to 100", o.BootLimit)
+	}
+	if o.HealthWindow < time.Second || o.HealthWindow > time.Hour {
+		return bad("ota.health_window", "%v must be 1s to 1h", o.HealthWindow)
 	}
 	return nil
 }

@@ -65,6 +65,10 @@ func TestConfigErrorsNameFileLine(t *testing.T) {
 		{"negative sample age", "[device]\nid = \"a\"\n[board]\nsim = true\n[telemetry]\nsample_max_age = \"-1s\"\n", "dev.toml:6: telemetry.sample_max_age"},
 		{"cap below base", "[device]\nid = \"a\"\n[board]\nsim = true\n[resilience]\nbackoff_base = \"10s\"\nbackoff_cap = \"1s\"\n", "dev.toml:7: resilience.backoff_cap"},
 		{"queue", "[device]\nid = \"a\"\n[board]\nsim = true\n[limits]\nmax_queued_commands = 0\n", "dev.toml:6: limits.max_queued_commands"},
+		{"ota without key", "[device]\nid = \"a\"\n[board]\nsim = true\n[ota]\ndir = \"ota\"\n", "dev.toml: ota.public_key_file: is required"},
+		{"ota key without dir", "[device]\nid = \"a\"\n[board]\nsim = true\n[ota]\npublic_key_file = \"k\"\n", "dev.toml:6: ota.public_key_file: needs ota.dir"},
+		{"ota boot limit", "[device]\nid = \"a\"\n[board]\nsim = true\n[ota]\ndir = \"o\"\npublic_key_file = \"k\"\nboot_limit = 0\n", "dev.toml:8: ota.boot_limit"},
+		{"ota window", "[device]\nid = \"a\"\n[board]\nsim = true\n[ota]\ndir = \"o\"\npublic_key_file = \"k\"\nhealth_window = \"2h\"\n", "dev.toml:8: ota.health_window"},
 		{"wrong type", "[device]\nid = 5\n", "dev.toml:2:"},
 		{"syntax", "[device\nid = \"a\"\n", "dev.toml:2:"},
 	} {

@@ -133,7 +133,9 @@ func (p *platform) record(m *nats.Msg) {
 			return
 		}
 		if man.GetReason() != jv1.Manifest_REASON_REQUEST {
-			p.publish(subjects.DeviceNegotiation, answer(man))
+			if n := answer(man); n != nil { // nil: no answer at all
+				p.publish(subjects.DeviceNegotiation, n)
+			}
 		}
 	}
 }

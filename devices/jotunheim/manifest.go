@@ -260,5 +260,8 @@ func features(cfg Config) []string {
 	if cfg.HomeAssistant.Enabled {
 		f = append(f, "ha_discovery")
 	}
+	if cfg.OTA.Dir != "" {
+		f = append(f, "ota")
+	}
 	return f
 }

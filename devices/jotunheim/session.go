@@ -87,6 +87,9 @@ func (a *Agent) session(ctx context.Context) (accepted bool, err error) {
 
 	filters := map[string]byte{a.topics.negotiation: 0, a.topics.capsGet: 0, a.topics.cmd: 0, a.topics.callResult: 0}
 	a.haFilters(filters)
+	if a.ota != nil {
+		filters[a.topics.otaOffer], filters[a.topics.otaChunk] = 0, 0
+	}
 	if err := a.wait(ctx, s.client.SubscribeMultiple(filters, func(_ mqtt.Client, m mqtt.Message) { a.handle(s, m) })); err != nil {
 		return false, fmt.Errorf("subscribe: %w", err)
 	}
@@ -97,6 +100,10 @@ func (a *Agent) session(ctx context.Context) (accepted bool, err error) {
 		return false, err
 	}
 	a.online.Store(true)
+	if a.ota != nil { // OTA: the health window, reports, a download's resume
+		poke(a.ota.accepted)
+		poke(a.ota.nudge)
+	}
 	a.publishDiscovery() // Home Assistant: discovery before states
 	// Store-and-forward: what was spooled offline goes first, in order.
 	if err := a.flushSpool(ctx, s); err != nil {
@@ -214,6 +221,26 @@ func (a *Agent) handle(s *session, m mqtt.Message) {
 			return
 		}
 		a.deliverToolResult(r)
+	case a.topics.otaOffer, a.topics.otaChunk:
+		if a.ota == nil {
+			bad(fmt.Errorf("%w: OTA is not configured", wire.ErrDecode))
+			return
+		}
+		if m.Topic() == a.topics.otaChunk {
+			c := &jv1.OTAChunk{}
+			if err := wire.Decode(m.Payload(), c, max); err != nil {
+				bad(err)
+				return
+			}
+			a.handleChunk(c)
+			return
+		}
+		off := &jv1.OTAOffer{}
+		if err := wire.Decode(m.Payload(), off, max); err != nil {
+			bad(err)
+			return
+		}
+		a.handleOffer(off)
 	default:
 		if a.handleHA(m.Topic(), m.Payload()) {
 			return

@@ -208,3 +208,59 @@ func (c *Client) Watch(ctx context.Context, id, kind string) (<-chan *jv1.Device
 	}()
 	return out, nil
 }
+
+// otaCall sends req's JSON on subj and decodes the reply into out.
+func (c *Client) otaCall(ctx context.Context, subj string, req, out any) error {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return fault.New(fault.InvalidArgument, "%v", err)
+	}
+	b, err := c.request(ctx, subj, body)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, out); err != nil {
+		return fault.Wrap(fault.Internal, err, "decode %s reply: %v", subj, err)
+	}
+	return nil
+}
+
+// PublishRelease records a signed release whose binary is already in the
+// firmware object store (admins only). It fails INVALID_ARGUMENT for an
+// unsigned or mis-signed release or a binary that does not match the
+// manifest, FAILED_PRECONDITION when the service trusts no key.
+func (c *Client) PublishRelease(ctx context.Context, req PublishRequest) (*Release, error) {
+	rel := &Release{}
+	if err := c.otaCall(ctx, subjects.DevicesOTAPublish, req, rel); err != nil {
+		return nil, err
+	}
+	return rel, nil
+}
+
+// Releases returns the published releases, by name and version.
+func (c *Client) Releases(ctx context.Context) ([]*Release, error) {
+	var out releaseList
+	if err := c.otaCall(ctx, subjects.DevicesOTAReleases, struct{}{}, &out); err != nil {
+		return nil, err
+	}
+	return out.Releases, nil
+}
+
+// Rollout starts a rollout and returns its record as first driven.
+func (c *Client) Rollout(ctx context.Context, req RolloutRequest) (*Rollout, error) {
+	ro := &Rollout{}
+	if err := c.otaCall(ctx, subjects.DevicesOTARollout, req, ro); err != nil {
+		return nil, err
+	}
+	return ro, nil
+}
+
+// RolloutStatus returns rollout id, or every rollout (oldest first) when
+// id is empty.
+func (c *Client) RolloutStatus(ctx context.Context, id string) ([]*Rollout, error) {
+	var out rolloutList
+	if err := c.otaCall(ctx, subjects.DevicesOTAStatus, StatusRequest{ID: id}, &out); err != nil {
+		return nil, err
+	}
+	return out.Rollouts, nil
+}

@@ -53,23 +53,40 @@ type Config struct {
 	// Replicas of the registry bucket when it is created (an existing
 	// bucket keeps its own); more than 1 needs a JetStream cluster.
 	Replicas int `toml:"replicas"`
+	// OTAKeys are the public key files ('loki ota keygen') of the
+	// operators whose signed releases devices.ota.publish accepts; none
+	// refuses every release. loki resolves relative paths against the
+	// service config's directory.
+	OTAKeys []string `toml:"ota_keys"`
+	// OTAChunkBytes is the largest chunk of a binary sent to a device: in
+	// protojson's base64 it must stay under a device's 64 KiB message limit.
+	OTAChunkBytes int `toml:"ota_chunk_bytes"`
+	// OTAMaxReleaseBytes caps a release's binary, which a replica holds in
+	// memory while devices download it.
+	OTAMaxReleaseBytes int64 `toml:"ota_max_release_bytes"`
 }
+
+// MaxOTAChunkBytes is the largest ota_chunk_bytes: its base64 and the
+// chunk's other fields fit a device's 64 KiB message.
+const MaxOTAChunkBytes = 46 << 10
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	n := runtime.GOMAXPROCS(0)
 	return Config{
-		HeartbeatMisses:   3,
-		CommandTimeout:    10 * time.Second,
-		MaxCommandTimeout: 10 * time.Minute,
-		CapsTimeout:       5 * time.Second,
-		Workers:           4 * n,
-		Queue:             64 * n,
-		Commands:          1024,
-		MessageWorkers:    32 * n,
-		MessageQueue:      16384,
-		DrainTimeout:      10 * time.Second,
-		Replicas:          1,
+		HeartbeatMisses:    3,
+		CommandTimeout:     10 * time.Second,
+		MaxCommandTimeout:  10 * time.Minute,
+		CapsTimeout:        5 * time.Second,
+		Workers:            4 * n,
+		Queue:              64 * n,
+		Commands:           1024,
+		MessageWorkers:     32 * n,
+		MessageQueue:       16384,
+		DrainTimeout:       10 * time.Second,
+		Replicas:           1,
+		OTAChunkBytes:      32 << 10,
+		OTAMaxReleaseBytes: 256 << 20,
 	}
 }
 
@@ -95,6 +112,8 @@ func (c Config) Validate() error {
 		{c.MessageQueue >= 0, "message_queue", c.MessageQueue, "must not be negative"},
 		{c.DrainTimeout > 0, "drain_timeout", c.DrainTimeout, "must be positive"},
 		{c.Replicas >= 1 && c.Replicas <= 5, "replicas", c.Replicas, "must be 1 to 5"},
+		{c.OTAChunkBytes >= 1 && c.OTAChunkBytes <= MaxOTAChunkBytes, "ota_chunk_bytes", c.OTAChunkBytes, fmt.Sprintf("must be 1 to %d", MaxOTAChunkBytes)},
+		{c.OTAMaxReleaseBytes >= 1, "ota_max_release_bytes", c.OTAMaxReleaseBytes, "must be at least 1"},
 	} {
 		if !k.ok {
 			return fmt.Errorf("%w: %s = %v: %s", ErrConfig, k.key, k.v, k.want)

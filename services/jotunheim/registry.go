@@ -127,6 +127,7 @@ func (s *Service) presenceEvent(id string, d *jv1.Device) {
 	if d.GetOnline() {
 		s.publishEvent(id, &jv1.DeviceEvent{Kind: "online"})
 		s.log.Info("device online", logKeyDevice, id)
+		s.otaOnline(id)
 		return
 	}
 	s.publishEvent(id, &jv1.DeviceEvent{Kind: "offline", Reason: d.GetOfflineReason()})

@@ -95,6 +95,8 @@ type Service struct {
 
 	calls  chan struct{} // running device tool calls
 	callWG sync.WaitGroup
+
+	ota otaState // OTA releases and rollouts (ota.go)
 }
 
 // pendingCmd is a command waiting for its device's result.
@@ -126,6 +128,11 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Service, error) {
 		calls:   make(chan struct{}, cfg.Workers),
 	}
 	s.syncs = newSyncQueue(cfg.Workers, s.syncManifest)
+	keys, err := loadOTAKeys(cfg.OTAKeys)
+	if err != nil {
+		return nil, err
+	}
+	s.ota.keys = keys
 	return s, nil
 }
 
@@ -144,11 +151,15 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	s.kv = kv
+	if err := s.openOTA(ctx); err != nil {
+		return err
+	}
 	var wg sync.WaitGroup
 	defer wg.Wait() // after cancel, below: defers run last first
 	defer s.callWG.Wait()
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	s.ota.ctx = runCtx
 
 	loaded := make(chan error, 1)
 	wg.Go(func() { s.follow(runCtx, loaded) })
@@ -183,7 +194,8 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	defer unsubscribe()
 	for _, k := range []string{subjects.DeviceStatus, subjects.DeviceManifest, subjects.DeviceState,
-		subjects.DeviceEvent, subjects.DeviceHeartbeat, subjects.DeviceCall, subjects.DeviceResult} {
+		subjects.DeviceEvent, subjects.DeviceHeartbeat, subjects.DeviceCall, subjects.DeviceResult,
+		subjects.DeviceOTAGet, subjects.DeviceOTAProgress} {
 		subj, err := subjects.DeviceSubjectAll(k)
 		if err != nil {
 			return fmt.Errorf("jotunheim: %w", err)
@@ -247,6 +259,10 @@ func (s *Service) Run(ctx context.Context) error {
 		{"cmd", subjects.DevicesCmd, s.handleCmd, s.cfg.CommandTimeout, deviceFaults, s.cfg.Commands},
 		{"caps", subjects.DevicesCaps, s.handleCaps, s.cfg.CapsTimeout, deviceFaults, s.cfg.Workers},
 		{"remove", subjects.DevicesRemove, s.handleRemove, s.cfg.CommandTimeout, nil, s.cfg.Workers},
+		{"ota_publish", subjects.DevicesOTAPublish, s.handleOTAPublish, s.cfg.CommandTimeout, nil, s.cfg.Workers},
+		{"ota_releases", subjects.DevicesOTAReleases, s.handleOTAReleases, s.cfg.CommandTimeout, nil, s.cfg.Workers},
+		{"ota_rollout", subjects.DevicesOTARollout, s.handleOTARollout, s.cfg.CommandTimeout, nil, s.cfg.Workers},
+		{"ota_status", subjects.DevicesOTAStatus, s.handleOTAStatus, s.cfg.CommandTimeout, nil, s.cfg.Workers},
 	} {
 		endpoints = append(endpoints, microsvc.Endpoint{
 			Name: e.name, Subject: e.subj,
@@ -259,6 +275,7 @@ func (s *Service) Run(ctx context.Context) error {
 		return fmt.Errorf("jotunheim: %w", err)
 	}
 	wg.Go(func() { s.sweep(runCtx) })
+	wg.Go(func() { s.resumeRollouts(runCtx) })
 	close(s.ready)
 	<-ctx.Done()
 	unsubscribe()
@@ -442,6 +459,10 @@ func (s *Service) handleSafely(ctx context.Context, m *nats.Msg) {
 			return
 		}
 		s.startCall(base, id, c)
+	case subjects.DeviceOTAGet:
+		s.handleOTAGet(ctx, id, m.Data)
+	case subjects.DeviceOTAProgress:
+		s.handleOTAProgress(ctx, id, m.Data)
 	}
 }
 
