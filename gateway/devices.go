@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -93,4 +94,20 @@ func (s *devicesServer) WatchDevices(req *lokiv1.WatchDevicesRequest, stream grp
 		}
 		return stream.Send(ev)
 	})
+}
+
+func (s *devicesServer) GetRolloutStatus(ctx context.Context, req *lokiv1.GetRolloutStatusRequest) (*lokiv1.GetRolloutStatusResponse, error) {
+	rollouts, err := s.jc.RolloutStatus(ctx, req.GetRolloutId())
+	if err != nil {
+		return nil, statusError(s.g.log, err, "", "")
+	}
+	b, err := json.Marshal(rollouts)
+	if err != nil {
+		return nil, statusError(s.g.log, fmt.Errorf("encode rollouts: %w", err), "", "")
+	}
+	v, err := valueFromJSON(b)
+	if err != nil {
+		return nil, statusError(s.g.log, fmt.Errorf("decode rollouts: %w", err), "", "")
+	}
+	return &lokiv1.GetRolloutStatusResponse{Rollouts: v}, nil
 }

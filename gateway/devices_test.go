@@ -376,6 +376,10 @@ func deviceRoleRPCs() []roleRPC {
 			_, err := dc(c).GetDevice(ctxT(t), &lokiv1.GetDeviceRequest{Id: "nobody"})
 			return deviceCallPassed(err)
 		}},
+		{name: "GetRolloutStatus", call: func(t *testing.T, _ *env, c *client.Client) error {
+			_, err := dc(c).GetRolloutStatus(ctxT(t), &lokiv1.GetRolloutStatusRequest{RolloutId: "nobody"})
+			return deviceCallPassed(err)
+		}},
 		{name: "CommandDevice", call: func(t *testing.T, _ *env, c *client.Client) error {
 			_, err := dc(c).CommandDevice(ctxT(t), &jv1.CommandRequest{Device: "nobody", Command: &jv1.Command{Name: "ping"}})
 			return deviceCallPassed(err)

@@ -45,10 +45,11 @@ var methodAccess = map[string]*busAccess{
 	lokiv1.Loki_StreamScriptExecution_FullMethodName: accessExec,
 	lokiv1.Loki_WatchEvents_FullMethodName:           {sub: []string{subjects.LokiEventsAll}},
 
-	lokiv1.Devices_ListDevices_FullMethodName:   {pub: []string{subjects.DevicesList}},
-	lokiv1.Devices_GetDevice_FullMethodName:     {pub: []string{subjects.DevicesGet}},
-	lokiv1.Devices_CommandDevice_FullMethodName: {pub: []string{subjects.DevicesCmd}},
-	lokiv1.Devices_WatchDevices_FullMethodName:  {sub: []string{subjects.DevicesEventsAll}},
+	lokiv1.Devices_ListDevices_FullMethodName:      {pub: []string{subjects.DevicesList}},
+	lokiv1.Devices_GetDevice_FullMethodName:        {pub: []string{subjects.DevicesGet}},
+	lokiv1.Devices_CommandDevice_FullMethodName:    {pub: []string{subjects.DevicesCmd}},
+	lokiv1.Devices_WatchDevices_FullMethodName:     {sub: []string{subjects.DevicesEventsAll}},
+	lokiv1.Devices_GetRolloutStatus_FullMethodName: {pub: []string{subjects.DevicesOTAStatus}},
 }
 
 // serviceAccess is what every method of a service does on NATS, for

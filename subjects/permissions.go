@@ -294,8 +294,9 @@ func RolePermissions(r Role, inbox string, scope ...string) (Permissions, error)
 	// $SRV requests of any caller: publishing to inboxes reveals nothing.
 	replies := InboxRoot + ".>"
 	toolsKV := kvStream(ToolsBucket)
-	// What a controller may do with devices: list, look, command, watch.
-	devicesUse := []string{DevicesList, DevicesGet, DevicesCmd, DevicesCaps}
+	// What a controller may do with devices: list, look, command, watch,
+	// follow updates (publishing and rolling them out is for admins).
+	devicesUse := []string{DevicesList, DevicesGet, DevicesCmd, DevicesCaps, DevicesOTAStatus}
 	switch r {
 	case RoleAdmin:
 		return Permissions{PubAllow: []string{">"}, SubAllow: []string{">"}}, nil

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -11,7 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/loki-iot/loki/client"
 	jv1 "github.com/loki-iot/loki/proto/jotunheim/v1"
+	lokiv1 "github.com/loki-iot/loki/proto/loki/v1"
 	"google.golang.org/protobuf/encoding/protojson"
 )
 
@@ -132,6 +135,16 @@ health_window = "30s"
 			t.Fatalf("ota status: got %q, %v; want demo committed and the rollout completed", out, err)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+	// The same through the gateway's Devices service.
+	gc, err := client.Dial(grpcLine.FindStringSubmatch(banner)[1], client.WithInsecure())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gc.Close()
+	st, err := lokiv1.NewDevicesClient(gc.Conn()).GetRolloutStatus(context.Background(), &lokiv1.GetRolloutStatusRequest{})
+	if b, _ := protojson.Marshal(st.GetRollouts()); err != nil || !strings.Contains(string(b), "committed") {
+		t.Fatalf("GetRolloutStatus: got %s, %v; want demo committed", b, err)
 	}
 	got, err := os.ReadFile(current)
 	if err != nil {

@@ -478,10 +478,11 @@ var Loki_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Devices_ListDevices_FullMethodName   = "/loki.v1.Devices/ListDevices"
-	Devices_GetDevice_FullMethodName     = "/loki.v1.Devices/GetDevice"
-	Devices_CommandDevice_FullMethodName = "/loki.v1.Devices/CommandDevice"
-	Devices_WatchDevices_FullMethodName  = "/loki.v1.Devices/WatchDevices"
+	Devices_ListDevices_FullMethodName      = "/loki.v1.Devices/ListDevices"
+	Devices_GetDevice_FullMethodName        = "/loki.v1.Devices/GetDevice"
+	Devices_CommandDevice_FullMethodName    = "/loki.v1.Devices/CommandDevice"
+	Devices_WatchDevices_FullMethodName     = "/loki.v1.Devices/WatchDevices"
+	Devices_GetRolloutStatus_FullMethodName = "/loki.v1.Devices/GetRolloutStatus"
 )
 
 // DevicesClient is the client API for Devices service.
@@ -513,6 +514,10 @@ type DevicesClient interface {
 	// Response headers are sent once the watch is live: events after that
 	// point are delivered.
 	WatchDevices(ctx context.Context, in *WatchDevicesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[v1.DeviceEvent], error)
+	// GetRolloutStatus returns one OTA rollout, or every rollout oldest
+	// first: its release, strategy, state and each device's phase, as the
+	// device service records it (docs/OTA.md); NOT_FOUND for an unknown id.
+	GetRolloutStatus(ctx context.Context, in *GetRolloutStatusRequest, opts ...grpc.CallOption) (*GetRolloutStatusResponse, error)
 }
 
 type devicesClient struct {
@@ -572,6 +577,16 @@ func (c *devicesClient) WatchDevices(ctx context.Context, in *WatchDevicesReques
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Devices_WatchDevicesClient = grpc.ServerStreamingClient[v1.DeviceEvent]
 
+func (c *devicesClient) GetRolloutStatus(ctx context.Context, in *GetRolloutStatusRequest, opts ...grpc.CallOption) (*GetRolloutStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetRolloutStatusResponse)
+	err := c.cc.Invoke(ctx, Devices_GetRolloutStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // DevicesServer is the server API for Devices service.
 // All implementations must embed UnimplementedDevicesServer
 // for forward compatibility.
@@ -601,6 +616,10 @@ type DevicesServer interface {
 	// Response headers are sent once the watch is live: events after that
 	// point are delivered.
 	WatchDevices(*WatchDevicesRequest, grpc.ServerStreamingServer[v1.DeviceEvent]) error
+	// GetRolloutStatus returns one OTA rollout, or every rollout oldest
+	// first: its release, strategy, state and each device's phase, as the
+	// device service records it (docs/OTA.md); NOT_FOUND for an unknown id.
+	GetRolloutStatus(context.Context, *GetRolloutStatusRequest) (*GetRolloutStatusResponse, error)
 	mustEmbedUnimplementedDevicesServer()
 }
 
@@ -622,6 +641,9 @@ func (UnimplementedDevicesServer) CommandDevice(context.Context, *v1.CommandRequ
 }
 func (UnimplementedDevicesServer) WatchDevices(*WatchDevicesRequest, grpc.ServerStreamingServer[v1.DeviceEvent]) error {
 	return status.Error(codes.Unimplemented, "method WatchDevices not implemented")
+}
+func (UnimplementedDevicesServer) GetRolloutStatus(context.Context, *GetRolloutStatusRequest) (*GetRolloutStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetRolloutStatus not implemented")
 }
 func (UnimplementedDevicesServer) mustEmbedUnimplementedDevicesServer() {}
 func (UnimplementedDevicesServer) testEmbeddedByValue()                 {}
@@ -709,6 +731,24 @@ func _Devices_WatchDevices_Handler(srv interface{}, stream grpc.ServerStream) er
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Devices_WatchDevicesServer = grpc.ServerStreamingServer[v1.DeviceEvent]
 
+func _Devices_GetRolloutStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetRolloutStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DevicesServer).GetRolloutStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Devices_GetRolloutStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DevicesServer).GetRolloutStatus(ctx, req.(*GetRolloutStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Devices_ServiceDesc is the grpc.ServiceDesc for Devices service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -727,6 +767,10 @@ var Devices_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CommandDevice",
 			Handler:    _Devices_CommandDevice_Handler,
+		},
+		{
+			MethodName: "GetRolloutStatus",
+			Handler:    _Devices_GetRolloutStatus_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
