@@ -79,7 +79,7 @@ func (s *Service) handleList(ctx context.Context, r *microsvc.Request) ([]byte, 
 		items = append(items, b)
 	}
 	b, err := microsvc.Parts{Field: "devices", Ask: HeaderChunks, Part: HeaderChunks, What: "devices",
-		Instead: "devices.get one device (jotunheim.Client asks for parts)",
+		Instead: subjects.DevicesGet + " one device (jotunheim.Client asks for parts)",
 		Limit:   int(s.nc.MaxPayload()) - microsvc.PartsOverhead}.Reply(r, items)
 	return b, nil, err
 }

@@ -387,7 +387,7 @@ func (s *Service) handleList(_ context.Context, r *microsvc.Request) ([]byte, na
 		items = append(items, b)
 	}
 	b, err := microsvc.Parts{Field: "tools", Ask: HeaderStream, Part: HeaderChunk, What: "tools",
-		Instead: "loki.tools.get one tool (loki.Client asks for parts)",
+		Instead: subjects.LokiToolsGet + " one tool (loki.Client asks for parts)",
 		Limit:   int(s.nc.MaxPayload()) - microsvc.PartsOverhead}.Reply(r, items)
 	return b, nil, err
 }
