@@ -169,7 +169,7 @@ func benchDevice(ctx context.Context, cfg bench.Config, log *slog.Logger, stdout
 		return err
 	}}
 	jc := svcjotunheim.NewClient(caller)
-	direct := bench.Target{Name: "devices.cmd ping (no Loki)", Call: func(ctx context.Context) error {
+	direct := bench.Target{Name: subjects.DevicesCmd + " ping (no Loki)", Call: func(ctx context.Context) error {
 		_, err := jc.Command(ctx, "bench", &jv1.Command{Name: "ping"})
 		return err
 	}}

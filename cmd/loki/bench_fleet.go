@@ -613,7 +613,7 @@ func runFleet(ctx context.Context, cfg fleetConfig, log *slog.Logger, stdout, st
 		n, tl, en, err := fleetOnline(ctx, jc, cfg.Prefix)
 		if err != nil {
 			listErrs++
-			fmt.Fprintf(stderr, "devices.list: %v\n", err)
+			fmt.Fprintf(stderr, "%s: %v\n", subjects.DevicesList, err)
 		} else {
 			online, tools, entities = n, tl, en
 		}
@@ -733,7 +733,7 @@ func runFleet(ctx context.Context, cfg fleetConfig, log *slog.Logger, stdout, st
 	}
 	stillOnline, _, _, err := fleetOnline(ctx, jc, cfg.Prefix)
 	if err != nil {
-		return fmt.Errorf("devices.list after the steady phase: %w", err)
+		return fmt.Errorf("%s after the steady phase: %w", subjects.DevicesList, err)
 	}
 	after := snapshotMem()
 	if cfg.MemProf != "" {
