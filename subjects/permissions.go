@@ -207,6 +207,16 @@ var (
 	MQTTStreams = []string{"$MQTT_msgs", "$MQTT_rmsgs", "$MQTT_sess", "$MQTT_qos2in", "$MQTT_out"}
 )
 
+// LeafLocal are the subjects that never cross a leaf-node connection in
+// either direction: KV and object-store writes ($KV, $O) and the MQTT
+// listener's internal streams ($MQTT). Without this, a write to a bucket
+// that exists at both ends (the tool registry, a Hel bucket) would be
+// captured by both sites' streams; with it, each site's storage stays
+// local and the hub's tools reach an edge only through the edge's sourced
+// registry bucket. Everything else (calls, script and device events,
+// $SRV) is shared while the link is up.
+var LeafLocal = []string{"$KV.>", "$O.>", "$MQTT.>"}
+
 // jsAPI is the JetStream API prefix.
 const jsAPI = "$JS.API"
 

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/loki-iot/loki/subjects"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 )
@@ -96,16 +97,6 @@ type HubConfig struct {
 	// when the URL carries user:password or the hub needs none.
 	CredsFile string
 }
-
-// LocalSubjects are the subjects that never cross a leaf-node connection
-// in either direction: KV and object-store writes ($KV, $O) and the MQTT
-// listener's internal streams ($MQTT). Without this, a write to a bucket
-// that exists at both ends (the tool registry, a Hel bucket) would be
-// captured by both sites' streams; with it, each site's storage stays
-// local and the hub's tools reach an edge only through the edge's sourced
-// registry bucket. Everything else (calls, script and device events,
-// $SRV) is shared while the link is up.
-var LocalSubjects = []string{"$KV.>", "$O.>", "$MQTT.>"}
 
 // TLSConfig is the server's certificate and, optionally, the CA that
 // client certificates must be signed by. Paths are used as given.
@@ -285,7 +276,7 @@ func (cfg *Config) topology(opts *server.Options) error {
 		if len(h.URLs) == 0 {
 			return errors.New("natsrv: a hub needs at least one URL")
 		}
-		remote := &server.RemoteLeafOpts{DenyImports: LocalSubjects, DenyExports: LocalSubjects}
+		remote := &server.RemoteLeafOpts{DenyImports: subjects.LeafLocal, DenyExports: subjects.LeafLocal}
 		for _, s := range h.URLs {
 			u, err := url.Parse(s)
 			if err != nil || u.Host == "" {
