@@ -44,6 +44,11 @@ const (
 	DeviceOTAChunk = "ota/chunk"
 	// DeviceOTAProgress carries the device's OTAProgress reports.
 	DeviceOTAProgress = "ota/progress"
+	// DeviceStreamCtl carries the platform's StreamControls (open, credit,
+	// close) for the device's stream sources.
+	DeviceStreamCtl = "stream/ctl"
+	// DeviceStreamData carries the device's StreamChunks.
+	DeviceStreamData = "stream/data"
 )
 
 // Presence payloads on a device's status topic.
@@ -55,7 +60,18 @@ const (
 // deviceKinds are the kinds a device topic may end in (state takes an entity).
 var deviceKinds = []string{DeviceStatus, DeviceManifest, DeviceNegotiation, DeviceCapsGet, DeviceCmd,
 	DeviceResult, DeviceState, DeviceEvent, DeviceHeartbeat, DeviceCall, DeviceCallResult, DeviceSet,
-	DeviceOTAOffer, DeviceOTAGet, DeviceOTAChunk, DeviceOTAProgress}
+	DeviceOTAOffer, DeviceOTAGet, DeviceOTAChunk, DeviceOTAProgress, DeviceStreamCtl, DeviceStreamData}
+
+// DeviceUplinkKinds are the kinds a device publishes (device to platform),
+// and DeviceDownlinkKinds those it subscribes to (platform to device): the
+// jotunheim service's permissions, and what the gateway's device link lets
+// a device send and forwards to it, are built from these two lists.
+var (
+	DeviceUplinkKinds = []string{DeviceStatus, DeviceManifest, DeviceResult, DeviceState, DeviceEvent,
+		DeviceHeartbeat, DeviceCall, DeviceOTAGet, DeviceOTAProgress, DeviceStreamData}
+	DeviceDownlinkKinds = []string{DeviceNegotiation, DeviceCapsGet, DeviceCmd, DeviceCallResult, DeviceSet,
+		DeviceOTAOffer, DeviceOTAChunk, DeviceStreamCtl}
+)
 
 // entityKind reports whether topics of kind end in an entity.
 func entityKind(kind string) bool { return kind == DeviceState || kind == DeviceSet }

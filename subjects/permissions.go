@@ -169,6 +169,10 @@ const (
 	AuthList = AuthPrefix + ".list"
 	// AuthRevoke deletes an identity and closes its connections.
 	AuthRevoke = AuthPrefix + ".revoke"
+	// AuthVerifyDevice checks a device login (username and password) and
+	// answers with the device id it belongs to: how the gateway
+	// authenticates devices on its gRPC device link.
+	AuthVerifyDevice = AuthPrefix + ".verify.device"
 )
 
 // Device topics (MQTT) and subjects (NATS) of the Jotunheim device protocol.
@@ -363,12 +367,16 @@ func RolePermissions(r Role, inbox string, scope ...string) (Permissions, error)
 		// the topics they subscribe to, keeps device tools in the registry
 		// through Loki, runs the tools devices call, and owns its bucket.
 		var sub, pub []string
-		for _, k := range []string{DeviceStatus, DeviceManifest, DeviceResult, DeviceState, DeviceEvent, DeviceHeartbeat, DeviceCall,
-			DeviceOTAGet, DeviceOTAProgress} {
+		// Every uplink kind, and every downlink kind but set (Home
+		// Assistant's commands go to the device directly).
+		for _, k := range DeviceUplinkKinds {
 			s, _ := DeviceSubjectAll(k)
 			sub = append(sub, s)
 		}
-		for _, k := range []string{DeviceNegotiation, DeviceCapsGet, DeviceCmd, DeviceCallResult, DeviceOTAOffer, DeviceOTAChunk} {
+		for _, k := range DeviceDownlinkKinds {
+			if k == DeviceSet {
+				continue
+			}
 			s, _ := DeviceSubjectAll(k)
 			pub = append(pub, s)
 		}

@@ -82,6 +82,111 @@ func (Manifest_Reason) EnumDescriptor() ([]byte, []int) {
 	return file_jotunheim_v1_jotunheim_proto_rawDescGZIP(), []int{1, 0}
 }
 
+type StreamSource_Policy int32
+
+const (
+	StreamSource_POLICY_UNSPECIFIED StreamSource_Policy = 0
+	// Block: the device stops reading the source until the consumer grants
+	// credit (no data is lost; a live source falls behind).
+	StreamSource_POLICY_BLOCK StreamSource_Policy = 1
+	// Drop: the device keeps reading and drops chunks it has no credit
+	// for, counting them in the next chunk's dropped field.
+	StreamSource_POLICY_DROP StreamSource_Policy = 2
+)
+
+// Enum value maps for StreamSource_Policy.
+var (
+	StreamSource_Policy_name = map[int32]string{
+		0: "POLICY_UNSPECIFIED",
+		1: "POLICY_BLOCK",
+		2: "POLICY_DROP",
+	}
+	StreamSource_Policy_value = map[string]int32{
+		"POLICY_UNSPECIFIED": 0,
+		"POLICY_BLOCK":       1,
+		"POLICY_DROP":        2,
+	}
+)
+
+func (x StreamSource_Policy) Enum() *StreamSource_Policy {
+	p := new(StreamSource_Policy)
+	*p = x
+	return p
+}
+
+func (x StreamSource_Policy) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (StreamSource_Policy) Descriptor() protoreflect.EnumDescriptor {
+	return file_jotunheim_v1_jotunheim_proto_enumTypes[1].Descriptor()
+}
+
+func (StreamSource_Policy) Type() protoreflect.EnumType {
+	return &file_jotunheim_v1_jotunheim_proto_enumTypes[1]
+}
+
+func (x StreamSource_Policy) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use StreamSource_Policy.Descriptor instead.
+func (StreamSource_Policy) EnumDescriptor() ([]byte, []int) {
+	return file_jotunheim_v1_jotunheim_proto_rawDescGZIP(), []int{24, 0}
+}
+
+type StreamControl_Action int32
+
+const (
+	StreamControl_ACTION_UNSPECIFIED StreamControl_Action = 0
+	StreamControl_ACTION_OPEN        StreamControl_Action = 1
+	StreamControl_ACTION_CREDIT      StreamControl_Action = 2
+	StreamControl_ACTION_CLOSE       StreamControl_Action = 3
+)
+
+// Enum value maps for StreamControl_Action.
+var (
+	StreamControl_Action_name = map[int32]string{
+		0: "ACTION_UNSPECIFIED",
+		1: "ACTION_OPEN",
+		2: "ACTION_CREDIT",
+		3: "ACTION_CLOSE",
+	}
+	StreamControl_Action_value = map[string]int32{
+		"ACTION_UNSPECIFIED": 0,
+		"ACTION_OPEN":        1,
+		"ACTION_CREDIT":      2,
+		"ACTION_CLOSE":       3,
+	}
+)
+
+func (x StreamControl_Action) Enum() *StreamControl_Action {
+	p := new(StreamControl_Action)
+	*p = x
+	return p
+}
+
+func (x StreamControl_Action) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (StreamControl_Action) Descriptor() protoreflect.EnumDescriptor {
+	return file_jotunheim_v1_jotunheim_proto_enumTypes[2].Descriptor()
+}
+
+func (StreamControl_Action) Type() protoreflect.EnumType {
+	return &file_jotunheim_v1_jotunheim_proto_enumTypes[2]
+}
+
+func (x StreamControl_Action) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use StreamControl_Action.Descriptor instead.
+func (StreamControl_Action) EnumDescriptor() ([]byte, []int) {
+	return file_jotunheim_v1_jotunheim_proto_rawDescGZIP(), []int{25, 0}
+}
+
 // ProtocolVersion is major.minor. A major mismatch is refused; a minor one
 // is accepted with a warning.
 type ProtocolVersion struct {
@@ -169,8 +274,11 @@ type Manifest struct {
 	HeartbeatSeconds uint32 `protobuf:"varint,15,opt,name=heartbeat_seconds,json=heartbeatSeconds,proto3" json:"heartbeat_seconds,omitempty"`
 	// Seconds between telemetry (state) publications.
 	TelemetrySeconds uint32 `protobuf:"varint,16,opt,name=telemetry_seconds,json=telemetrySeconds,proto3" json:"telemetry_seconds,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Stream sources the device offers (camera, microphone, high-rate
+	// sensor): opened by a StreamControl, read as StreamChunks.
+	Streams       []*StreamSource `protobuf:"bytes,17,rep,name=streams,proto3" json:"streams,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Manifest) Reset() {
@@ -313,6 +421,13 @@ func (x *Manifest) GetTelemetrySeconds() uint32 {
 		return x.TelemetrySeconds
 	}
 	return 0
+}
+
+func (x *Manifest) GetStreams() []*StreamSource {
+	if x != nil {
+		return x.Streams
+	}
+	return nil
 }
 
 // Pin is one GPIO line.
@@ -1954,6 +2069,369 @@ func (x *OTAProgress) GetRunningVersion() string {
 	return ""
 }
 
+// StreamSource is one stream a device offers in its Manifest.
+type StreamSource struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Stream key, unique on the device: [a-z][a-z0-9_]{0,31}.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// audio, video, sensor, test, ...
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// MIME type of the bytes, e.g. "audio/L16;rate=8000;channels=1",
+	// "image/x-portable-graymap", "application/octet-stream".
+	ContentType string `protobuf:"bytes,3,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
+	// Nominal rate of the source in bytes per second (0: unknown).
+	BytesPerSecond uint64 `protobuf:"varint,4,opt,name=bytes_per_second,json=bytesPerSecond,proto3" json:"bytes_per_second,omitempty"`
+	// What the device does when the consumer is slower than the source.
+	Policy StreamSource_Policy `protobuf:"varint,5,opt,name=policy,proto3,enum=jotunheim.v1.StreamSource_Policy" json:"policy,omitempty"`
+	// Largest chunk the device sends, in bytes.
+	MaxChunkBytes uint32 `protobuf:"varint,6,opt,name=max_chunk_bytes,json=maxChunkBytes,proto3" json:"max_chunk_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamSource) Reset() {
+	*x = StreamSource{}
+	mi := &file_jotunheim_v1_jotunheim_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamSource) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamSource) ProtoMessage() {}
+
+func (x *StreamSource) ProtoReflect() protoreflect.Message {
+	mi := &file_jotunheim_v1_jotunheim_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamSource.ProtoReflect.Descriptor instead.
+func (*StreamSource) Descriptor() ([]byte, []int) {
+	return file_jotunheim_v1_jotunheim_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *StreamSource) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *StreamSource) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *StreamSource) GetContentType() string {
+	if x != nil {
+		return x.ContentType
+	}
+	return ""
+}
+
+func (x *StreamSource) GetBytesPerSecond() uint64 {
+	if x != nil {
+		return x.BytesPerSecond
+	}
+	return 0
+}
+
+func (x *StreamSource) GetPolicy() StreamSource_Policy {
+	if x != nil {
+		return x.Policy
+	}
+	return StreamSource_POLICY_UNSPECIFIED
+}
+
+func (x *StreamSource) GetMaxChunkBytes() uint32 {
+	if x != nil {
+		return x.MaxChunkBytes
+	}
+	return 0
+}
+
+// StreamControl is the platform's side of one open stream, on
+// jotunheim/<id>/stream/ctl. Flow control is by credit: the device sends at
+// most credit chunks beyond those the platform has acknowledged, so neither
+// side buffers without bound. A stream the platform has not credited or
+// acknowledged for lease_ms is closed by the device.
+type StreamControl struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The stream instance, chosen by the platform: [A-Za-z0-9_-]{1,64}.
+	StreamId string               `protobuf:"bytes,1,opt,name=stream_id,json=streamId,proto3" json:"stream_id,omitempty"`
+	Action   StreamControl_Action `protobuf:"varint,2,opt,name=action,proto3,enum=jotunheim.v1.StreamControl_Action" json:"action,omitempty"`
+	// OPEN: the source's name.
+	Source string `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"`
+	// OPEN and CREDIT: chunks the device may have in flight (unacknowledged).
+	Credit uint32 `protobuf:"varint,4,opt,name=credit,proto3" json:"credit,omitempty"`
+	// OPEN and CREDIT: the highest chunk sequence the platform has received.
+	AckSeq uint64 `protobuf:"varint,5,opt,name=ack_seq,json=ackSeq,proto3" json:"ack_seq,omitempty"`
+	// OPEN: stop after this many bytes (0: until closed).
+	MaxBytes uint64 `protobuf:"varint,6,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
+	// OPEN: the lease; the device closes the stream when no CREDIT came for
+	// this long (0: the device's default, 10 s).
+	LeaseMs       uint32 `protobuf:"varint,7,opt,name=lease_ms,json=leaseMs,proto3" json:"lease_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamControl) Reset() {
+	*x = StreamControl{}
+	mi := &file_jotunheim_v1_jotunheim_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamControl) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamControl) ProtoMessage() {}
+
+func (x *StreamControl) ProtoReflect() protoreflect.Message {
+	mi := &file_jotunheim_v1_jotunheim_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamControl.ProtoReflect.Descriptor instead.
+func (*StreamControl) Descriptor() ([]byte, []int) {
+	return file_jotunheim_v1_jotunheim_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *StreamControl) GetStreamId() string {
+	if x != nil {
+		return x.StreamId
+	}
+	return ""
+}
+
+func (x *StreamControl) GetAction() StreamControl_Action {
+	if x != nil {
+		return x.Action
+	}
+	return StreamControl_ACTION_UNSPECIFIED
+}
+
+func (x *StreamControl) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *StreamControl) GetCredit() uint32 {
+	if x != nil {
+		return x.Credit
+	}
+	return 0
+}
+
+func (x *StreamControl) GetAckSeq() uint64 {
+	if x != nil {
+		return x.AckSeq
+	}
+	return 0
+}
+
+func (x *StreamControl) GetMaxBytes() uint64 {
+	if x != nil {
+		return x.MaxBytes
+	}
+	return 0
+}
+
+func (x *StreamControl) GetLeaseMs() uint32 {
+	if x != nil {
+		return x.LeaseMs
+	}
+	return 0
+}
+
+// StreamChunk is a piece of an open stream, on jotunheim/<id>/stream/data.
+type StreamChunk struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	StreamId string                 `protobuf:"bytes,1,opt,name=stream_id,json=streamId,proto3" json:"stream_id,omitempty"`
+	// 1, 2, 3, ... per stream.
+	Seq  uint64 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
+	Data []byte `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
+	// Chunks the device dropped since the previous one sent (POLICY_DROP).
+	Dropped uint64 `protobuf:"varint,4,opt,name=dropped,proto3" json:"dropped,omitempty"`
+	// The last chunk: the source ended, max_bytes was reached, the stream
+	// was closed, or the lease ran out.
+	Eof bool `protobuf:"varint,5,opt,name=eof,proto3" json:"eof,omitempty"`
+	// Set with eof when the stream failed: a code name (NOT_FOUND,
+	// RESOURCE_EXHAUSTED, ...) and a message.
+	Code          string `protobuf:"bytes,6,opt,name=code,proto3" json:"code,omitempty"`
+	Error         string `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamChunk) Reset() {
+	*x = StreamChunk{}
+	mi := &file_jotunheim_v1_jotunheim_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamChunk) ProtoMessage() {}
+
+func (x *StreamChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_jotunheim_v1_jotunheim_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamChunk.ProtoReflect.Descriptor instead.
+func (*StreamChunk) Descriptor() ([]byte, []int) {
+	return file_jotunheim_v1_jotunheim_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *StreamChunk) GetStreamId() string {
+	if x != nil {
+		return x.StreamId
+	}
+	return ""
+}
+
+func (x *StreamChunk) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *StreamChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *StreamChunk) GetDropped() uint64 {
+	if x != nil {
+		return x.Dropped
+	}
+	return 0
+}
+
+func (x *StreamChunk) GetEof() bool {
+	if x != nil {
+		return x.Eof
+	}
+	return false
+}
+
+func (x *StreamChunk) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+func (x *StreamChunk) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+// LinkFrame is one device protocol message on a gRPC device link
+// (loki.v1.DeviceLink/Connect), in either direction: the topic below the
+// device's own tree (jotunheim/<id>/ is implied: "status", "manifest",
+// "state/led", "cmd", ...) and the payload an MQTT device would publish or
+// receive there, byte for byte (protojson of the messages above, or
+// "online"/"offline" on status). The gateway puts each frame on the same
+// NATS subject the MQTT listener would, so the platform sees one protocol.
+type LinkFrame struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Topic   string                 `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
+	Payload []byte                 `protobuf:"bytes,2,opt,name=payload,proto3" json:"payload,omitempty"`
+	// Retained on MQTT (status, state/<entity>); informative on a link.
+	Retain        bool `protobuf:"varint,3,opt,name=retain,proto3" json:"retain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LinkFrame) Reset() {
+	*x = LinkFrame{}
+	mi := &file_jotunheim_v1_jotunheim_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LinkFrame) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LinkFrame) ProtoMessage() {}
+
+func (x *LinkFrame) ProtoReflect() protoreflect.Message {
+	mi := &file_jotunheim_v1_jotunheim_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LinkFrame.ProtoReflect.Descriptor instead.
+func (*LinkFrame) Descriptor() ([]byte, []int) {
+	return file_jotunheim_v1_jotunheim_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *LinkFrame) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *LinkFrame) GetPayload() []byte {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
+func (x *LinkFrame) GetRetain() bool {
+	if x != nil {
+		return x.Retain
+	}
+	return false
+}
+
 var File_jotunheim_v1_jotunheim_proto protoreflect.FileDescriptor
 
 const file_jotunheim_v1_jotunheim_proto_rawDesc = "" +
@@ -1961,7 +2439,7 @@ const file_jotunheim_v1_jotunheim_proto_rawDesc = "" +
 	"\x1cjotunheim/v1/jotunheim.proto\x12\fjotunheim.v1\x1a\x1cgoogle/protobuf/struct.proto\"=\n" +
 	"\x0fProtocolVersion\x12\x14\n" +
 	"\x05major\x18\x01 \x01(\rR\x05major\x12\x14\n" +
-	"\x05minor\x18\x02 \x01(\rR\x05minor\"\xdf\x05\n" +
+	"\x05minor\x18\x02 \x01(\rR\x05minor\"\x95\x06\n" +
 	"\bManifest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
@@ -1982,7 +2460,8 @@ const file_jotunheim_v1_jotunheim_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\x0e \x01(\tR\trequestId\x12+\n" +
 	"\x11heartbeat_seconds\x18\x0f \x01(\rR\x10heartbeatSeconds\x12+\n" +
-	"\x11telemetry_seconds\x18\x10 \x01(\rR\x10telemetrySeconds\"[\n" +
+	"\x11telemetry_seconds\x18\x10 \x01(\rR\x10telemetrySeconds\x124\n" +
+	"\astreams\x18\x11 \x03(\v2\x1a.jotunheim.v1.StreamSourceR\astreams\"[\n" +
 	"\x06Reason\x12\x16\n" +
 	"\x12REASON_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eREASON_CONNECT\x10\x01\x12\x11\n" +
@@ -2118,7 +2597,43 @@ const file_jotunheim_v1_jotunheim_proto_rawDesc = "" +
 	"\x05phase\x18\x03 \x01(\tR\x05phase\x12\x18\n" +
 	"\apercent\x18\x04 \x01(\rR\apercent\x12\x16\n" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12'\n" +
-	"\x0frunning_version\x18\x06 \x01(\tR\x0erunningVersionB9Z7github.com/loki-iot/loki/proto/jotunheim/v1;jotunheimv1b\x06proto3"
+	"\x0frunning_version\x18\x06 \x01(\tR\x0erunningVersion\"\xab\x02\n" +
+	"\fStreamSource\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12!\n" +
+	"\fcontent_type\x18\x03 \x01(\tR\vcontentType\x12(\n" +
+	"\x10bytes_per_second\x18\x04 \x01(\x04R\x0ebytesPerSecond\x129\n" +
+	"\x06policy\x18\x05 \x01(\x0e2!.jotunheim.v1.StreamSource.PolicyR\x06policy\x12&\n" +
+	"\x0fmax_chunk_bytes\x18\x06 \x01(\rR\rmaxChunkBytes\"C\n" +
+	"\x06Policy\x12\x16\n" +
+	"\x12POLICY_UNSPECIFIED\x10\x00\x12\x10\n" +
+	"\fPOLICY_BLOCK\x10\x01\x12\x0f\n" +
+	"\vPOLICY_DROP\x10\x02\"\xc1\x02\n" +
+	"\rStreamControl\x12\x1b\n" +
+	"\tstream_id\x18\x01 \x01(\tR\bstreamId\x12:\n" +
+	"\x06action\x18\x02 \x01(\x0e2\".jotunheim.v1.StreamControl.ActionR\x06action\x12\x16\n" +
+	"\x06source\x18\x03 \x01(\tR\x06source\x12\x16\n" +
+	"\x06credit\x18\x04 \x01(\rR\x06credit\x12\x17\n" +
+	"\aack_seq\x18\x05 \x01(\x04R\x06ackSeq\x12\x1b\n" +
+	"\tmax_bytes\x18\x06 \x01(\x04R\bmaxBytes\x12\x19\n" +
+	"\blease_ms\x18\a \x01(\rR\aleaseMs\"V\n" +
+	"\x06Action\x12\x16\n" +
+	"\x12ACTION_UNSPECIFIED\x10\x00\x12\x0f\n" +
+	"\vACTION_OPEN\x10\x01\x12\x11\n" +
+	"\rACTION_CREDIT\x10\x02\x12\x10\n" +
+	"\fACTION_CLOSE\x10\x03\"\xa6\x01\n" +
+	"\vStreamChunk\x12\x1b\n" +
+	"\tstream_id\x18\x01 \x01(\tR\bstreamId\x12\x10\n" +
+	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\x12\x18\n" +
+	"\adropped\x18\x04 \x01(\x04R\adropped\x12\x10\n" +
+	"\x03eof\x18\x05 \x01(\bR\x03eof\x12\x12\n" +
+	"\x04code\x18\x06 \x01(\tR\x04code\x12\x14\n" +
+	"\x05error\x18\a \x01(\tR\x05error\"S\n" +
+	"\tLinkFrame\x12\x14\n" +
+	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x18\n" +
+	"\apayload\x18\x02 \x01(\fR\apayload\x12\x16\n" +
+	"\x06retain\x18\x03 \x01(\bR\x06retainB9Z7github.com/loki-iot/loki/proto/jotunheim/v1;jotunheimv1b\x06proto3"
 
 var (
 	file_jotunheim_v1_jotunheim_proto_rawDescOnce sync.Once
@@ -2132,62 +2647,71 @@ func file_jotunheim_v1_jotunheim_proto_rawDescGZIP() []byte {
 	return file_jotunheim_v1_jotunheim_proto_rawDescData
 }
 
-var file_jotunheim_v1_jotunheim_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_jotunheim_v1_jotunheim_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_jotunheim_v1_jotunheim_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_jotunheim_v1_jotunheim_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_jotunheim_v1_jotunheim_proto_goTypes = []any{
-	(Manifest_Reason)(0),    // 0: jotunheim.v1.Manifest.Reason
-	(*ProtocolVersion)(nil), // 1: jotunheim.v1.ProtocolVersion
-	(*Manifest)(nil),        // 2: jotunheim.v1.Manifest
-	(*Pin)(nil),             // 3: jotunheim.v1.Pin
-	(*Sensor)(nil),          // 4: jotunheim.v1.Sensor
-	(*Actuator)(nil),        // 5: jotunheim.v1.Actuator
-	(*Limits)(nil),          // 6: jotunheim.v1.Limits
-	(*Negotiation)(nil),     // 7: jotunheim.v1.Negotiation
-	(*CapsRequest)(nil),     // 8: jotunheim.v1.CapsRequest
-	(*Command)(nil),         // 9: jotunheim.v1.Command
-	(*CommandResult)(nil),   // 10: jotunheim.v1.CommandResult
-	(*State)(nil),           // 11: jotunheim.v1.State
-	(*Event)(nil),           // 12: jotunheim.v1.Event
-	(*Heartbeat)(nil),       // 13: jotunheim.v1.Heartbeat
-	(*ToolCall)(nil),        // 14: jotunheim.v1.ToolCall
-	(*ToolResult)(nil),      // 15: jotunheim.v1.ToolResult
-	(*Device)(nil),          // 16: jotunheim.v1.Device
-	(*DeviceList)(nil),      // 17: jotunheim.v1.DeviceList
-	(*DeviceRequest)(nil),   // 18: jotunheim.v1.DeviceRequest
-	(*CommandRequest)(nil),  // 19: jotunheim.v1.CommandRequest
-	(*DeviceEvent)(nil),     // 20: jotunheim.v1.DeviceEvent
-	(*OTAOffer)(nil),        // 21: jotunheim.v1.OTAOffer
-	(*OTAChunkRequest)(nil), // 22: jotunheim.v1.OTAChunkRequest
-	(*OTAChunk)(nil),        // 23: jotunheim.v1.OTAChunk
-	(*OTAProgress)(nil),     // 24: jotunheim.v1.OTAProgress
-	(*structpb.Struct)(nil), // 25: google.protobuf.Struct
-	(*structpb.Value)(nil),  // 26: google.protobuf.Value
+	(Manifest_Reason)(0),      // 0: jotunheim.v1.Manifest.Reason
+	(StreamSource_Policy)(0),  // 1: jotunheim.v1.StreamSource.Policy
+	(StreamControl_Action)(0), // 2: jotunheim.v1.StreamControl.Action
+	(*ProtocolVersion)(nil),   // 3: jotunheim.v1.ProtocolVersion
+	(*Manifest)(nil),          // 4: jotunheim.v1.Manifest
+	(*Pin)(nil),               // 5: jotunheim.v1.Pin
+	(*Sensor)(nil),            // 6: jotunheim.v1.Sensor
+	(*Actuator)(nil),          // 7: jotunheim.v1.Actuator
+	(*Limits)(nil),            // 8: jotunheim.v1.Limits
+	(*Negotiation)(nil),       // 9: jotunheim.v1.Negotiation
+	(*CapsRequest)(nil),       // 10: jotunheim.v1.CapsRequest
+	(*Command)(nil),           // 11: jotunheim.v1.Command
+	(*CommandResult)(nil),     // 12: jotunheim.v1.CommandResult
+	(*State)(nil),             // 13: jotunheim.v1.State
+	(*Event)(nil),             // 14: jotunheim.v1.Event
+	(*Heartbeat)(nil),         // 15: jotunheim.v1.Heartbeat
+	(*ToolCall)(nil),          // 16: jotunheim.v1.ToolCall
+	(*ToolResult)(nil),        // 17: jotunheim.v1.ToolResult
+	(*Device)(nil),            // 18: jotunheim.v1.Device
+	(*DeviceList)(nil),        // 19: jotunheim.v1.DeviceList
+	(*DeviceRequest)(nil),     // 20: jotunheim.v1.DeviceRequest
+	(*CommandRequest)(nil),    // 21: jotunheim.v1.CommandRequest
+	(*DeviceEvent)(nil),       // 22: jotunheim.v1.DeviceEvent
+	(*OTAOffer)(nil),          // 23: jotunheim.v1.OTAOffer
+	(*OTAChunkRequest)(nil),   // 24: jotunheim.v1.OTAChunkRequest
+	(*OTAChunk)(nil),          // 25: jotunheim.v1.OTAChunk
+	(*OTAProgress)(nil),       // 26: jotunheim.v1.OTAProgress
+	(*StreamSource)(nil),      // 27: jotunheim.v1.StreamSource
+	(*StreamControl)(nil),     // 28: jotunheim.v1.StreamControl
+	(*StreamChunk)(nil),       // 29: jotunheim.v1.StreamChunk
+	(*LinkFrame)(nil),         // 30: jotunheim.v1.LinkFrame
+	(*structpb.Struct)(nil),   // 31: google.protobuf.Struct
+	(*structpb.Value)(nil),    // 32: google.protobuf.Value
 }
 var file_jotunheim_v1_jotunheim_proto_depIdxs = []int32{
-	1,  // 0: jotunheim.v1.Manifest.protocol:type_name -> jotunheim.v1.ProtocolVersion
-	3,  // 1: jotunheim.v1.Manifest.pins:type_name -> jotunheim.v1.Pin
-	4,  // 2: jotunheim.v1.Manifest.sensors:type_name -> jotunheim.v1.Sensor
-	5,  // 3: jotunheim.v1.Manifest.actuators:type_name -> jotunheim.v1.Actuator
-	6,  // 4: jotunheim.v1.Manifest.limits:type_name -> jotunheim.v1.Limits
+	3,  // 0: jotunheim.v1.Manifest.protocol:type_name -> jotunheim.v1.ProtocolVersion
+	5,  // 1: jotunheim.v1.Manifest.pins:type_name -> jotunheim.v1.Pin
+	6,  // 2: jotunheim.v1.Manifest.sensors:type_name -> jotunheim.v1.Sensor
+	7,  // 3: jotunheim.v1.Manifest.actuators:type_name -> jotunheim.v1.Actuator
+	8,  // 4: jotunheim.v1.Manifest.limits:type_name -> jotunheim.v1.Limits
 	0,  // 5: jotunheim.v1.Manifest.reason:type_name -> jotunheim.v1.Manifest.Reason
-	1,  // 6: jotunheim.v1.Negotiation.platform_protocol:type_name -> jotunheim.v1.ProtocolVersion
-	25, // 7: jotunheim.v1.Command.args:type_name -> google.protobuf.Struct
-	26, // 8: jotunheim.v1.CommandResult.data:type_name -> google.protobuf.Value
-	26, // 9: jotunheim.v1.State.value:type_name -> google.protobuf.Value
-	26, // 10: jotunheim.v1.Event.data:type_name -> google.protobuf.Value
-	25, // 11: jotunheim.v1.ToolCall.args:type_name -> google.protobuf.Struct
-	26, // 12: jotunheim.v1.ToolResult.result:type_name -> google.protobuf.Value
-	2,  // 13: jotunheim.v1.Device.manifest:type_name -> jotunheim.v1.Manifest
-	16, // 14: jotunheim.v1.DeviceList.devices:type_name -> jotunheim.v1.Device
-	9,  // 15: jotunheim.v1.CommandRequest.command:type_name -> jotunheim.v1.Command
-	11, // 16: jotunheim.v1.DeviceEvent.state:type_name -> jotunheim.v1.State
-	12, // 17: jotunheim.v1.DeviceEvent.event:type_name -> jotunheim.v1.Event
-	2,  // 18: jotunheim.v1.DeviceEvent.manifest:type_name -> jotunheim.v1.Manifest
-	19, // [19:19] is the sub-list for method output_type
-	19, // [19:19] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	27, // 6: jotunheim.v1.Manifest.streams:type_name -> jotunheim.v1.StreamSource
+	3,  // 7: jotunheim.v1.Negotiation.platform_protocol:type_name -> jotunheim.v1.ProtocolVersion
+	31, // 8: jotunheim.v1.Command.args:type_name -> google.protobuf.Struct
+	32, // 9: jotunheim.v1.CommandResult.data:type_name -> google.protobuf.Value
+	32, // 10: jotunheim.v1.State.value:type_name -> google.protobuf.Value
+	32, // 11: jotunheim.v1.Event.data:type_name -> google.protobuf.Value
+	31, // 12: jotunheim.v1.ToolCall.args:type_name -> google.protobuf.Struct
+	32, // 13: jotunheim.v1.ToolResult.result:type_name -> google.protobuf.Value
+	4,  // 14: jotunheim.v1.Device.manifest:type_name -> jotunheim.v1.Manifest
+	18, // 15: jotunheim.v1.DeviceList.devices:type_name -> jotunheim.v1.Device
+	11, // 16: jotunheim.v1.CommandRequest.command:type_name -> jotunheim.v1.Command
+	13, // 17: jotunheim.v1.DeviceEvent.state:type_name -> jotunheim.v1.State
+	14, // 18: jotunheim.v1.DeviceEvent.event:type_name -> jotunheim.v1.Event
+	4,  // 19: jotunheim.v1.DeviceEvent.manifest:type_name -> jotunheim.v1.Manifest
+	1,  // 20: jotunheim.v1.StreamSource.policy:type_name -> jotunheim.v1.StreamSource.Policy
+	2,  // 21: jotunheim.v1.StreamControl.action:type_name -> jotunheim.v1.StreamControl.Action
+	22, // [22:22] is the sub-list for method output_type
+	22, // [22:22] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_jotunheim_v1_jotunheim_proto_init() }
@@ -2201,8 +2725,8 @@ func file_jotunheim_v1_jotunheim_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_jotunheim_v1_jotunheim_proto_rawDesc), len(file_jotunheim_v1_jotunheim_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   24,
+			NumEnums:      3,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -29,6 +29,68 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type OpenStreamRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	DeviceId string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	// The stream source's name in the device's manifest.
+	Source string `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
+	// Stop after this many bytes (0: until the caller cancels).
+	MaxBytes      uint64 `protobuf:"varint,3,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OpenStreamRequest) Reset() {
+	*x = OpenStreamRequest{}
+	mi := &file_loki_v1_gateway_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OpenStreamRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OpenStreamRequest) ProtoMessage() {}
+
+func (x *OpenStreamRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loki_v1_gateway_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OpenStreamRequest.ProtoReflect.Descriptor instead.
+func (*OpenStreamRequest) Descriptor() ([]byte, []int) {
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *OpenStreamRequest) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *OpenStreamRequest) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *OpenStreamRequest) GetMaxBytes() uint64 {
+	if x != nil {
+		return x.MaxBytes
+	}
+	return 0
+}
+
 type GetRolloutStatusRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The rollout id; empty for every rollout.
@@ -39,7 +101,7 @@ type GetRolloutStatusRequest struct {
 
 func (x *GetRolloutStatusRequest) Reset() {
 	*x = GetRolloutStatusRequest{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[0]
+	mi := &file_loki_v1_gateway_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -51,7 +113,7 @@ func (x *GetRolloutStatusRequest) String() string {
 func (*GetRolloutStatusRequest) ProtoMessage() {}
 
 func (x *GetRolloutStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[0]
+	mi := &file_loki_v1_gateway_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -64,7 +126,7 @@ func (x *GetRolloutStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRolloutStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetRolloutStatusRequest) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{0}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *GetRolloutStatusRequest) GetRolloutId() string {
@@ -85,7 +147,7 @@ type GetRolloutStatusResponse struct {
 
 func (x *GetRolloutStatusResponse) Reset() {
 	*x = GetRolloutStatusResponse{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[1]
+	mi := &file_loki_v1_gateway_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -97,7 +159,7 @@ func (x *GetRolloutStatusResponse) String() string {
 func (*GetRolloutStatusResponse) ProtoMessage() {}
 
 func (x *GetRolloutStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[1]
+	mi := &file_loki_v1_gateway_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -110,7 +172,7 @@ func (x *GetRolloutStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRolloutStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetRolloutStatusResponse) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{1}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *GetRolloutStatusResponse) GetRollouts() *structpb.Value {
@@ -128,7 +190,7 @@ type ListDevicesRequest struct {
 
 func (x *ListDevicesRequest) Reset() {
 	*x = ListDevicesRequest{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[2]
+	mi := &file_loki_v1_gateway_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -140,7 +202,7 @@ func (x *ListDevicesRequest) String() string {
 func (*ListDevicesRequest) ProtoMessage() {}
 
 func (x *ListDevicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[2]
+	mi := &file_loki_v1_gateway_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -153,7 +215,7 @@ func (x *ListDevicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDevicesRequest.ProtoReflect.Descriptor instead.
 func (*ListDevicesRequest) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{2}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{3}
 }
 
 type ListDevicesResponse struct {
@@ -166,7 +228,7 @@ type ListDevicesResponse struct {
 
 func (x *ListDevicesResponse) Reset() {
 	*x = ListDevicesResponse{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[3]
+	mi := &file_loki_v1_gateway_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -178,7 +240,7 @@ func (x *ListDevicesResponse) String() string {
 func (*ListDevicesResponse) ProtoMessage() {}
 
 func (x *ListDevicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[3]
+	mi := &file_loki_v1_gateway_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -191,7 +253,7 @@ func (x *ListDevicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDevicesResponse.ProtoReflect.Descriptor instead.
 func (*ListDevicesResponse) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{3}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ListDevicesResponse) GetDevices() []*v1.Device {
@@ -211,7 +273,7 @@ type GetDeviceRequest struct {
 
 func (x *GetDeviceRequest) Reset() {
 	*x = GetDeviceRequest{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[4]
+	mi := &file_loki_v1_gateway_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -223,7 +285,7 @@ func (x *GetDeviceRequest) String() string {
 func (*GetDeviceRequest) ProtoMessage() {}
 
 func (x *GetDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[4]
+	mi := &file_loki_v1_gateway_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -236,7 +298,7 @@ func (x *GetDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDeviceRequest.ProtoReflect.Descriptor instead.
 func (*GetDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{4}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetDeviceRequest) GetId() string {
@@ -255,7 +317,7 @@ type GetDeviceResponse struct {
 
 func (x *GetDeviceResponse) Reset() {
 	*x = GetDeviceResponse{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[5]
+	mi := &file_loki_v1_gateway_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -267,7 +329,7 @@ func (x *GetDeviceResponse) String() string {
 func (*GetDeviceResponse) ProtoMessage() {}
 
 func (x *GetDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[5]
+	mi := &file_loki_v1_gateway_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -280,7 +342,7 @@ func (x *GetDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDeviceResponse.ProtoReflect.Descriptor instead.
 func (*GetDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{5}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetDeviceResponse) GetDevice() *v1.Device {
@@ -302,7 +364,7 @@ type CommandDeviceResponse struct {
 
 func (x *CommandDeviceResponse) Reset() {
 	*x = CommandDeviceResponse{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[6]
+	mi := &file_loki_v1_gateway_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -314,7 +376,7 @@ func (x *CommandDeviceResponse) String() string {
 func (*CommandDeviceResponse) ProtoMessage() {}
 
 func (x *CommandDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[6]
+	mi := &file_loki_v1_gateway_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -327,7 +389,7 @@ func (x *CommandDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandDeviceResponse.ProtoReflect.Descriptor instead.
 func (*CommandDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{6}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CommandDeviceResponse) GetData() *structpb.Value {
@@ -350,7 +412,7 @@ type WatchDevicesRequest struct {
 
 func (x *WatchDevicesRequest) Reset() {
 	*x = WatchDevicesRequest{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[7]
+	mi := &file_loki_v1_gateway_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -362,7 +424,7 @@ func (x *WatchDevicesRequest) String() string {
 func (*WatchDevicesRequest) ProtoMessage() {}
 
 func (x *WatchDevicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[7]
+	mi := &file_loki_v1_gateway_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -375,7 +437,7 @@ func (x *WatchDevicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchDevicesRequest.ProtoReflect.Descriptor instead.
 func (*WatchDevicesRequest) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{7}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *WatchDevicesRequest) GetDevice() string {
@@ -400,7 +462,7 @@ type GetCapabilitiesRequest struct {
 
 func (x *GetCapabilitiesRequest) Reset() {
 	*x = GetCapabilitiesRequest{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[8]
+	mi := &file_loki_v1_gateway_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -412,7 +474,7 @@ func (x *GetCapabilitiesRequest) String() string {
 func (*GetCapabilitiesRequest) ProtoMessage() {}
 
 func (x *GetCapabilitiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[8]
+	mi := &file_loki_v1_gateway_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -425,7 +487,7 @@ func (x *GetCapabilitiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCapabilitiesRequest.ProtoReflect.Descriptor instead.
 func (*GetCapabilitiesRequest) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{8}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{9}
 }
 
 type GetCapabilitiesResponse struct {
@@ -437,7 +499,7 @@ type GetCapabilitiesResponse struct {
 
 func (x *GetCapabilitiesResponse) Reset() {
 	*x = GetCapabilitiesResponse{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[9]
+	mi := &file_loki_v1_gateway_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -449,7 +511,7 @@ func (x *GetCapabilitiesResponse) String() string {
 func (*GetCapabilitiesResponse) ProtoMessage() {}
 
 func (x *GetCapabilitiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[9]
+	mi := &file_loki_v1_gateway_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -462,7 +524,7 @@ func (x *GetCapabilitiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCapabilitiesResponse.ProtoReflect.Descriptor instead.
 func (*GetCapabilitiesResponse) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{9}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetCapabilitiesResponse) GetCapabilities() *Capabilities {
@@ -485,7 +547,7 @@ type GetChildrenStatusRequest struct {
 
 func (x *GetChildrenStatusRequest) Reset() {
 	*x = GetChildrenStatusRequest{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[10]
+	mi := &file_loki_v1_gateway_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -497,7 +559,7 @@ func (x *GetChildrenStatusRequest) String() string {
 func (*GetChildrenStatusRequest) ProtoMessage() {}
 
 func (x *GetChildrenStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[10]
+	mi := &file_loki_v1_gateway_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -510,7 +572,7 @@ func (x *GetChildrenStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetChildrenStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetChildrenStatusRequest) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{10}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetChildrenStatusRequest) GetNames() []string {
@@ -537,7 +599,7 @@ type GetChildrenStatusResponse struct {
 
 func (x *GetChildrenStatusResponse) Reset() {
 	*x = GetChildrenStatusResponse{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[11]
+	mi := &file_loki_v1_gateway_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -549,7 +611,7 @@ func (x *GetChildrenStatusResponse) String() string {
 func (*GetChildrenStatusResponse) ProtoMessage() {}
 
 func (x *GetChildrenStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[11]
+	mi := &file_loki_v1_gateway_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -562,7 +624,7 @@ func (x *GetChildrenStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetChildrenStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetChildrenStatusResponse) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{11}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetChildrenStatusResponse) GetServices() []*ServiceStatus {
@@ -580,7 +642,7 @@ type ListScriptsRequest struct {
 
 func (x *ListScriptsRequest) Reset() {
 	*x = ListScriptsRequest{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[12]
+	mi := &file_loki_v1_gateway_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -592,7 +654,7 @@ func (x *ListScriptsRequest) String() string {
 func (*ListScriptsRequest) ProtoMessage() {}
 
 func (x *ListScriptsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[12]
+	mi := &file_loki_v1_gateway_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -605,7 +667,7 @@ func (x *ListScriptsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListScriptsRequest.ProtoReflect.Descriptor instead.
 func (*ListScriptsRequest) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{12}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{13}
 }
 
 type ListScriptsResponse struct {
@@ -617,7 +679,7 @@ type ListScriptsResponse struct {
 
 func (x *ListScriptsResponse) Reset() {
 	*x = ListScriptsResponse{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[13]
+	mi := &file_loki_v1_gateway_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -629,7 +691,7 @@ func (x *ListScriptsResponse) String() string {
 func (*ListScriptsResponse) ProtoMessage() {}
 
 func (x *ListScriptsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[13]
+	mi := &file_loki_v1_gateway_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -642,7 +704,7 @@ func (x *ListScriptsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListScriptsResponse.ProtoReflect.Descriptor instead.
 func (*ListScriptsResponse) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{13}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListScriptsResponse) GetTools() []*Tool {
@@ -661,7 +723,7 @@ type GetScriptRequest struct {
 
 func (x *GetScriptRequest) Reset() {
 	*x = GetScriptRequest{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[14]
+	mi := &file_loki_v1_gateway_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -673,7 +735,7 @@ func (x *GetScriptRequest) String() string {
 func (*GetScriptRequest) ProtoMessage() {}
 
 func (x *GetScriptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[14]
+	mi := &file_loki_v1_gateway_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -686,7 +748,7 @@ func (x *GetScriptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetScriptRequest.ProtoReflect.Descriptor instead.
 func (*GetScriptRequest) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{14}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetScriptRequest) GetName() string {
@@ -705,7 +767,7 @@ type GetScriptResponse struct {
 
 func (x *GetScriptResponse) Reset() {
 	*x = GetScriptResponse{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[15]
+	mi := &file_loki_v1_gateway_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -717,7 +779,7 @@ func (x *GetScriptResponse) String() string {
 func (*GetScriptResponse) ProtoMessage() {}
 
 func (x *GetScriptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[15]
+	mi := &file_loki_v1_gateway_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -730,7 +792,7 @@ func (x *GetScriptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetScriptResponse.ProtoReflect.Descriptor instead.
 func (*GetScriptResponse) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{15}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetScriptResponse) GetTool() *Tool {
@@ -750,7 +812,7 @@ type RegisterScriptRequest struct {
 
 func (x *RegisterScriptRequest) Reset() {
 	*x = RegisterScriptRequest{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[16]
+	mi := &file_loki_v1_gateway_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -762,7 +824,7 @@ func (x *RegisterScriptRequest) String() string {
 func (*RegisterScriptRequest) ProtoMessage() {}
 
 func (x *RegisterScriptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[16]
+	mi := &file_loki_v1_gateway_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -775,7 +837,7 @@ func (x *RegisterScriptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterScriptRequest.ProtoReflect.Descriptor instead.
 func (*RegisterScriptRequest) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{16}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RegisterScriptRequest) GetTool() *Tool {
@@ -795,7 +857,7 @@ type RegisterScriptResponse struct {
 
 func (x *RegisterScriptResponse) Reset() {
 	*x = RegisterScriptResponse{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[17]
+	mi := &file_loki_v1_gateway_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -807,7 +869,7 @@ func (x *RegisterScriptResponse) String() string {
 func (*RegisterScriptResponse) ProtoMessage() {}
 
 func (x *RegisterScriptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[17]
+	mi := &file_loki_v1_gateway_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -820,7 +882,7 @@ func (x *RegisterScriptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterScriptResponse.ProtoReflect.Descriptor instead.
 func (*RegisterScriptResponse) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{17}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RegisterScriptResponse) GetTool() *Tool {
@@ -839,7 +901,7 @@ type UnregisterScriptRequest struct {
 
 func (x *UnregisterScriptRequest) Reset() {
 	*x = UnregisterScriptRequest{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[18]
+	mi := &file_loki_v1_gateway_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -851,7 +913,7 @@ func (x *UnregisterScriptRequest) String() string {
 func (*UnregisterScriptRequest) ProtoMessage() {}
 
 func (x *UnregisterScriptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[18]
+	mi := &file_loki_v1_gateway_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -864,7 +926,7 @@ func (x *UnregisterScriptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnregisterScriptRequest.ProtoReflect.Descriptor instead.
 func (*UnregisterScriptRequest) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{18}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *UnregisterScriptRequest) GetName() string {
@@ -882,7 +944,7 @@ type UnregisterScriptResponse struct {
 
 func (x *UnregisterScriptResponse) Reset() {
 	*x = UnregisterScriptResponse{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[19]
+	mi := &file_loki_v1_gateway_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -894,7 +956,7 @@ func (x *UnregisterScriptResponse) String() string {
 func (*UnregisterScriptResponse) ProtoMessage() {}
 
 func (x *UnregisterScriptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[19]
+	mi := &file_loki_v1_gateway_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -907,7 +969,7 @@ func (x *UnregisterScriptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnregisterScriptResponse.ProtoReflect.Descriptor instead.
 func (*UnregisterScriptResponse) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{19}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{20}
 }
 
 type ExecuteScriptRequest struct {
@@ -923,7 +985,7 @@ type ExecuteScriptRequest struct {
 
 func (x *ExecuteScriptRequest) Reset() {
 	*x = ExecuteScriptRequest{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[20]
+	mi := &file_loki_v1_gateway_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -935,7 +997,7 @@ func (x *ExecuteScriptRequest) String() string {
 func (*ExecuteScriptRequest) ProtoMessage() {}
 
 func (x *ExecuteScriptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[20]
+	mi := &file_loki_v1_gateway_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -948,7 +1010,7 @@ func (x *ExecuteScriptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecuteScriptRequest.ProtoReflect.Descriptor instead.
 func (*ExecuteScriptRequest) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{20}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ExecuteScriptRequest) GetTool() string {
@@ -983,7 +1045,7 @@ type ExecuteScriptResponse struct {
 
 func (x *ExecuteScriptResponse) Reset() {
 	*x = ExecuteScriptResponse{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[21]
+	mi := &file_loki_v1_gateway_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -995,7 +1057,7 @@ func (x *ExecuteScriptResponse) String() string {
 func (*ExecuteScriptResponse) ProtoMessage() {}
 
 func (x *ExecuteScriptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[21]
+	mi := &file_loki_v1_gateway_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1008,7 +1070,7 @@ func (x *ExecuteScriptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecuteScriptResponse.ProtoReflect.Descriptor instead.
 func (*ExecuteScriptResponse) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{21}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ExecuteScriptResponse) GetExecutionId() string {
@@ -1036,7 +1098,7 @@ type StreamScriptExecutionRequest struct {
 
 func (x *StreamScriptExecutionRequest) Reset() {
 	*x = StreamScriptExecutionRequest{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[22]
+	mi := &file_loki_v1_gateway_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1048,7 +1110,7 @@ func (x *StreamScriptExecutionRequest) String() string {
 func (*StreamScriptExecutionRequest) ProtoMessage() {}
 
 func (x *StreamScriptExecutionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[22]
+	mi := &file_loki_v1_gateway_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1061,7 +1123,7 @@ func (x *StreamScriptExecutionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamScriptExecutionRequest.ProtoReflect.Descriptor instead.
 func (*StreamScriptExecutionRequest) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{22}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StreamScriptExecutionRequest) GetTool() string {
@@ -1099,7 +1161,7 @@ type StreamScriptExecutionResponse struct {
 
 func (x *StreamScriptExecutionResponse) Reset() {
 	*x = StreamScriptExecutionResponse{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[23]
+	mi := &file_loki_v1_gateway_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1111,7 +1173,7 @@ func (x *StreamScriptExecutionResponse) String() string {
 func (*StreamScriptExecutionResponse) ProtoMessage() {}
 
 func (x *StreamScriptExecutionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[23]
+	mi := &file_loki_v1_gateway_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1124,7 +1186,7 @@ func (x *StreamScriptExecutionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamScriptExecutionResponse.ProtoReflect.Descriptor instead.
 func (*StreamScriptExecutionResponse) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{23}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StreamScriptExecutionResponse) GetEvent() isStreamScriptExecutionResponse_Event {
@@ -1180,7 +1242,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[24]
+	mi := &file_loki_v1_gateway_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1192,7 +1254,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[24]
+	mi := &file_loki_v1_gateway_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1205,7 +1267,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{24}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *WatchEventsRequest) GetTool() string {
@@ -1231,7 +1293,7 @@ type WatchEventsResponse struct {
 
 func (x *WatchEventsResponse) Reset() {
 	*x = WatchEventsResponse{}
-	mi := &file_loki_v1_gateway_proto_msgTypes[25]
+	mi := &file_loki_v1_gateway_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1243,7 +1305,7 @@ func (x *WatchEventsResponse) String() string {
 func (*WatchEventsResponse) ProtoMessage() {}
 
 func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loki_v1_gateway_proto_msgTypes[25]
+	mi := &file_loki_v1_gateway_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1256,7 +1318,7 @@ func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
 func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
-	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{25}
+	return file_loki_v1_gateway_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *WatchEventsResponse) GetEvent() *ScriptEvent {
@@ -1270,7 +1332,11 @@ var File_loki_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_loki_v1_gateway_proto_rawDesc = "" +
 	"\n" +
-	"\x15loki/v1/gateway.proto\x12\aloki.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1cjotunheim/v1/jotunheim.proto\x1a\x12loki/v1/loki.proto\"8\n" +
+	"\x15loki/v1/gateway.proto\x12\aloki.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1cjotunheim/v1/jotunheim.proto\x1a\x12loki/v1/loki.proto\"e\n" +
+	"\x11OpenStreamRequest\x12\x1b\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x16\n" +
+	"\x06source\x18\x02 \x01(\tR\x06source\x12\x1b\n" +
+	"\tmax_bytes\x18\x03 \x01(\x04R\bmaxBytes\"8\n" +
 	"\x17GetRolloutStatusRequest\x12\x1d\n" +
 	"\n" +
 	"rollout_id\x18\x01 \x01(\tR\trolloutId\"N\n" +
@@ -1339,13 +1405,18 @@ const file_loki_v1_gateway_proto_rawDesc = "" +
 	"\x10UnregisterScript\x12 .loki.v1.UnregisterScriptRequest\x1a!.loki.v1.UnregisterScriptResponse\x12N\n" +
 	"\rExecuteScript\x12\x1d.loki.v1.ExecuteScriptRequest\x1a\x1e.loki.v1.ExecuteScriptResponse\x12h\n" +
 	"\x15StreamScriptExecution\x12%.loki.v1.StreamScriptExecutionRequest\x1a&.loki.v1.StreamScriptExecutionResponse0\x01\x12J\n" +
-	"\vWatchEvents\x12\x1b.loki.v1.WatchEventsRequest\x1a\x1c.loki.v1.WatchEventsResponse0\x012\x8a\x03\n" +
+	"\vWatchEvents\x12\x1b.loki.v1.WatchEventsRequest\x1a\x1c.loki.v1.WatchEventsResponse0\x012\xd1\x03\n" +
 	"\aDevices\x12H\n" +
 	"\vListDevices\x12\x1b.loki.v1.ListDevicesRequest\x1a\x1c.loki.v1.ListDevicesResponse\x12B\n" +
 	"\tGetDevice\x12\x19.loki.v1.GetDeviceRequest\x1a\x1a.loki.v1.GetDeviceResponse\x12M\n" +
 	"\rCommandDevice\x12\x1c.jotunheim.v1.CommandRequest\x1a\x1e.loki.v1.CommandDeviceResponse\x12I\n" +
 	"\fWatchDevices\x12\x1c.loki.v1.WatchDevicesRequest\x1a\x19.jotunheim.v1.DeviceEvent0\x01\x12W\n" +
-	"\x10GetRolloutStatus\x12 .loki.v1.GetRolloutStatusRequest\x1a!.loki.v1.GetRolloutStatusResponseB/Z-github.com/loki-iot/loki/proto/loki/v1;lokiv1b\x06proto3"
+	"\x10GetRolloutStatus\x12 .loki.v1.GetRolloutStatusRequest\x1a!.loki.v1.GetRolloutStatusResponse\x12E\n" +
+	"\n" +
+	"OpenStream\x12\x1a.loki.v1.OpenStreamRequest\x1a\x19.jotunheim.v1.StreamChunk0\x012M\n" +
+	"\n" +
+	"DeviceLink\x12?\n" +
+	"\aConnect\x12\x17.jotunheim.v1.LinkFrame\x1a\x17.jotunheim.v1.LinkFrame(\x010\x01B/Z-github.com/loki-iot/loki/proto/loki/v1;lokiv1b\x06proto3"
 
 var (
 	file_loki_v1_gateway_proto_rawDescOnce sync.Once
@@ -1359,96 +1430,103 @@ func file_loki_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_loki_v1_gateway_proto_rawDescData
 }
 
-var file_loki_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_loki_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_loki_v1_gateway_proto_goTypes = []any{
-	(*GetRolloutStatusRequest)(nil),       // 0: loki.v1.GetRolloutStatusRequest
-	(*GetRolloutStatusResponse)(nil),      // 1: loki.v1.GetRolloutStatusResponse
-	(*ListDevicesRequest)(nil),            // 2: loki.v1.ListDevicesRequest
-	(*ListDevicesResponse)(nil),           // 3: loki.v1.ListDevicesResponse
-	(*GetDeviceRequest)(nil),              // 4: loki.v1.GetDeviceRequest
-	(*GetDeviceResponse)(nil),             // 5: loki.v1.GetDeviceResponse
-	(*CommandDeviceResponse)(nil),         // 6: loki.v1.CommandDeviceResponse
-	(*WatchDevicesRequest)(nil),           // 7: loki.v1.WatchDevicesRequest
-	(*GetCapabilitiesRequest)(nil),        // 8: loki.v1.GetCapabilitiesRequest
-	(*GetCapabilitiesResponse)(nil),       // 9: loki.v1.GetCapabilitiesResponse
-	(*GetChildrenStatusRequest)(nil),      // 10: loki.v1.GetChildrenStatusRequest
-	(*GetChildrenStatusResponse)(nil),     // 11: loki.v1.GetChildrenStatusResponse
-	(*ListScriptsRequest)(nil),            // 12: loki.v1.ListScriptsRequest
-	(*ListScriptsResponse)(nil),           // 13: loki.v1.ListScriptsResponse
-	(*GetScriptRequest)(nil),              // 14: loki.v1.GetScriptRequest
-	(*GetScriptResponse)(nil),             // 15: loki.v1.GetScriptResponse
-	(*RegisterScriptRequest)(nil),         // 16: loki.v1.RegisterScriptRequest
-	(*RegisterScriptResponse)(nil),        // 17: loki.v1.RegisterScriptResponse
-	(*UnregisterScriptRequest)(nil),       // 18: loki.v1.UnregisterScriptRequest
-	(*UnregisterScriptResponse)(nil),      // 19: loki.v1.UnregisterScriptResponse
-	(*ExecuteScriptRequest)(nil),          // 20: loki.v1.ExecuteScriptRequest
-	(*ExecuteScriptResponse)(nil),         // 21: loki.v1.ExecuteScriptResponse
-	(*StreamScriptExecutionRequest)(nil),  // 22: loki.v1.StreamScriptExecutionRequest
-	(*StreamScriptExecutionResponse)(nil), // 23: loki.v1.StreamScriptExecutionResponse
-	(*WatchEventsRequest)(nil),            // 24: loki.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),           // 25: loki.v1.WatchEventsResponse
-	(*structpb.Value)(nil),                // 26: google.protobuf.Value
-	(*v1.Device)(nil),                     // 27: jotunheim.v1.Device
-	(*Capabilities)(nil),                  // 28: loki.v1.Capabilities
-	(*durationpb.Duration)(nil),           // 29: google.protobuf.Duration
-	(*ServiceStatus)(nil),                 // 30: loki.v1.ServiceStatus
-	(*Tool)(nil),                          // 31: loki.v1.Tool
-	(*structpb.Struct)(nil),               // 32: google.protobuf.Struct
-	(*EmitChunk)(nil),                     // 33: loki.v1.EmitChunk
-	(*ScriptEvent)(nil),                   // 34: loki.v1.ScriptEvent
-	(*v1.CommandRequest)(nil),             // 35: jotunheim.v1.CommandRequest
-	(*v1.DeviceEvent)(nil),                // 36: jotunheim.v1.DeviceEvent
+	(*OpenStreamRequest)(nil),             // 0: loki.v1.OpenStreamRequest
+	(*GetRolloutStatusRequest)(nil),       // 1: loki.v1.GetRolloutStatusRequest
+	(*GetRolloutStatusResponse)(nil),      // 2: loki.v1.GetRolloutStatusResponse
+	(*ListDevicesRequest)(nil),            // 3: loki.v1.ListDevicesRequest
+	(*ListDevicesResponse)(nil),           // 4: loki.v1.ListDevicesResponse
+	(*GetDeviceRequest)(nil),              // 5: loki.v1.GetDeviceRequest
+	(*GetDeviceResponse)(nil),             // 6: loki.v1.GetDeviceResponse
+	(*CommandDeviceResponse)(nil),         // 7: loki.v1.CommandDeviceResponse
+	(*WatchDevicesRequest)(nil),           // 8: loki.v1.WatchDevicesRequest
+	(*GetCapabilitiesRequest)(nil),        // 9: loki.v1.GetCapabilitiesRequest
+	(*GetCapabilitiesResponse)(nil),       // 10: loki.v1.GetCapabilitiesResponse
+	(*GetChildrenStatusRequest)(nil),      // 11: loki.v1.GetChildrenStatusRequest
+	(*GetChildrenStatusResponse)(nil),     // 12: loki.v1.GetChildrenStatusResponse
+	(*ListScriptsRequest)(nil),            // 13: loki.v1.ListScriptsRequest
+	(*ListScriptsResponse)(nil),           // 14: loki.v1.ListScriptsResponse
+	(*GetScriptRequest)(nil),              // 15: loki.v1.GetScriptRequest
+	(*GetScriptResponse)(nil),             // 16: loki.v1.GetScriptResponse
+	(*RegisterScriptRequest)(nil),         // 17: loki.v1.RegisterScriptRequest
+	(*RegisterScriptResponse)(nil),        // 18: loki.v1.RegisterScriptResponse
+	(*UnregisterScriptRequest)(nil),       // 19: loki.v1.UnregisterScriptRequest
+	(*UnregisterScriptResponse)(nil),      // 20: loki.v1.UnregisterScriptResponse
+	(*ExecuteScriptRequest)(nil),          // 21: loki.v1.ExecuteScriptRequest
+	(*ExecuteScriptResponse)(nil),         // 22: loki.v1.ExecuteScriptResponse
+	(*StreamScriptExecutionRequest)(nil),  // 23: loki.v1.StreamScriptExecutionRequest
+	(*StreamScriptExecutionResponse)(nil), // 24: loki.v1.StreamScriptExecutionResponse
+	(*WatchEventsRequest)(nil),            // 25: loki.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),           // 26: loki.v1.WatchEventsResponse
+	(*structpb.Value)(nil),                // 27: google.protobuf.Value
+	(*v1.Device)(nil),                     // 28: jotunheim.v1.Device
+	(*Capabilities)(nil),                  // 29: loki.v1.Capabilities
+	(*durationpb.Duration)(nil),           // 30: google.protobuf.Duration
+	(*ServiceStatus)(nil),                 // 31: loki.v1.ServiceStatus
+	(*Tool)(nil),                          // 32: loki.v1.Tool
+	(*structpb.Struct)(nil),               // 33: google.protobuf.Struct
+	(*EmitChunk)(nil),                     // 34: loki.v1.EmitChunk
+	(*ScriptEvent)(nil),                   // 35: loki.v1.ScriptEvent
+	(*v1.CommandRequest)(nil),             // 36: jotunheim.v1.CommandRequest
+	(*v1.LinkFrame)(nil),                  // 37: jotunheim.v1.LinkFrame
+	(*v1.DeviceEvent)(nil),                // 38: jotunheim.v1.DeviceEvent
+	(*v1.StreamChunk)(nil),                // 39: jotunheim.v1.StreamChunk
 }
 var file_loki_v1_gateway_proto_depIdxs = []int32{
-	26, // 0: loki.v1.GetRolloutStatusResponse.rollouts:type_name -> google.protobuf.Value
-	27, // 1: loki.v1.ListDevicesResponse.devices:type_name -> jotunheim.v1.Device
-	27, // 2: loki.v1.GetDeviceResponse.device:type_name -> jotunheim.v1.Device
-	26, // 3: loki.v1.CommandDeviceResponse.data:type_name -> google.protobuf.Value
-	28, // 4: loki.v1.GetCapabilitiesResponse.capabilities:type_name -> loki.v1.Capabilities
-	29, // 5: loki.v1.GetChildrenStatusRequest.window:type_name -> google.protobuf.Duration
-	30, // 6: loki.v1.GetChildrenStatusResponse.services:type_name -> loki.v1.ServiceStatus
-	31, // 7: loki.v1.ListScriptsResponse.tools:type_name -> loki.v1.Tool
-	31, // 8: loki.v1.GetScriptResponse.tool:type_name -> loki.v1.Tool
-	31, // 9: loki.v1.RegisterScriptRequest.tool:type_name -> loki.v1.Tool
-	31, // 10: loki.v1.RegisterScriptResponse.tool:type_name -> loki.v1.Tool
-	32, // 11: loki.v1.ExecuteScriptRequest.arguments:type_name -> google.protobuf.Struct
-	29, // 12: loki.v1.ExecuteScriptRequest.timeout:type_name -> google.protobuf.Duration
-	26, // 13: loki.v1.ExecuteScriptResponse.result:type_name -> google.protobuf.Value
-	32, // 14: loki.v1.StreamScriptExecutionRequest.arguments:type_name -> google.protobuf.Struct
-	29, // 15: loki.v1.StreamScriptExecutionRequest.timeout:type_name -> google.protobuf.Duration
-	33, // 16: loki.v1.StreamScriptExecutionResponse.chunk:type_name -> loki.v1.EmitChunk
-	21, // 17: loki.v1.StreamScriptExecutionResponse.result:type_name -> loki.v1.ExecuteScriptResponse
-	34, // 18: loki.v1.WatchEventsResponse.event:type_name -> loki.v1.ScriptEvent
-	8,  // 19: loki.v1.Loki.GetCapabilities:input_type -> loki.v1.GetCapabilitiesRequest
-	10, // 20: loki.v1.Loki.GetChildrenStatus:input_type -> loki.v1.GetChildrenStatusRequest
-	12, // 21: loki.v1.Loki.ListScripts:input_type -> loki.v1.ListScriptsRequest
-	14, // 22: loki.v1.Loki.GetScript:input_type -> loki.v1.GetScriptRequest
-	16, // 23: loki.v1.Loki.RegisterScript:input_type -> loki.v1.RegisterScriptRequest
-	18, // 24: loki.v1.Loki.UnregisterScript:input_type -> loki.v1.UnregisterScriptRequest
-	20, // 25: loki.v1.Loki.ExecuteScript:input_type -> loki.v1.ExecuteScriptRequest
-	22, // 26: loki.v1.Loki.StreamScriptExecution:input_type -> loki.v1.StreamScriptExecutionRequest
-	24, // 27: loki.v1.Loki.WatchEvents:input_type -> loki.v1.WatchEventsRequest
-	2,  // 28: loki.v1.Devices.ListDevices:input_type -> loki.v1.ListDevicesRequest
-	4,  // 29: loki.v1.Devices.GetDevice:input_type -> loki.v1.GetDeviceRequest
-	35, // 30: loki.v1.Devices.CommandDevice:input_type -> jotunheim.v1.CommandRequest
-	7,  // 31: loki.v1.Devices.WatchDevices:input_type -> loki.v1.WatchDevicesRequest
-	0,  // 32: loki.v1.Devices.GetRolloutStatus:input_type -> loki.v1.GetRolloutStatusRequest
-	9,  // 33: loki.v1.Loki.GetCapabilities:output_type -> loki.v1.GetCapabilitiesResponse
-	11, // 34: loki.v1.Loki.GetChildrenStatus:output_type -> loki.v1.GetChildrenStatusResponse
-	13, // 35: loki.v1.Loki.ListScripts:output_type -> loki.v1.ListScriptsResponse
-	15, // 36: loki.v1.Loki.GetScript:output_type -> loki.v1.GetScriptResponse
-	17, // 37: loki.v1.Loki.RegisterScript:output_type -> loki.v1.RegisterScriptResponse
-	19, // 38: loki.v1.Loki.UnregisterScript:output_type -> loki.v1.UnregisterScriptResponse
-	21, // 39: loki.v1.Loki.ExecuteScript:output_type -> loki.v1.ExecuteScriptResponse
-	23, // 40: loki.v1.Loki.StreamScriptExecution:output_type -> loki.v1.StreamScriptExecutionResponse
-	25, // 41: loki.v1.Loki.WatchEvents:output_type -> loki.v1.WatchEventsResponse
-	3,  // 42: loki.v1.Devices.ListDevices:output_type -> loki.v1.ListDevicesResponse
-	5,  // 43: loki.v1.Devices.GetDevice:output_type -> loki.v1.GetDeviceResponse
-	6,  // 44: loki.v1.Devices.CommandDevice:output_type -> loki.v1.CommandDeviceResponse
-	36, // 45: loki.v1.Devices.WatchDevices:output_type -> jotunheim.v1.DeviceEvent
-	1,  // 46: loki.v1.Devices.GetRolloutStatus:output_type -> loki.v1.GetRolloutStatusResponse
-	33, // [33:47] is the sub-list for method output_type
-	19, // [19:33] is the sub-list for method input_type
+	27, // 0: loki.v1.GetRolloutStatusResponse.rollouts:type_name -> google.protobuf.Value
+	28, // 1: loki.v1.ListDevicesResponse.devices:type_name -> jotunheim.v1.Device
+	28, // 2: loki.v1.GetDeviceResponse.device:type_name -> jotunheim.v1.Device
+	27, // 3: loki.v1.CommandDeviceResponse.data:type_name -> google.protobuf.Value
+	29, // 4: loki.v1.GetCapabilitiesResponse.capabilities:type_name -> loki.v1.Capabilities
+	30, // 5: loki.v1.GetChildrenStatusRequest.window:type_name -> google.protobuf.Duration
+	31, // 6: loki.v1.GetChildrenStatusResponse.services:type_name -> loki.v1.ServiceStatus
+	32, // 7: loki.v1.ListScriptsResponse.tools:type_name -> loki.v1.Tool
+	32, // 8: loki.v1.GetScriptResponse.tool:type_name -> loki.v1.Tool
+	32, // 9: loki.v1.RegisterScriptRequest.tool:type_name -> loki.v1.Tool
+	32, // 10: loki.v1.RegisterScriptResponse.tool:type_name -> loki.v1.Tool
+	33, // 11: loki.v1.ExecuteScriptRequest.arguments:type_name -> google.protobuf.Struct
+	30, // 12: loki.v1.ExecuteScriptRequest.timeout:type_name -> google.protobuf.Duration
+	27, // 13: loki.v1.ExecuteScriptResponse.result:type_name -> google.protobuf.Value
+	33, // 14: loki.v1.StreamScriptExecutionRequest.arguments:type_name -> google.protobuf.Struct
+	30, // 15: loki.v1.StreamScriptExecutionRequest.timeout:type_name -> google.protobuf.Duration
+	34, // 16: loki.v1.StreamScriptExecutionResponse.chunk:type_name -> loki.v1.EmitChunk
+	22, // 17: loki.v1.StreamScriptExecutionResponse.result:type_name -> loki.v1.ExecuteScriptResponse
+	35, // 18: loki.v1.WatchEventsResponse.event:type_name -> loki.v1.ScriptEvent
+	9,  // 19: loki.v1.Loki.GetCapabilities:input_type -> loki.v1.GetCapabilitiesRequest
+	11, // 20: loki.v1.Loki.GetChildrenStatus:input_type -> loki.v1.GetChildrenStatusRequest
+	13, // 21: loki.v1.Loki.ListScripts:input_type -> loki.v1.ListScriptsRequest
+	15, // 22: loki.v1.Loki.GetScript:input_type -> loki.v1.GetScriptRequest
+	17, // 23: loki.v1.Loki.RegisterScript:input_type -> loki.v1.RegisterScriptRequest
+	19, // 24: loki.v1.Loki.UnregisterScript:input_type -> loki.v1.UnregisterScriptRequest
+	21, // 25: loki.v1.Loki.ExecuteScript:input_type -> loki.v1.ExecuteScriptRequest
+	23, // 26: loki.v1.Loki.StreamScriptExecution:input_type -> loki.v1.StreamScriptExecutionRequest
+	25, // 27: loki.v1.Loki.WatchEvents:input_type -> loki.v1.WatchEventsRequest
+	3,  // 28: loki.v1.Devices.ListDevices:input_type -> loki.v1.ListDevicesRequest
+	5,  // 29: loki.v1.Devices.GetDevice:input_type -> loki.v1.GetDeviceRequest
+	36, // 30: loki.v1.Devices.CommandDevice:input_type -> jotunheim.v1.CommandRequest
+	8,  // 31: loki.v1.Devices.WatchDevices:input_type -> loki.v1.WatchDevicesRequest
+	1,  // 32: loki.v1.Devices.GetRolloutStatus:input_type -> loki.v1.GetRolloutStatusRequest
+	0,  // 33: loki.v1.Devices.OpenStream:input_type -> loki.v1.OpenStreamRequest
+	37, // 34: loki.v1.DeviceLink.Connect:input_type -> jotunheim.v1.LinkFrame
+	10, // 35: loki.v1.Loki.GetCapabilities:output_type -> loki.v1.GetCapabilitiesResponse
+	12, // 36: loki.v1.Loki.GetChildrenStatus:output_type -> loki.v1.GetChildrenStatusResponse
+	14, // 37: loki.v1.Loki.ListScripts:output_type -> loki.v1.ListScriptsResponse
+	16, // 38: loki.v1.Loki.GetScript:output_type -> loki.v1.GetScriptResponse
+	18, // 39: loki.v1.Loki.RegisterScript:output_type -> loki.v1.RegisterScriptResponse
+	20, // 40: loki.v1.Loki.UnregisterScript:output_type -> loki.v1.UnregisterScriptResponse
+	22, // 41: loki.v1.Loki.ExecuteScript:output_type -> loki.v1.ExecuteScriptResponse
+	24, // 42: loki.v1.Loki.StreamScriptExecution:output_type -> loki.v1.StreamScriptExecutionResponse
+	26, // 43: loki.v1.Loki.WatchEvents:output_type -> loki.v1.WatchEventsResponse
+	4,  // 44: loki.v1.Devices.ListDevices:output_type -> loki.v1.ListDevicesResponse
+	6,  // 45: loki.v1.Devices.GetDevice:output_type -> loki.v1.GetDeviceResponse
+	7,  // 46: loki.v1.Devices.CommandDevice:output_type -> loki.v1.CommandDeviceResponse
+	38, // 47: loki.v1.Devices.WatchDevices:output_type -> jotunheim.v1.DeviceEvent
+	2,  // 48: loki.v1.Devices.GetRolloutStatus:output_type -> loki.v1.GetRolloutStatusResponse
+	39, // 49: loki.v1.Devices.OpenStream:output_type -> jotunheim.v1.StreamChunk
+	37, // 50: loki.v1.DeviceLink.Connect:output_type -> jotunheim.v1.LinkFrame
+	35, // [35:51] is the sub-list for method output_type
+	19, // [19:35] is the sub-list for method input_type
 	19, // [19:19] is the sub-list for extension type_name
 	19, // [19:19] is the sub-list for extension extendee
 	0,  // [0:19] is the sub-list for field type_name
@@ -1460,7 +1538,7 @@ func file_loki_v1_gateway_proto_init() {
 		return
 	}
 	file_loki_v1_loki_proto_init()
-	file_loki_v1_gateway_proto_msgTypes[23].OneofWrappers = []any{
+	file_loki_v1_gateway_proto_msgTypes[24].OneofWrappers = []any{
 		(*StreamScriptExecutionResponse_Chunk)(nil),
 		(*StreamScriptExecutionResponse_Result)(nil),
 	}
@@ -1470,9 +1548,9 @@ func file_loki_v1_gateway_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loki_v1_gateway_proto_rawDesc), len(file_loki_v1_gateway_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   26,
+			NumMessages:   27,
 			NumExtensions: 0,
-			NumServices:   2,
+			NumServices:   3,
 		},
 		GoTypes:           file_loki_v1_gateway_proto_goTypes,
 		DependencyIndexes: file_loki_v1_gateway_proto_depIdxs,

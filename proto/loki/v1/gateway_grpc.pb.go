@@ -483,6 +483,7 @@ const (
 	Devices_CommandDevice_FullMethodName    = "/loki.v1.Devices/CommandDevice"
 	Devices_WatchDevices_FullMethodName     = "/loki.v1.Devices/WatchDevices"
 	Devices_GetRolloutStatus_FullMethodName = "/loki.v1.Devices/GetRolloutStatus"
+	Devices_OpenStream_FullMethodName       = "/loki.v1.Devices/OpenStream"
 )
 
 // DevicesClient is the client API for Devices service.
@@ -518,6 +519,12 @@ type DevicesClient interface {
 	// first: its release, strategy, state and each device's phase, as the
 	// device service records it (docs/OTA.md); NOT_FOUND for an unknown id.
 	GetRolloutStatus(ctx context.Context, in *GetRolloutStatusRequest, opts ...grpc.CallOption) (*GetRolloutStatusResponse, error)
+	// OpenStream reads one of a device's stream sources (Manifest.streams)
+	// until max_bytes, the source's end, or the caller goes away. A consumer
+	// slower than the source slows the device (POLICY_BLOCK) or makes it
+	// drop chunks (POLICY_DROP, counted in dropped); nothing grows without
+	// bound in between.
+	OpenStream(ctx context.Context, in *OpenStreamRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[v1.StreamChunk], error)
 }
 
 type devicesClient struct {
@@ -587,6 +594,25 @@ func (c *devicesClient) GetRolloutStatus(ctx context.Context, in *GetRolloutStat
 	return out, nil
 }
 
+func (c *devicesClient) OpenStream(ctx context.Context, in *OpenStreamRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[v1.StreamChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Devices_ServiceDesc.Streams[1], Devices_OpenStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[OpenStreamRequest, v1.StreamChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Devices_OpenStreamClient = grpc.ServerStreamingClient[v1.StreamChunk]
+
 // DevicesServer is the server API for Devices service.
 // All implementations must embed UnimplementedDevicesServer
 // for forward compatibility.
@@ -620,6 +646,12 @@ type DevicesServer interface {
 	// first: its release, strategy, state and each device's phase, as the
 	// device service records it (docs/OTA.md); NOT_FOUND for an unknown id.
 	GetRolloutStatus(context.Context, *GetRolloutStatusRequest) (*GetRolloutStatusResponse, error)
+	// OpenStream reads one of a device's stream sources (Manifest.streams)
+	// until max_bytes, the source's end, or the caller goes away. A consumer
+	// slower than the source slows the device (POLICY_BLOCK) or makes it
+	// drop chunks (POLICY_DROP, counted in dropped); nothing grows without
+	// bound in between.
+	OpenStream(*OpenStreamRequest, grpc.ServerStreamingServer[v1.StreamChunk]) error
 	mustEmbedUnimplementedDevicesServer()
 }
 
@@ -644,6 +676,9 @@ func (UnimplementedDevicesServer) WatchDevices(*WatchDevicesRequest, grpc.Server
 }
 func (UnimplementedDevicesServer) GetRolloutStatus(context.Context, *GetRolloutStatusRequest) (*GetRolloutStatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetRolloutStatus not implemented")
+}
+func (UnimplementedDevicesServer) OpenStream(*OpenStreamRequest, grpc.ServerStreamingServer[v1.StreamChunk]) error {
+	return status.Error(codes.Unimplemented, "method OpenStream not implemented")
 }
 func (UnimplementedDevicesServer) mustEmbedUnimplementedDevicesServer() {}
 func (UnimplementedDevicesServer) testEmbeddedByValue()                 {}
@@ -749,6 +784,17 @@ func _Devices_GetRolloutStatus_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Devices_OpenStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(OpenStreamRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(DevicesServer).OpenStream(m, &grpc.GenericServerStream[OpenStreamRequest, v1.StreamChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Devices_OpenStreamServer = grpc.ServerStreamingServer[v1.StreamChunk]
+
 // Devices_ServiceDesc is the grpc.ServiceDesc for Devices service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -778,6 +824,127 @@ var Devices_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "WatchDevices",
 			Handler:       _Devices_WatchDevices_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "OpenStream",
+			Handler:       _Devices_OpenStream_Handler,
+			ServerStreams: true,
+		},
+	},
+	Metadata: "loki/v1/gateway.proto",
+}
+
+const (
+	DeviceLink_Connect_FullMethodName = "/loki.v1.DeviceLink/Connect"
+)
+
+// DeviceLinkClient is the client API for DeviceLink service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// DeviceLink is the device side of the gateway: a device that speaks gRPC
+// instead of MQTT (docs/DEVICES.md, "gRPC transport"). It authenticates
+// with its device login (metadata "authorization: Basic base64(user:pass)"),
+// and may act only as that device.
+type DeviceLinkClient interface {
+	// Connect is the device's link: the device sends the frames it would
+	// publish over MQTT and receives those it would be subscribed to. The
+	// stream's open and close (or a failed keepalive) are the device's
+	// presence: the gateway publishes "offline" for it when the stream ends
+	// without one, as the MQTT will would.
+	Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[v1.LinkFrame, v1.LinkFrame], error)
+}
+
+type deviceLinkClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewDeviceLinkClient(cc grpc.ClientConnInterface) DeviceLinkClient {
+	return &deviceLinkClient{cc}
+}
+
+func (c *deviceLinkClient) Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[v1.LinkFrame, v1.LinkFrame], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &DeviceLink_ServiceDesc.Streams[0], DeviceLink_Connect_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[v1.LinkFrame, v1.LinkFrame]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type DeviceLink_ConnectClient = grpc.BidiStreamingClient[v1.LinkFrame, v1.LinkFrame]
+
+// DeviceLinkServer is the server API for DeviceLink service.
+// All implementations must embed UnimplementedDeviceLinkServer
+// for forward compatibility.
+//
+// DeviceLink is the device side of the gateway: a device that speaks gRPC
+// instead of MQTT (docs/DEVICES.md, "gRPC transport"). It authenticates
+// with its device login (metadata "authorization: Basic base64(user:pass)"),
+// and may act only as that device.
+type DeviceLinkServer interface {
+	// Connect is the device's link: the device sends the frames it would
+	// publish over MQTT and receives those it would be subscribed to. The
+	// stream's open and close (or a failed keepalive) are the device's
+	// presence: the gateway publishes "offline" for it when the stream ends
+	// without one, as the MQTT will would.
+	Connect(grpc.BidiStreamingServer[v1.LinkFrame, v1.LinkFrame]) error
+	mustEmbedUnimplementedDeviceLinkServer()
+}
+
+// UnimplementedDeviceLinkServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedDeviceLinkServer struct{}
+
+func (UnimplementedDeviceLinkServer) Connect(grpc.BidiStreamingServer[v1.LinkFrame, v1.LinkFrame]) error {
+	return status.Error(codes.Unimplemented, "method Connect not implemented")
+}
+func (UnimplementedDeviceLinkServer) mustEmbedUnimplementedDeviceLinkServer() {}
+func (UnimplementedDeviceLinkServer) testEmbeddedByValue()                    {}
+
+// UnsafeDeviceLinkServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to DeviceLinkServer will
+// result in compilation errors.
+type UnsafeDeviceLinkServer interface {
+	mustEmbedUnimplementedDeviceLinkServer()
+}
+
+func RegisterDeviceLinkServer(s grpc.ServiceRegistrar, srv DeviceLinkServer) {
+	// If the following call panics, it indicates UnimplementedDeviceLinkServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&DeviceLink_ServiceDesc, srv)
+}
+
+func _DeviceLink_Connect_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(DeviceLinkServer).Connect(&grpc.GenericServerStream[v1.LinkFrame, v1.LinkFrame]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type DeviceLink_ConnectServer = grpc.BidiStreamingServer[v1.LinkFrame, v1.LinkFrame]
+
+// DeviceLink_ServiceDesc is the grpc.ServiceDesc for DeviceLink service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var DeviceLink_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "loki.v1.DeviceLink",
+	HandlerType: (*DeviceLinkServer)(nil),
+	Methods:     []grpc.MethodDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Connect",
+			Handler:       _DeviceLink_Connect_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "loki/v1/gateway.proto",
