@@ -128,7 +128,7 @@ func TestComposeServices(t *testing.T) {
 			t.Errorf("service %s: root file system not read-only", name)
 		}
 	}
-	want := map[string]int{"nats-server": 3, "loki": 2, "hel": 2, "jormungandr": 2, "fenrir": 1, "jotunheim": 1, "gateway": 2}
+	want := map[string]int{"nats-server": 3, "loki": 2, "hel": 2, "jormungandr": 2, "fenrir": 1, "jotunheim": 1, "gateway": 2, "auth": 1}
 	for c, n := range want {
 		if count[c] != n {
 			t.Errorf("%s: got %d services, want %d", c, count[c], n)

@@ -37,7 +37,7 @@ fi
 chmod 0644 "$dir/nats/loki-auth.conf"
 
 install -d -m 0700 "$dir/secrets"
-for c in loki hel fenrir jormungandr jotunheim gateway; do
+for c in loki hel fenrir jormungandr jotunheim gateway auth; do
   install -m 0444 "$dir/auth/$c.nk" "$dir/secrets/$c.nk"
 done
 

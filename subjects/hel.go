@@ -84,6 +84,11 @@ const (
 	HelObjBucketPrefix = "hel_obj_"
 	// HelCacheBucket is the JetStream KV bucket holding the shared cache.
 	HelCacheBucket = "hel_cache"
+	// HelKVStreamPrefix and HelObjStreamPrefix prefix the JetStream streams
+	// behind Hel's KV buckets and object stores (the jetstream library puts
+	// KV_ and OBJ_ before a bucket name); Hel's total quota sums them.
+	HelKVStreamPrefix  = "KV_" + HelKVBucketPrefix
+	HelObjStreamPrefix = "OBJ_" + HelObjBucketPrefix
 )
 
 // helName is the shape of Hel bucket and namespace names: it fits a NATS

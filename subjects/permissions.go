@@ -173,6 +173,11 @@ const (
 	// answers with the device id it belongs to: how the gateway
 	// authenticates devices on its gRPC device link.
 	AuthVerifyDevice = AuthPrefix + ".verify.device"
+	// AuthHelBucket is the bucket broker: it creates or updates one of
+	// Hel's KV buckets or object stores (a name Hel's rules allow, only the
+	// subjects its kind implies, marked as Hel's), so that Hel itself needs
+	// no right to create or update streams. See internal/helbucket.
+	AuthHelBucket = AuthPrefix + ".hel.bucket"
 )
 
 // Device topics (MQTT) and subjects (NATS) of the Jotunheim device protocol.
@@ -311,34 +316,43 @@ func RolePermissions(r Role, inbox string, scope ...string) (Permissions, error)
 	// What a controller may do with devices: list, look, command, watch,
 	// follow updates (publishing and rolling them out is for admins).
 	devicesUse := []string{DevicesList, DevicesGet, DevicesCmd, DevicesCaps, DevicesOTAStatus}
+	// And read device streams (streams.go).
+	streamCtl, streamData := deviceStreamSubjects()
+	devicesUse = append(devicesUse, streamCtl)
 	switch r {
 	case RoleAdmin:
 		return Permissions{PubAllow: []string{">"}, SubAllow: []string{">"}}, nil
 	case RoleClient:
 		return Permissions{
 			PubAllow: append([]string{LokiExecAll, LokiToolsList, LokiToolsGet, LokiCapabilities, LokiCancel, srvAll}, devicesUse...),
-			SubAllow: []string{LokiEventsAll, ConfigReloadAll, DevicesEventsAll, myInbox},
+			SubAllow: []string{LokiEventsAll, ConfigReloadAll, DevicesEventsAll, streamData, myInbox},
 		}, nil
 	case RoleLoki:
 		// DevicesCmd: the jotunheim Lua module.
-		pub := []string{LokiEventsAll, ConfigReloadAll, replies, HelAll, FenrirAll, JormungandrAll, DevicesCmd,
+		pub := []string{LokiEventsAll, ConfigReloadAll, replies, HelAll, FenrirAll, JormungandrAll, DevicesCmd, streamCtl,
 			jsAccountInfo, "$KV." + ToolsBucket + ".>"}
 		// Create, never update: an update could add subjects (say
 		// _INBOX.>) to the registry's stream and capture others' replies.
 		pub = append(pub, jsStreamRead(toolsKV)...)
 		pub = append(pub, jsAPI+".STREAM.CREATE."+toolsKV)
 		sub := []string{LokiExecAll, LokiToolsList, LokiToolsGet, LokiToolsRegister, LokiToolsUnregister,
-			LokiCapabilities, LokiCancel, myInbox}
+			LokiCapabilities, LokiCancel, streamData, myInbox}
 		return Permissions{PubAllow: pub, SubAllow: append(sub, srvSubs(LokiService)...)}, nil
 	case RoleHel:
-		// Hel's bucket names are user-chosen (hel_kv_<name>, ...) and a NATS
-		// permission cannot match part of a token, so Hel is allowed every
-		// stream but those it must not touch: the tool registry, the device
-		// registry and the MQTT listener's. It may purge: deleting an object
-		// purges its chunks.
-		pub := []string{replies, jsAccountInfo, "$KV.*.>", "$O.*.>",
-			jsAPI + ".STREAM.PURGE.*"}
-		pub = append(pub, jsStreamUse("*")...)
+		// Hel never creates, updates or deletes a stream: it asks the
+		// bucket broker (AuthHelBucket), which creates or updates only
+		// streams of Hel's names, with only the subjects their kind
+		// implies, marked as Hel's. A stream capturing, say, loki.exec.>
+		// is therefore out of its reach. Hel's bucket names are
+		// user-chosen (hel_kv_<name>, ...) and a NATS permission cannot
+		// match part of a token, so Hel may read, write and purge every
+		// stream but those it must not touch: the tool registry, the
+		// device registry, OTA's and the MQTT listener's. It must purge:
+		// the object store client purges an object's chunks from Hel's
+		// connection when it deletes or replaces the object.
+		pub := []string{replies, jsAccountInfo, AuthHelBucket, "$KV.*.>", "$O.*.>",
+			jsAPI + ".STREAM.PURGE.*", jsAPI + ".STREAM.NAMES"} // NAMES: the total quota sums Hel's streams (not LIST: it would show the components' streams too)
+		pub = append(pub, jsStreamRead("*")...)
 		deny := []string{"$KV." + ToolsBucket + ".>", "$KV." + DevicesBucket + ".>", "$KV." + OTABucket + ".>", "$O." + FirmwareBucket + ".>"}
 		for _, s := range append([]string{toolsKV, kvStream(DevicesBucket), kvStream(OTABucket), "OBJ_" + FirmwareBucket}, MQTTStreams...) {
 			deny = append(deny, jsStreamAll(s)...)
@@ -358,10 +372,20 @@ func RolePermissions(r Role, inbox string, scope ...string) (Permissions, error)
 		pub := []string{LokiExecAll, LokiToolsList, LokiToolsGet, LokiToolsRegister, LokiToolsUnregister,
 			LokiCapabilities, LokiCancel, srvAll, jsAccountInfo}
 		pub = append(pub, devicesUse...)
-		return Permissions{
-			PubAllow: append(pub, jsStreamRead(toolsKV)...),
-			SubAllow: []string{LokiEventsAll, ConfigReloadAll, DevicesEventsAll, myInbox},
-		}, nil
+		// The gRPC device link: it checks device logins with the identity
+		// service, puts what devices send on their uplink subjects and hears
+		// their downlink subjects. It lets each device act only as itself.
+		sub := []string{LokiEventsAll, ConfigReloadAll, DevicesEventsAll, streamData, myInbox}
+		pub = append(pub, AuthVerifyDevice)
+		for _, k := range DeviceUplinkKinds {
+			s, _ := DeviceSubjectAll(k)
+			pub = append(pub, s)
+		}
+		for _, k := range DeviceDownlinkKinds {
+			s, _ := DeviceSubjectAll(k)
+			sub = append(sub, s)
+		}
+		return Permissions{PubAllow: append(pub, jsStreamRead(toolsKV)...), SubAllow: sub}, nil
 	case RoleJotunheim:
 		// The device service hears what devices publish, answers them on
 		// the topics they subscribe to, keeps device tools in the registry
@@ -392,7 +416,14 @@ func RolePermissions(r Role, inbox string, scope ...string) (Permissions, error)
 		sub = append(sub, DevicesPrefix+".*", DevicesPrefix+".ota.*", DevicesEventsAll, myInbox)
 		return Permissions{PubAllow: pub, SubAllow: append(sub, srvSubs(JotunheimService)...)}, nil
 	case RoleAuth:
-		return Permissions{PubAllow: []string{replies},
+		// The bucket broker creates and updates Hel's streams (it checks
+		// their names and subjects itself); never the other components'.
+		pub := []string{replies, jsAccountInfo, jsAPI + ".STREAM.CREATE.*", jsAPI + ".STREAM.UPDATE.*", jsAPI + ".STREAM.INFO.*"}
+		var deny []string
+		for _, s := range append([]string{toolsKV, kvStream(DevicesBucket), kvStream(OTABucket), "OBJ_" + FirmwareBucket}, MQTTStreams...) {
+			deny = append(deny, jsStreamAll(s)...)
+		}
+		return Permissions{PubAllow: pub, PubDeny: deny,
 			SubAllow: append([]string{AuthAll, myInbox}, srvSubs(AuthService)...)}, nil
 	case RoleDevice:
 		if len(scope) != 1 {

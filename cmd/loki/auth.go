@@ -319,16 +319,17 @@ func personRole(cmd, role string) (subjects.Role, error) {
 }
 
 func authAdd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("auth add", `Usage: loki auth add NAME [--role client|admin] [-o FILE] [flags]
+	fs := newFlags("auth add", `Usage: loki auth add NAME [--role client|admin] [-o|--output FILE] [flags]
 
 Creates the NATS identity NAME and prints its credential: an nkey seed file,
-shown once and kept nowhere else (Loki keeps only the public key). With -o
-it is written to FILE (mode 0600), which must not exist yet.
+shown once and kept nowhere else (Loki keeps only the public key). With
+--output (-o) it is written to FILE (mode 0600), which must not exist yet.
 Role client may call tools, list them and watch events; admin may do
 anything, 'loki auth' included.`, stderr)
 	af := addAuthFlags(fs, stderr)
 	roleFlag := fs.String("role", string(subjects.RoleClient), "role: client or admin")
-	out := fs.String("o", "", "write the credential to this file (0600) instead of stdout")
+	out := fs.String("output", "", "write the credential to this `FILE` (0600) instead of stdout")
+	shortAlias(fs, "o", "output")
 	pos, err := parseAuthArgs(fs, args)
 	if err != nil {
 		return err
@@ -612,7 +613,7 @@ jotunheim, client, admin) cannot be revoked.`, stderr)
 }
 
 func authExport(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("auth export", `Usage: loki auth export [-o FILE] [flags]
+	fs := newFlags("auth export", `Usage: loki auth export [-o|--output FILE] [flags]
 
 Writes every identity as a nats-server configuration fragment (an
 authorization block with each identity's permissions), so that a nats-server
@@ -621,7 +622,8 @@ keys and bcrypt hashes. Include it from the server's configuration with
 'include ./`+auth.ExportFile+`' and apply a new export with
 'nats-server --signal reload'.`, stderr)
 	af := addAuthFlags(fs, stderr)
-	out := fs.String("o", "", "write to this file instead of stdout")
+	out := fs.String("output", "", "write to this `FILE` instead of stdout")
+	shortAlias(fs, "o", "output")
 	pos, err := parseAuthArgs(fs, args)
 	if err != nil {
 		return err

@@ -35,7 +35,7 @@ func TestCLIHabits(t *testing.T) {
 		{path: []string{"completion"}, valid: []string{"bash"}},
 		{path: []string{"version"}},
 	}
-	for _, c := range []string{"loki", "hel", "fenrir", "jormungandr", "gateway"} {
+	for _, c := range []string{"loki", "hel", "fenrir", "jormungandr", "gateway", "auth"} {
 		cmds = append(cmds, command{path: []string{"serve", c}, flags: true})
 	}
 	for _, s := range []string{"add", "add-device", "revoke"} {
@@ -94,6 +94,9 @@ func TestCLIUsageMistakes(t *testing.T) {
 		{"pair without =", []string{"call", "add", "a"}, `argument "a": want key=value`},
 		{"stray argument named", []string{"up", "--nats-port", "-1", "now"}, `unexpected argument "now"`},
 		{"unknown command", []string{"frobnicate"}, `unknown command "frobnicate"`},
+		{"unknown top-level flag", []string{"--bogus"}, "unknown flag --bogus"},
+		{"unknown top-level flag with a value", []string{"--bogus=1", "up"}, "unknown flag --bogus"},
+		{"unknown top-level one-letter flag", []string{"-x"}, "unknown flag -x"},
 		{"unknown tools command", []string{"tools", "list"}, `unknown command "list"`},
 		{"unknown shell", []string{"completion", "tcsh"}, `unknown shell "tcsh"`},
 		{"bad flag value", []string{"call", "add", "--timeout", "soon"}, "--timeout"},
@@ -108,6 +111,36 @@ func TestCLIUsageMistakes(t *testing.T) {
 				t.Fatalf("got %#v, want a hint to the help", err)
 			}
 		})
+	}
+}
+
+// TestAuthOutputFlag: `loki auth add` and `loki auth export` write to
+// --output FILE, and -o is its short form.
+func TestAuthOutputFlag(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("LOKI_DATA_DIR", dir)
+	out := t.TempDir()
+	offline := []string{"--data-dir", dir, "--nats-url", "nats://127.0.0.1:1"}
+	for flag, name := range map[string]string{"--output": "eve", "-o": "frank"} {
+		seed := filepath.Join(out, name+".nk")
+		if _, _, err := cliAll(append([]string{"auth", "add", name, flag, seed}, offline...)...); err != nil {
+			t.Fatalf("auth add %s: %v", flag, err)
+		}
+		if b, err := os.ReadFile(seed); err != nil || !strings.Contains(string(b), "BEGIN USER NKEY SEED") {
+			t.Fatalf("auth add %s FILE: got %q, %v, want the seed in FILE", flag, b, err)
+		}
+		conf := filepath.Join(out, name+".conf")
+		stdout, _, err := cliAll("auth", "export", flag, conf, "--data-dir", dir)
+		if err != nil || stdout != "" {
+			t.Fatalf("auth export %s: got stdout %q, %v, want the export in FILE only", flag, stdout, err)
+		}
+		if b, err := os.ReadFile(conf); err != nil || !strings.Contains(string(b), "authorization {") {
+			t.Fatalf("auth export %s FILE: got %q, %v, want the configuration in FILE", flag, b, err)
+		}
+	}
+	help, _, err := cliAll("auth", "export", "--help")
+	if err != nil || !strings.Contains(help, "\n  -o, --output FILE\n") {
+		t.Fatalf("auth export --help: got %v and\n%s\nwant -o, --output FILE on one line", err, help)
 	}
 }
 

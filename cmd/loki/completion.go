@@ -22,7 +22,7 @@ func buildCompletionSpec(ctx context.Context) completionSpec {
 	sp := completionSpec{
 		commands: commands,
 		subs: map[string][]string{
-			"serve":      {"loki", "hel", "fenrir", "jormungandr", "jotunheim", "gateway"},
+			"serve":      {"loki", "hel", "fenrir", "jormungandr", "jotunheim", "gateway", "auth"},
 			"auth":       {"add", "add-device", "list", "revoke", "export", "context"},
 			"tools":      toolsCommands,
 			"devices":    devicesCommands,

@@ -67,6 +67,8 @@ func ExportIdentities(w io.Writer, ids []Identity) error {
 #     nats-server --signal reload
 #
 # Regenerate it after every `+"`loki auth add`, `add-device` or `revoke`"+`; do not edit it.
+# Hel may not create streams with these rights: run the bucket broker
+# (`+"`loki serve auth`"+`, with the auth identity) next to `+"`loki serve hel`"+`.
 # Every string is quoted: subjects hold "$" and ">", which the
 # configuration format would otherwise read as variables and operators.
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"time"
 
 	"github.com/loki-iot/loki/internal/fault"
@@ -32,17 +33,22 @@ type NameRequest struct {
 }
 
 // Service serves an Authority on NATS for `loki auth`, to admins only (the
-// bus permissions let nobody else publish on subjects.AuthAll).
+// bus permissions let nobody else publish on subjects.AuthAll), and checks
+// device logins for the gateway (subjects.AuthVerifyDevice, which the
+// gateway role may also publish).
 type Service struct {
 	a     *Authority
 	nc    *nats.Conn
 	log   *slog.Logger
 	ready chan struct{}
+	// verifier answers subjects.AuthVerifyDevice, for the gateway's
+	// device link.
+	verifier *deviceVerifier
 }
 
 // NewService returns the identity service of a over nc.
 func NewService(a *Authority, nc *nats.Conn, log *slog.Logger) *Service {
-	return &Service{a: a, nc: nc, log: log.With("component", "auth"), ready: make(chan struct{})}
+	return &Service{a: a, nc: nc, log: log.With("component", "auth"), ready: make(chan struct{}), verifier: newDeviceVerifier(a)}
 }
 
 // Ready is closed once the service serves.
@@ -52,16 +58,23 @@ func (s *Service) Ready() <-chan struct{} { return s.ready }
 func (s *Service) Run(ctx context.Context) error {
 	svc, err := microsvc.Start(s.nc, microsvc.Config{
 		Name: subjects.AuthService, Version: Version,
-		Description: "Loki's bus identities: add, list, revoke",
+		Description: "Loki's bus identities: add, list, revoke; device login checks",
 	}, s.log)
 	if err != nil {
 		return fmt.Errorf("auth: %w", err)
 	}
 	const drain = 5 * time.Second
+	go s.verifier.warm()
 	if err := svc.AddEndpoints(drain,
 		microsvc.Endpoint{Name: "add", Subject: subjects.AuthAdd, Handler: s.add},
 		microsvc.Endpoint{Name: "list", Subject: subjects.AuthList, Handler: s.list},
 		microsvc.Endpoint{Name: "revoke", Subject: subjects.AuthRevoke, Handler: s.revoke},
+		microsvc.Endpoint{Name: "hel-bucket", Subject: subjects.AuthHelBucket, Handler: s.helBucket},
+		// bcrypt takes tens of milliseconds: verify on a pool, so a burst of
+		// devices reconnecting neither queues behind one goroutine nor holds
+		// up add, list and revoke.
+		microsvc.Endpoint{Name: "verify-device", Subject: subjects.AuthVerifyDevice, Handler: s.verifyDevice,
+			Workers: runtime.GOMAXPROCS(0), Queue: 1024},
 	); err != nil {
 		return fmt.Errorf("auth: %w", err)
 	}

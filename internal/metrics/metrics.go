@@ -57,6 +57,8 @@ type Registry struct {
 	tools        *Tools
 	gatewayOnce  sync.Once
 	gateway      *Gateway
+	devicesOnce  sync.Once
+	devices      *Devices
 }
 
 type check struct {

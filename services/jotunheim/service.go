@@ -171,6 +171,7 @@ func (s *Service) Run(ctx context.Context) error {
 	case <-ctx.Done():
 		return nil
 	}
+	defer s.attachDeviceGauges()()
 
 	// Every device message arrives on one channel, in the order the server
 	// delivered it, and is handed to the shard of its device: messages of
