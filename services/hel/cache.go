@@ -40,6 +40,8 @@ type cacheStore struct {
 	mu     sync.Mutex
 	kv     jetstream.KeyValue
 	stream string
+
+	index *cacheIndex // per-scope accounting (cachescope.go)
 }
 
 // ensure creates the cache bucket, or brings an existing one to the
@@ -67,7 +69,7 @@ func (c *cacheStore) ensure(ctx context.Context) error {
 	} else if !errors.Is(err, jetstream.ErrBucketNotFound) {
 		return err
 	}
-	if kv, err = c.s.js.CreateOrUpdateKeyValue(ctx, kvc); err != nil {
+	if kv, err = c.s.createKV(ctx, kvc, jetstream.DiscardOld); err != nil {
 		return err
 	}
 	si, ok := streamInfo(ctx, kv)
@@ -154,7 +156,15 @@ func (c *cacheStore) set(ctx context.Context, req request, r *microsvc.Request) 
 	if err := checkValue(v); err != nil {
 		return nil, nil, err
 	}
-	rev, err := c.bucket().Put(ctx, cacheKey(req.key), encodeCacheEntry(v, ttl))
+	kvKey, entry := cacheKey(req.key), encodeCacheEntry(v, ttl)
+	size, expires := entrySize(kvKey, entry), time.Now().Add(ttl)
+	victims, err := c.index.admit(ctx, req.key, size, expires)
+	if err != nil {
+		return nil, nil, err
+	}
+	c.evict(ctx, victims)
+	rev, err := c.bucket().Put(ctx, kvKey, entry)
+	c.index.settled(req.key, rev, size, expires)
 	if err != nil {
 		return nil, nil, c.failed(ctx, err, req.key)
 	}
@@ -177,6 +187,10 @@ func (c *cacheStore) clear(ctx context.Context, _ request, _ *microsvc.Request) 
 		err = st.Purge(ctx)
 	}
 	if err != nil {
+		return nil, nil, c.failed(ctx, err, "*")
+	}
+	// Every replica's accounting resets when its watch sees the marker.
+	if _, err := c.bucket().Put(ctx, cacheClearMarker, nil); err != nil {
 		return nil, nil, c.failed(ctx, err, "*")
 	}
 	return nil, nil, nil

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -195,6 +196,71 @@ func (c *Client) KVKeys(ctx context.Context, bucket, filter string) ([]string, e
 	}
 	var out KeyList
 	return out.Keys, decodeJSON(m, subjects.HelKVKeys, &out)
+}
+
+// Page selects one page of a listing: at most Limit items (0: as many as
+// the service gives in one reply) after the cursor After ("" for the first
+// page). The listing calls ending in Page return the cursor of the next page,
+// "" after the last one.
+type Page struct {
+	Limit int
+	After string
+}
+
+func (a *args) page(p Page) *args {
+	n := p.Limit
+	if n <= 0 {
+		n = math.MaxInt32 // the service clamps it to its cap
+	}
+	a.h.Set(HeaderLimit, strconv.Itoa(n))
+	if p.After != "" {
+		a.check(HeaderAfter, p.After, func(v string) error { return validHeaderValue("cursor", v) })
+	}
+	return a
+}
+
+// KVKeysPage is one page of KVKeys.
+func (c *Client) KVKeysPage(ctx context.Context, bucket, filter string, p Page) ([]string, string, error) {
+	a := newArgs().name(HeaderBucket, bucket).page(p)
+	if filter != "" {
+		a.check(HeaderFilter, filter, validFilter)
+	}
+	m, err := c.request(ctx, subjects.HelKVKeys, a, nil)
+	if err != nil {
+		return nil, "", err
+	}
+	var out KeyList
+	return out.Keys, out.Next, decodeJSON(m, subjects.HelKVKeys, &out)
+}
+
+// KVHistoryPage is one page of KVHistory; the cursor is a revision.
+func (c *Client) KVHistoryPage(ctx context.Context, bucket, key string, p Page) ([]HistoryEntry, string, error) {
+	m, err := c.request(ctx, subjects.HelKVHistory, c.kvArgs(bucket, key).page(p), nil)
+	if err != nil {
+		return nil, "", err
+	}
+	var out History
+	return out.Entries, out.Next, decodeJSON(m, subjects.HelKVHistory, &out)
+}
+
+// ListFilesPage is one page of ListFiles.
+func (c *Client) ListFilesPage(ctx context.Context, ns, dir string, p Page) ([]FileInfo, string, error) {
+	m, err := c.request(ctx, subjects.HelFilesList, fileArgs(ns, dir).page(p), nil)
+	if err != nil {
+		return nil, "", err
+	}
+	var out FileList
+	return out.Entries, out.Next, decodeJSON(m, subjects.HelFilesList, &out)
+}
+
+// ListObjectsPage is one page of ListObjects.
+func (c *Client) ListObjectsPage(ctx context.Context, bucket string, p Page) ([]ObjectInfo, string, error) {
+	m, err := c.request(ctx, subjects.HelObjList, newArgs().name(HeaderBucket, bucket).page(p), nil)
+	if err != nil {
+		return nil, "", err
+	}
+	var out ObjectList
+	return out.Objects, out.Next, decodeJSON(m, subjects.HelObjList, &out)
 }
 
 // KVHistory returns the kept revisions of key, oldest first.

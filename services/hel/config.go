@@ -35,6 +35,13 @@ type Config struct {
 	Storage string `toml:"storage"`
 	// Replicas is the JetStream replica count of Hel's buckets (1 to 5).
 	Replicas int `toml:"replicas"`
+	// MaxTotalBytes bounds everything Hel stores together: every KV bucket
+	// and object bucket (as JetStream counts their bytes) and every file
+	// namespace on this replica's disk, however many of them grants without
+	// a scope create. A write that would pass it is refused with
+	// RESOURCE_EXHAUSTED before any byte moves. The cache is bounded by
+	// cache.max_bytes on its own. See "Quotas" in docs/HEL.md.
+	MaxTotalBytes int64 `toml:"max_total_bytes"`
 
 	KV      KVConfig      `toml:"kv"`
 	Objects ObjectsConfig `toml:"objects"`
@@ -111,6 +118,11 @@ type CacheConfig struct {
 	MaxBytes int64 `toml:"max_bytes"`
 	// MaxValueBytes caps one value.
 	MaxValueBytes int32 `toml:"max_value_bytes"`
+	// ScopeMaxBytes is what the entries of one scope (the part of a key
+	// before its first '/') may hold; a scope over it evicts its own oldest
+	// entries, never another scope's. 0 means max_bytes / 16 (at least one
+	// value of max_value_bytes). At most max_bytes / 2.
+	ScopeMaxBytes int64 `toml:"scope_max_bytes"`
 	// DefaultTTL applies when cache.set gives no TTL; MaxTTL caps it.
 	DefaultTTL time.Duration `toml:"default_ttl"`
 	MaxTTL     time.Duration `toml:"max_ttl"`
@@ -127,6 +139,7 @@ func DefaultConfig(dataDir string) Config {
 		DrainTimeout:      10 * time.Second,
 		Storage:           "file",
 		Replicas:          1,
+		MaxTotalBytes:     4 << 30,
 		KV: KVConfig{
 			MaxBytes:       64 << 20,
 			MaxValueBytes:  512 << 10,
@@ -180,6 +193,7 @@ func (c Config) Validate() error {
 		{c.DrainTimeout > 0, "drain_timeout", c.DrainTimeout, "must be positive"},
 		{c.Storage == "file" || c.Storage == "memory", "storage", c.Storage, `must be "file" or "memory"`},
 		{c.Replicas >= 1 && c.Replicas <= 5, "replicas", c.Replicas, "must be 1 to 5"},
+		{c.MaxTotalBytes > 0, "max_total_bytes", c.MaxTotalBytes, "must be positive"},
 		{c.KV.MaxBytes > 0, "kv.max_bytes", c.KV.MaxBytes, "must be positive"},
 		{c.KV.MaxValueBytes > 0 && int64(c.KV.MaxValueBytes) <= c.KV.MaxBytes, "kv.max_value_bytes", c.KV.MaxValueBytes, "must be positive and at most kv.max_bytes"},
 		{c.KV.History >= 1 && c.KV.History <= 64, "kv.history", c.KV.History, "must be 1 to 64"},
@@ -198,6 +212,8 @@ func (c Config) Validate() error {
 		{c.Files.MaxListEntries >= 1, "files.max_list_entries", c.Files.MaxListEntries, "must be at least 1"},
 		{c.Cache.MaxBytes > 0, "cache.max_bytes", c.Cache.MaxBytes, "must be positive"},
 		{c.Cache.MaxValueBytes > 0 && int64(c.Cache.MaxValueBytes) <= c.Cache.MaxBytes, "cache.max_value_bytes", c.Cache.MaxValueBytes, "must be positive and at most cache.max_bytes"},
+		{c.Cache.ScopeMaxBytes == 0 || (c.Cache.ScopeMaxBytes >= minScopeBytes(c.Cache) && c.Cache.ScopeMaxBytes <= c.Cache.MaxBytes/2),
+			"cache.scope_max_bytes", c.Cache.ScopeMaxBytes, "must be 0 (max_bytes / 16) or hold one value of max_value_bytes, and be at most max_bytes / 2"},
 		{c.Cache.DefaultTTL >= time.Millisecond, "cache.default_ttl", c.Cache.DefaultTTL, "must be at least 1ms"},
 		{c.Cache.MaxTTL >= c.Cache.DefaultTTL && c.Cache.MaxTTL <= 365*24*time.Hour, "cache.max_ttl", c.Cache.MaxTTL, "must be at least cache.default_ttl and at most 8760h"},
 	} {
@@ -224,6 +240,20 @@ func (c Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// minScopeBytes is the least a cache scope may hold: one entry of the
+// largest value, its key and overhead.
+func minScopeBytes(c CacheConfig) int64 {
+	return int64(c.MaxValueBytes) + MaxCacheKeyBytes*2 + cacheHeaderLen + cacheEntryOverhead
+}
+
+// scopeBudget is ScopeMaxBytes with its default applied.
+func (c CacheConfig) scopeBudget() int64 {
+	if c.ScopeMaxBytes > 0 {
+		return c.ScopeMaxBytes
+	}
+	return max(c.MaxBytes/16, minScopeBytes(c))
 }
 
 // quota returns the quota of name in overrides, or def.

@@ -55,6 +55,9 @@ type FileInfo struct {
 // FileList is the reply of files.list, sorted by name.
 type FileList struct {
 	Entries []FileInfo `json:"entries"`
+	// Next is the cursor of the next page of a paged listing (HeaderLimit),
+	// empty on the last page.
+	Next string `json:"next,omitempty"`
 }
 
 type fileStore struct {
@@ -259,10 +262,17 @@ func (f *fileStore) write(ctx context.Context, req request, m *microsvc.Request)
 	if err := f.reserve(ctx, req.namespace, r, delta, fileWhat(req)); err != nil {
 		return nil, nil, err
 	}
+	res, err := f.s.total.reserve(ctx, delta, true, fileWhat(req))
+	if err != nil {
+		f.release(req.namespace, delta)
+		return nil, nil, err
+	}
 	if err := writeAtomic(r, req.path, data); err != nil {
+		res.end(false)
 		f.release(req.namespace, delta)
 		return nil, nil, fileError(err, req.namespace, req.path)
 	}
+	res.end(true)
 	return nil, replyHeader(HeaderSize, strconv.Itoa(len(data))), nil
 }
 
@@ -337,7 +347,13 @@ func (f *fileStore) append(ctx context.Context, req request, m *microsvc.Request
 	if err := f.reserve(ctx, req.namespace, r, delta, fileWhat(req)); err != nil {
 		return nil, nil, err
 	}
+	res, err := f.s.total.reserve(ctx, delta, true, fileWhat(req))
+	if err != nil {
+		f.release(req.namespace, delta)
+		return nil, nil, err
+	}
 	size, err := appendFile(r, req.path, data)
+	res.end(err == nil)
 	if err != nil {
 		f.release(req.namespace, delta)
 		return nil, nil, fileError(err, req.namespace, req.path)
@@ -399,6 +415,7 @@ func (f *fileStore) remove(ctx context.Context, req request, _ *microsvc.Request
 	}
 	if st.Mode().IsRegular() {
 		f.release(req.namespace, st.Size())
+		f.s.total.freedFiles(st.Size())
 	}
 	if err := syncDir(r, path.Dir(req.path)); err != nil {
 		return nil, nil, fileError(err, req.namespace, req.path)
@@ -469,15 +486,24 @@ func (f *fileStore) list(ctx context.Context, req request, _ *microsvc.Request) 
 		return nil, nil, fileError(err, req.namespace, req.path)
 	}
 	defer d.Close()
-	limit := f.s.cfg.Files.MaxListEntries
+	ls := listing{field: "entries", what: fileWhat(req), items: "entries",
+		narrow: "list a subdirectory", cap: f.s.cfg.Files.MaxListEntries, lua: "hel.files.list(namespace, path, {limit = n, after = next})"}
+	var page *firstAfter[fs.DirEntry]
+	if req.page.paged() {
+		page = newFirstAfter(req.page, req.page.pageLimit(ls.cap), func(e fs.DirEntry) string { return e.Name() })
+	}
 	for {
 		ents, err := d.ReadDir(256)
 		for _, e := range ents {
 			if strings.HasPrefix(e.Name(), tempPrefix) {
 				continue
 			}
-			if len(out.Entries) == limit {
-				return nil, nil, fault.New(fault.ResourceExhausted, "%s has more than %d entries", fileWhat(req), limit)
+			if page != nil {
+				page.add(e)
+				continue
+			}
+			if len(out.Entries) == ls.cap {
+				return nil, nil, ls.tooMany(len(out.Entries))
 			}
 			st, err := e.Info()
 			if err != nil {
@@ -495,6 +521,16 @@ func (f *fileStore) list(ctx context.Context, req request, _ *microsvc.Request) 
 	if err := ctx.Err(); err != nil {
 		return nil, nil, fileError(err, req.namespace, req.path)
 	}
+	more := false
+	if page != nil {
+		for _, e := range page.sorted() {
+			if st, err := e.Info(); err == nil { // else removed while listing
+				out.Entries = append(out.Entries, fileInfo(e.Name(), st))
+			}
+		}
+		more = page.dropped
+	}
 	slices.SortFunc(out.Entries, func(a, b FileInfo) int { return strings.Compare(a.Name, b.Name) })
-	return jsonReply(out)
+	return f.s.listReply(ls, req.page, len(out.Entries), func(i int) any { return out.Entries[i] },
+		func(i int) string { return out.Entries[i].Name }, more)
 }

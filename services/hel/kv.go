@@ -73,12 +73,12 @@ func (s *Service) kvFor(ctx context.Context, name string, write bool) (*kvBucket
 		if cur, err := s.js.KeyValue(ctx, jsName); err == nil {
 			cfg.Replicas = replicas.Keep(s.log, jsName, replicas.OfKV(ctx, cur), cfg.Replicas)
 		}
-		kv, err := s.js.CreateOrUpdateKeyValue(ctx, cfg)
+		kv, err := s.createKV(ctx, cfg, jetstream.DiscardNew)
 		perKeyTTL := true
 		if errors.Is(err, jetstream.ErrLimitMarkerTTLNotSupported) {
 			s.log.Warn("NATS server does not support per-key TTL; kv.create with a TTL will fail", logKeyBucket, jsName)
 			cfg.LimitMarkerTTL, perKeyTTL = 0, false
-			kv, err = s.js.CreateOrUpdateKeyValue(ctx, cfg)
+			kv, err = s.createKV(ctx, cfg, jetstream.DiscardNew)
 		}
 		if err != nil {
 			return nil, storeError(err, what)
@@ -144,11 +144,18 @@ func (s *Service) kvPut(ctx context.Context, req request, r *microsvc.Request) (
 	if err != nil {
 		return nil, nil, err
 	}
+	res, err := s.total.reserveKV(ctx, req.bucket, req.key, val, keyWhat(req))
+	if err != nil {
+		return nil, nil, err
+	}
+	written := false
+	defer func() { res.end(written) }()
 	b, err := s.kvFor(ctx, req.bucket, true)
 	if err != nil {
 		return nil, nil, err
 	}
 	rev, err := b.kv.Put(ctx, req.key, val)
+	written = err == nil
 	if err != nil {
 		s.forgetKV(req.bucket, err)
 		return nil, nil, storeError(err, keyWhat(req))
@@ -164,6 +171,12 @@ func (s *Service) kvCreate(ctx context.Context, req request, r *microsvc.Request
 	if err != nil {
 		return nil, nil, err
 	}
+	res, err := s.total.reserveKV(ctx, req.bucket, req.key, val, keyWhat(req))
+	if err != nil {
+		return nil, nil, err
+	}
+	written := false
+	defer func() { res.end(written) }()
 	b, err := s.kvFor(ctx, req.bucket, true)
 	if err != nil {
 		return nil, nil, err
@@ -176,6 +189,7 @@ func (s *Service) kvCreate(ctx context.Context, req request, r *microsvc.Request
 		opts = append(opts, jetstream.KeyTTL(req.ttl))
 	}
 	rev, err := b.kv.Create(ctx, req.key, val, opts...)
+	written = err == nil
 	if err != nil {
 		s.forgetKV(req.bucket, err)
 		if errors.Is(err, jetstream.ErrKeyExists) {
@@ -196,11 +210,18 @@ func (s *Service) kvUpdate(ctx context.Context, req request, r *microsvc.Request
 	if err != nil {
 		return nil, nil, err
 	}
+	res, err := s.total.reserveKV(ctx, req.bucket, req.key, val, keyWhat(req))
+	if err != nil {
+		return nil, nil, err
+	}
+	written := false
+	defer func() { res.end(written) }()
 	b, err := s.kvFor(ctx, req.bucket, true)
 	if err != nil {
 		return nil, nil, err
 	}
 	rev, err := b.kv.Update(ctx, req.key, val, req.revision)
+	written = err == nil
 	if err == nil {
 		return nil, revisionHeader(rev), nil
 	}
@@ -245,6 +266,9 @@ func (s *Service) kvDelete(ctx context.Context, req request, _ *microsvc.Request
 // KeyList is the reply of kv.keys.
 type KeyList struct {
 	Keys []string `json:"keys"`
+	// Next is the cursor of the next page of a paged listing (HeaderLimit),
+	// empty on the last page.
+	Next string `json:"next,omitempty"`
 }
 
 func (s *Service) kvKeys(ctx context.Context, req request, _ *microsvc.Request) ([]byte, nats.Header, error) {
@@ -267,23 +291,36 @@ func (s *Service) kvKeys(ctx context.Context, req request, _ *microsvc.Request) 
 		return nil, nil, storeError(err, fmt.Sprintf("bucket %q", req.bucket))
 	}
 	defer func() { _ = l.Stop() }()
-	seen := map[string]bool{}
-	for k := range l.Keys() {
-		if seen[k] {
-			continue // a key rewritten while listing can show twice
+	ls := listing{field: "keys", what: fmt.Sprintf("bucket %q", req.bucket), items: "keys",
+		narrow: "narrow it with a filter", cap: s.cfg.KV.MaxListKeys, lua: "hel.kv.keys(bucket, filter, {limit = n, after = next})"}
+	more := false
+	if req.page.paged() {
+		// A key rewritten while listing can show twice; firstAfter keeps
+		// one of each.
+		page := newFirstAfter(req.page, req.page.pageLimit(ls.cap), func(k string) string { return k })
+		for k := range l.Keys() {
+			page.add(k)
 		}
-		seen[k] = true
-		if len(out.Keys) == s.cfg.KV.MaxListKeys {
-			return nil, nil, fault.New(fault.ResourceExhausted,
-				"bucket %q has more than %d keys: narrow the listing with a filter", req.bucket, s.cfg.KV.MaxListKeys)
+		out.Keys, more = page.sorted(), page.dropped
+	} else {
+		seen := map[string]bool{}
+		for k := range l.Keys() {
+			if seen[k] {
+				continue // a key rewritten while listing can show twice
+			}
+			seen[k] = true
+			if len(out.Keys) == ls.cap {
+				return nil, nil, ls.tooMany(len(out.Keys))
+			}
+			out.Keys = append(out.Keys, k)
 		}
-		out.Keys = append(out.Keys, k)
+		slices.Sort(out.Keys)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, nil, storeError(err, fmt.Sprintf("bucket %q", req.bucket))
 	}
-	slices.Sort(out.Keys)
-	return jsonReply(out)
+	return s.listReply(ls, req.page, len(out.Keys), func(i int) any { return out.Keys[i] },
+		func(i int) string { return out.Keys[i] }, more)
 }
 
 // HistoryEntry is one revision in the reply of kv.history.
@@ -298,6 +335,9 @@ type HistoryEntry struct {
 // History is the reply of kv.history, oldest revision first.
 type History struct {
 	Entries []HistoryEntry `json:"entries"`
+	// Next is the revision (in decimal) to send as HeaderAfter for the next
+	// page of a paged history (HeaderLimit), empty on the last page.
+	Next string `json:"next,omitempty"`
 }
 
 func (s *Service) kvHistory(ctx context.Context, req request, _ *microsvc.Request) ([]byte, nats.Header, error) {
@@ -310,8 +350,17 @@ func (s *Service) kvHistory(ctx context.Context, req request, _ *microsvc.Reques
 		s.forgetKV(req.bucket, err)
 		return nil, nil, storeError(err, keyWhat(req))
 	}
+	var after uint64
+	if req.page.hasAfter {
+		if after, err = strconv.ParseUint(req.page.after, 10, 64); err != nil {
+			return nil, nil, fault.New(fault.InvalidArgument, "%s %q: kv.history pages after a revision number", HeaderAfter, req.page.after)
+		}
+	}
 	out := History{Entries: make([]HistoryEntry, 0, len(es))}
 	for _, e := range es {
+		if e.Revision() <= after {
+			continue
+		}
 		he := HistoryEntry{Revision: e.Revision(), Created: e.Created().UTC()}
 		switch e.Operation() {
 		case jetstream.KeyValuePut:
@@ -324,7 +373,9 @@ func (s *Service) kvHistory(ctx context.Context, req request, _ *microsvc.Reques
 		}
 		out.Entries = append(out.Entries, he)
 	}
-	return jsonReply(out)
+	ls := listing{field: "entries", what: keyWhat(req), items: "revisions", cap: len(out.Entries) + 1, lua: "hel.kv.history(bucket, key, {limit = n, after = next})"}
+	return s.listReply(ls, req.page, len(out.Entries), func(i int) any { return out.Entries[i] },
+		func(i int) string { return strconv.FormatUint(out.Entries[i].Revision, 10) }, false)
 }
 
 // jsonReply marshals v as a JSON reply.

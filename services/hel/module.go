@@ -215,14 +215,67 @@ func (m *module) kvDelete(L *lua.LState, c *engine.Call) int {
 	return 0
 }
 
+// pageOpts reads argument n, the paging options of a listing:
+// {limit = n, after = cursor}, or nil for the whole listing.
+func pageOpts(L *lua.LState, fn string, n int) (Page, bool) {
+	v := L.Get(n)
+	if v == lua.LNil {
+		return Page{}, false
+	}
+	t, ok := v.(*lua.LTable)
+	if !ok {
+		badArg(L, fn, n, "options must be a table {limit = n, after = cursor}, got %s", v.Type())
+	}
+	var p Page
+	t.ForEach(func(k, v lua.LValue) {
+		switch k.String() {
+		case "limit":
+			f, ok := v.(lua.LNumber)
+			if !ok || f < 1 || float64(f) != math.Trunc(float64(f)) || f > math.MaxInt32 {
+				badArg(L, fn, n, "limit must be a whole number from 1, got %s", v.String())
+			}
+			p.Limit = int(f)
+		case "after":
+			switch a := v.(type) {
+			case lua.LString:
+				p.After = string(a)
+			case lua.LNumber:
+				p.After = a.String()
+			default:
+				badArg(L, fn, n, "after must be the cursor a previous page returned, got %s", v.Type())
+			}
+		default:
+			badArg(L, fn, n, "unknown option %q (the options are limit and after)", k.String())
+		}
+	})
+	return p, true
+}
+
+// pushNext pushes the cursor of the next page, nil after the last.
+func pushNext(L *lua.LState, next string) {
+	if next == "" {
+		L.Push(lua.LNil)
+		return
+	}
+	L.Push(lua.LString(next))
+}
+
 func (m *module) kvKeys(L *lua.LState, c *engine.Call) int {
 	bucket := str(L, "kv.keys", 1, "bucket")
 	filter := ""
 	if L.Get(2) != lua.LNil {
 		filter = str(L, "kv.keys", 2, "filter")
 	}
+	p, paged := pageOpts(L, "kv.keys", 3)
 	check(L, c, areaKV, bucket)
-	keys, err := m.c.KVKeys(c.Ctx, bucket, filter)
+	var keys []string
+	var next string
+	var err error
+	if paged {
+		keys, next, err = m.c.KVKeysPage(c.Ctx, bucket, filter, p)
+	} else {
+		keys, err = m.c.KVKeys(c.Ctx, bucket, filter)
+	}
 	if err != nil {
 		return fail(L, err)
 	}
@@ -231,15 +284,31 @@ func (m *module) kvKeys(L *lua.LState, c *engine.Call) int {
 		t.RawSetInt(i+1, lua.LString(k))
 	}
 	L.Push(t)
+	if paged {
+		pushNext(L, next)
+		return 2
+	}
 	return 1
 }
 
 func (m *module) kvHistory(L *lua.LState, c *engine.Call) int {
 	bucket, key := str(L, "kv.history", 1, "bucket"), str(L, "kv.history", 2, "key")
+	p, paged := pageOpts(L, "kv.history", 3)
 	check(L, c, areaKV, bucket)
-	es, err := m.c.KVHistory(c.Ctx, bucket, key)
+	var es []HistoryEntry
+	var next string
+	var err error
+	if paged {
+		es, next, err = m.c.KVHistoryPage(c.Ctx, bucket, key, p)
+	} else {
+		es, err = m.c.KVHistory(c.Ctx, bucket, key)
+	}
 	if isNotFound(err) {
 		L.Push(L.CreateTable(0, 0))
+		if paged {
+			L.Push(lua.LNil)
+			return 2
+		}
 		return 1
 	}
 	if err != nil {
@@ -259,6 +328,10 @@ func (m *module) kvHistory(L *lua.LState, c *engine.Call) int {
 		t.RawSetInt(i+1, et)
 	}
 	L.Push(t)
+	if paged {
+		pushNext(L, next)
+		return 2
+	}
 	return 1
 }
 
@@ -319,8 +392,16 @@ func (m *module) filesList(L *lua.LState, c *engine.Call) int {
 	if L.Get(2) != lua.LNil {
 		dir = str(L, "files.list", 2, "path")
 	}
+	p, paged := pageOpts(L, "files.list", 3)
 	check(L, c, areaFiles, ns)
-	ents, err := m.c.ListFiles(c.Ctx, ns, dir)
+	var ents []FileInfo
+	var next string
+	var err error
+	if paged {
+		ents, next, err = m.c.ListFilesPage(c.Ctx, ns, dir, p)
+	} else {
+		ents, err = m.c.ListFiles(c.Ctx, ns, dir)
+	}
 	if err != nil {
 		return fail(L, err)
 	}
@@ -329,6 +410,10 @@ func (m *module) filesList(L *lua.LState, c *engine.Call) int {
 		t.RawSetInt(i+1, pushFileInfo(L, e))
 	}
 	L.Push(t)
+	if paged {
+		pushNext(L, next)
+		return 2
+	}
 	return 1
 }
 

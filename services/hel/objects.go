@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -49,6 +50,9 @@ type ObjectInfo struct {
 // ObjectList is the reply of obj.list.
 type ObjectList struct {
 	Objects []ObjectInfo `json:"objects"`
+	// Next is the cursor of the next page of a paged listing (HeaderLimit),
+	// empty on the last page.
+	Next string `json:"next,omitempty"`
 }
 
 // objBucket is a bound object store; configured as for kvBucket.
@@ -87,7 +91,7 @@ func (s *Service) objFor(ctx context.Context, name string, write bool) (jetstrea
 				want = replicas.Keep(s.log, jsName, st.Replicas(), want)
 			}
 		}
-		obs, err := s.js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		obs, err := s.createObjectStore(ctx, jetstream.ObjectStoreConfig{
 			Bucket:      jsName,
 			Description: "Hel object bucket " + name,
 			MaxBytes:    quota(s.cfg.Objects.Buckets, name, s.cfg.Objects.MaxBytes),
@@ -150,7 +154,8 @@ const (
 
 // upload is what the receiver learned about an upload.
 type upload struct {
-	sha256 string // hex, set once the whole upload arrived
+	sha256 string       // hex, set once the whole upload arrived
+	res    *reservation // of the total quota; grown per chunk when the size is unknown
 }
 
 // objPut receives an upload. Protocol: reply FrameReady with the upload
@@ -170,6 +175,18 @@ func (s *Service) objPut(ctx context.Context, req request, r *microsvc.Request) 
 	if !r.HasReply() {
 		return nil, nil, fault.New(fault.InvalidArgument, "obj.put needs a reply subject")
 	}
+	// The total quota: the whole upload when its size is known, else the
+	// meta now and each chunk as it arrives (receiveUpload).
+	hold := int64(metaOverhead)
+	if req.size >= 0 {
+		hold += req.size + chunks(req.size, s.cfg.Objects.ChunkSize)*chunkOverhead
+	}
+	res, err := s.total.reserve(ctx, hold, false, objWhat(req))
+	if err != nil {
+		return nil, nil, err
+	}
+	written := false
+	defer func() { res.end(written) }()
 	obs, err := s.objFor(ctx, req.bucket, true)
 	if err != nil {
 		return nil, nil, err
@@ -210,7 +227,7 @@ func (s *Service) objPut(ctx context.Context, req request, r *microsvc.Request) 
 
 	pr, pw := io.Pipe()
 	recv := make(chan error, 1)
-	var up upload
+	up := upload{res: res}
 	go func() { recv <- s.receiveUpload(ctx, req, sub, pw, room, used, q, &up) }()
 	meta := jetstream.ObjectMeta{
 		Name: req.object, Description: req.description,
@@ -231,6 +248,7 @@ func (s *Service) objPut(ctx context.Context, req request, r *microsvc.Request) 
 	if rerr != nil {
 		return nil, nil, rerr
 	}
+	written = true
 	return jsonReply(objectInfo(req.bucket, info))
 }
 
@@ -306,6 +324,11 @@ func (s *Service) receiveUpload(ctx context.Context, req request, sub *nats.Subs
 			if total+int64(seq)*chunkOverhead > room {
 				return fault.New(fault.ResourceExhausted, "%s: upload passed %d bytes, over the bucket's quota (%d of %d bytes used)",
 					objWhat(req), total, used, q)
+			}
+			if req.size < 0 {
+				if err := up.res.grow(ctx, int64(len(m.Data))+chunkOverhead, objWhat(req)); err != nil {
+					return err
+				}
 			}
 			h.Write(m.Data)
 			if _, err := pw.Write(m.Data); err != nil {
@@ -460,13 +483,26 @@ func (s *Service) objList(ctx context.Context, req request, _ *microsvc.Request)
 		s.forgetObj(req.bucket, err)
 		return nil, nil, storeError(err, fmt.Sprintf("object bucket %q", req.bucket))
 	}
-	if len(infos) > s.cfg.Objects.MaxList {
-		return nil, nil, fault.New(fault.ResourceExhausted, "object bucket %q has more than %d objects", req.bucket, s.cfg.Objects.MaxList)
+	ls := listing{field: "objects", what: fmt.Sprintf("object bucket %q", req.bucket), items: "objects",
+		cap: s.cfg.Objects.MaxList, lua: "Client.ListObjectsPage"}
+	more := false
+	if req.page.paged() {
+		page := newFirstAfter(req.page, req.page.pageLimit(ls.cap), func(i *jetstream.ObjectInfo) string { return i.Name })
+		for _, i := range infos {
+			page.add(i)
+		}
+		infos, more = page.sorted(), page.dropped
+	} else {
+		if len(infos) > ls.cap {
+			return nil, nil, ls.tooMany(len(infos))
+		}
+		slices.SortFunc(infos, func(a, b *jetstream.ObjectInfo) int { return strings.Compare(a.Name, b.Name) })
 	}
 	for _, i := range infos {
 		out.Objects = append(out.Objects, objectInfo(req.bucket, i))
 	}
-	return jsonReply(out)
+	return s.listReply(ls, req.page, len(out.Objects), func(i int) any { return out.Objects[i] },
+		func(i int) string { return out.Objects[i].Name }, more)
 }
 
 func (s *Service) objDelete(ctx context.Context, req request, _ *microsvc.Request) ([]byte, nats.Header, error) {
@@ -478,5 +514,6 @@ func (s *Service) objDelete(ctx context.Context, req request, _ *microsvc.Reques
 		s.forgetObj(req.bucket, err)
 		return nil, nil, storeError(err, objWhat(req))
 	}
+	s.total.freedStreams()
 	return nil, nil, nil
 }

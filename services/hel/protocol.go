@@ -50,6 +50,14 @@ const (
 	HeaderLength = "Hel-Length"
 	// HeaderContentType tells a string from JSON: ContentJSON or ContentBytes.
 	HeaderContentType = "Content-Type"
+	// HeaderLimit (listing requests: kv.keys, kv.history, obj.list,
+	// files.list) asks for one page of at most this many items; the reply's
+	// JSON then has "next", the cursor to send as HeaderAfter for the next
+	// page, when more remain. See "Listings" in docs/HEL.md.
+	HeaderLimit = "Hel-Limit"
+	// HeaderAfter (listing requests) starts a page after this cursor: a
+	// key, object or file name, or a revision for kv.history.
+	HeaderAfter = "Hel-After"
 
 	// HeaderFrame marks the intermediate messages of an object transfer;
 	// the final reply has none. See the object protocol in docs/HEL.md.
@@ -138,6 +146,7 @@ type request struct {
 	offset      int64
 	length      int64 // 0: to the end
 	ctype       ContentType
+	page        page // of a listing
 }
 
 // decodeRequest validates the headers of a request. need lists the fields
@@ -252,6 +261,9 @@ func decodeRequest(h nats.Header, need field) (request, error) {
 			}
 			*n.dst = i
 		}
+	}
+	if err := decodePage(h, &req.page); err != nil {
+		return req, err
 	}
 	if v := h.Get(HeaderContentType); v != "" {
 		switch ContentType(v) {

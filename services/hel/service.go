@@ -65,6 +65,7 @@ type Service struct {
 
 	cache *cacheStore
 	files *fileStore
+	total *totalQuota
 }
 
 // New validates cfg and prepares a replica on nc (owned by the caller); Run
@@ -107,8 +108,9 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Service, error) {
 		kvBuckets:  map[string]*kvBucket{},
 		objBuckets: map[string]*objBucket{},
 	}
-	s.cache = &cacheStore{s: s}
+	s.cache = &cacheStore{s: s, index: newCacheIndex(cfg.Cache)}
 	s.files = &fileStore{s: s, usage: map[string]*nsUsage{}}
+	s.total = &totalQuota{s: s, max: cfg.MaxTotalBytes}
 	return s, nil
 }
 
@@ -127,6 +129,10 @@ func (s *Service) Run(ctx context.Context) error {
 	if err := replicas.Setup(ctx, s.log, subjects.HelCacheBucket, s.cache.ensure); err != nil {
 		return fmt.Errorf("hel: cache bucket: %w", err)
 	}
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watched := make(chan struct{})
+	go func() { defer close(watched); s.cache.watch(watchCtx) }()
+	defer func() { stopWatch(); <-watched }()
 	svc, err := microsvc.Start(s.nc, microsvc.Config{
 		Metrics:     s.cfg.Metrics,
 		Name:        subjects.HelService,

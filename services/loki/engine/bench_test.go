@@ -103,3 +103,26 @@ func BenchmarkDecodeArgs(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkRunConcat measures a concat-heavy tool: 100 `..` of short
+// strings per execution, each a capped call (concat.go).
+func BenchmarkRunConcat(b *testing.B) {
+	en := engine.New(engine.Config{}, nil)
+	p, err := engine.Compile("cat", `local s = "" for i = 1, 100 do s = name .. ":" .. i end return s`)
+	if err != nil {
+		b.Fatal(err)
+	}
+	e := engine.Exec{
+		Tool: "cat", ExecID: "bench", Program: p, Returns: engine.String,
+		Params: []engine.Param{{Name: "name", Type: engine.String}}, Args: map[string]any{"name": "n"},
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	b.ReportAllocs()
+	for b.Loop() {
+		out, err := en.Run(ctx, e)
+		if err != nil || string(out) != `"n:100"` {
+			b.Fatalf("got %s, %v, want \"n:100\"", out, err)
+		}
+	}
+}

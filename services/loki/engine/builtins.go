@@ -31,6 +31,9 @@ import (
 //   - table.concat: output capped at MaxStringBytes, context checked.
 //   - table.sort: refused over Limits.MaxTableSort elements; the context is
 //     checked every 1024 comparisons.
+//   - the `..` operator: compiled into a call of a capped concatenation
+//     (concat.go) that refuses results over MaxStringBytes before building
+//     them.
 //   - math.random: Lua 5.1 argument rules ("interval is empty") instead of a
 //     Go panic; math.randomseed is a no-op (it would reseed the process-wide
 //     generator).
@@ -42,9 +45,8 @@ import (
 // What remains unbounded (no per-execution memory limit exists in
 // gopher-lua; see FIELD-NOTES):
 //
-//   - The `..` operator and table constructors allocate before the next
-//     instruction check: `s = s .. s` doubles memory per iteration, so a
-//     script reaches gigabytes within a few dozen instructions.
+//   - Table constructors allocate before the next instruction check, but
+//     only as many slots as the source spells out or the value stack holds.
 //   - Assigning t[n] for an integer n below lua.MaxArrayIndex grows the
 //     array part to n in one step; table.insert(t, n, v) likewise. The
 //     engine lowers gopher-lua's 2^26 (1 GiB of nils in one instruction) to
@@ -505,7 +507,7 @@ func (s *state) emit(L *lua.LState) int {
 	if s.emits > s.lim.MaxEmits {
 		raise(L, fault.ResourceExhausted, "emit called more than %d times", s.lim.MaxEmits)
 	}
-	enc := encoder{max: s.lim.MaxEmitBytes}
+	enc := encoder{max: s.lim.MaxEmitBytes, stop: s}
 	chunk, err := enc.encode(L.Get(1), Any, "emit value")
 	if err != nil {
 		L.RaiseError("%s", err.Error())

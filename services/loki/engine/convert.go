@@ -246,6 +246,26 @@ func jsonTypeName(v any) string {
 // toLua converts a JSON-shaped value: objects become tables with string
 // keys, arrays tables indexed 1..n, null nil.
 func toLua(L *lua.LState, v any, depth int) (lua.LValue, error) {
+	c := luaConverter{L: L}
+	return c.value(v, depth)
+}
+
+// luaConverter converts JSON-shaped values to Lua. When stop is set it is
+// asked every stopEvery values whether the execution has ended: a 1 MiB
+// argument body can hold 350k values, which take tens of milliseconds.
+type luaConverter struct {
+	L     *lua.LState
+	stop  stopper
+	count int
+}
+
+func (c *luaConverter) value(v any, depth int) (lua.LValue, error) {
+	if c.count++; c.stop != nil && c.count%stopEvery == 0 {
+		if err := c.stop.stopped(); err != nil {
+			return nil, err
+		}
+	}
+	L := c.L
 	switch x := v.(type) {
 	case nil:
 		return lua.LNil, nil
@@ -264,7 +284,7 @@ func toLua(L *lua.LState, v any, depth int) (lua.LValue, error) {
 		}
 		t := L.CreateTable(len(x), 0)
 		for i, e := range x {
-			lv, err := toLua(L, e, depth+1)
+			lv, err := c.value(e, depth+1)
 			if err != nil {
 				return nil, err
 			}
@@ -280,7 +300,7 @@ func toLua(L *lua.LState, v any, depth int) (lua.LValue, error) {
 			if e == nil {
 				continue
 			}
-			lv, err := toLua(L, e, depth+1)
+			lv, err := c.value(e, depth+1)
 			if err != nil {
 				return nil, err
 			}
@@ -300,9 +320,12 @@ func (s *state) encodeResult(v lua.LValue) ([]byte, error) {
 	if got, ok := fits(v, s.returns); !ok {
 		return nil, fault.New(fault.ScriptError, "tool %q returned %s, declared %s", s.tool, got, s.returns)
 	}
-	enc := encoder{max: s.lim.MaxResultBytes}
+	enc := encoder{max: s.lim.MaxResultBytes, stop: s}
 	b, err := enc.encode(v, s.returns, "result")
 	if err != nil {
+		if s.ctx.Err() != nil {
+			return nil, err // deadlineFault names the tool already
+		}
 		return nil, fault.New(fault.CodeOf(err), "tool %q: %s", s.tool, fault.MessageOf(err))
 	}
 	return b, nil
@@ -362,7 +385,20 @@ type encoder struct {
 	path []lua.LValue  // keys from the root to the current value
 	seen []*lua.LTable // tables on the current path
 	root string
+	// stop, when set, is asked every stopEvery values whether the
+	// execution has ended; a non-nil answer aborts the encoding with it.
+	stop  stopper
+	count int
 }
+
+// stopper tells whether an execution has ended (*state does). An
+// interface rather than a func value: a method value of the state would be
+// allocated on every execution.
+type stopper interface{ stopped() *fault.Error }
+
+// stopEvery is how many values the encoder converts between two calls of
+// encoder.stop: a 1 MiB result holds up to ~500k values.
+const stopEvery = 1024
 
 type encodeError struct{ err *fault.Error }
 
@@ -417,6 +453,11 @@ func (e *encoder) where() string {
 }
 
 func (e *encoder) value(v lua.LValue, emptyArray bool) {
+	if e.count++; e.stop != nil && e.count%stopEvery == 0 {
+		if err := e.stop.stopped(); err != nil {
+			panic(encodeError{err})
+		}
+	}
 	switch x := v.(type) {
 	case *lua.LNilType:
 		e.buf = append(e.buf, "null"...)

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/loki-iot/loki/internal/fault"
 	lua "github.com/yuin/gopher-lua"
@@ -20,7 +21,7 @@ type Limits struct {
 	MaxResultBytes int // JSON result size cap (default 1 MiB) → RESOURCE_EXHAUSTED
 	MaxEmitBytes   int // per emit() chunk (default 256 KiB) → RESOURCE_EXHAUSTED
 	MaxEmits       int // emit() calls per execution (default 10000) → RESOURCE_EXHAUSTED
-	MaxStringBytes int // largest string a capped built-in may build (default 16 MiB) → RESOURCE_EXHAUSTED
+	MaxStringBytes int // largest string `..` or a capped built-in may build (default 16 MiB) → RESOURCE_EXHAUSTED
 	MaxTableSort   int // largest table table.sort accepts (default 1<<20) → RESOURCE_EXHAUSTED
 	MaxLogBytes    int // per log line (default 8 KiB, truncated not refused)
 	CallStackSize  int // Lua call stack depth (default 200); overflow → RESOURCE_EXHAUSTED
@@ -161,6 +162,9 @@ func (en *Engine) Run(ctx context.Context, e Exec) ([]byte, error) {
 	}
 	fn := L.NewFunctionFromProto(e.Program.proto)
 	fn.Env = env
+	if len(fn.Upvalues) == 1 { // the capped `..` (concat.go)
+		fn.Upvalues[0] = s.concatUV
+	}
 
 	L.SetContext(ctx)
 	L.Push(fn)
@@ -310,10 +314,28 @@ func (s *state) mapError(err error) (*fault.Error, bool) {
 	if line == 0 {
 		line = s.lineFromTrace(ae.StackTrace)
 	}
+	msg = truncateError(msg)
 	if line > 0 {
 		return fault.New(code, "tool %q: line %d: %s", s.tool, line, msg), s.L.GetTop() == 0
 	}
 	return fault.New(code, "tool %q: %s", s.tool, msg), s.L.GetTop() == 0
+}
+
+// maxErrorBytes bounds the message of a script's error: it travels in a
+// reply header, and `error(string.rep("x", 2^23))` must not make the reply
+// too big to send.
+const maxErrorBytes = 4 << 10
+
+// truncateError cuts msg to maxErrorBytes, on a UTF-8 boundary, marking the cut.
+func truncateError(msg string) string {
+	if len(msg) <= maxErrorBytes {
+		return msg
+	}
+	cut := maxErrorBytes
+	for cut > 0 && !utf8.RuneStart(msg[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s …(%d bytes truncated)", msg[:cut], len(msg)-cut)
 }
 
 // splitPosition splits "<chunk>:<line>: msg" into line and msg.
@@ -346,6 +368,15 @@ func (s *state) lineFromTrace(trace string) int {
 		}
 	}
 	return 0
+}
+
+// stopped returns the fault for the end of the execution's context, or nil
+// while it runs. Go loops outside the VM (result encoding) poll it.
+func (s *state) stopped() *fault.Error {
+	if s.ctx != nil && s.ctx.Err() != nil {
+		return deadlineFault(s.ctx, s.tool, s.start, s.timeout)
+	}
+	return nil
 }
 
 // checkInterrupt raises the context's error in L if the execution's

@@ -72,7 +72,7 @@ func Compile(chunk, source string) (p *Program, err error) {
 		}
 		return nil, se
 	}
-	proto, err := lua.Compile(stmts, chunk)
+	wrapper, err := lua.Compile(wrapConcat(stmts, strings.Count(source, "\n")+1), chunk)
 	if err != nil {
 		var ce *lua.CompileError
 		if errors.As(err, &ce) {
@@ -80,6 +80,8 @@ func Compile(chunk, source string) (p *Program, err error) {
 		}
 		return nil, &SyntaxError{Chunk: chunk, Line: 1, Msg: err.Error()}
 	}
+	// The tool's code is the function the wrapper returns (see concat.go).
+	proto := wrapper.FunctionPrototypes[0]
 	dropArgTables(proto)
 	return &Program{chunk: chunk, proto: proto}, nil
 }

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"time"
 
@@ -92,6 +93,9 @@ type state struct {
 	argNames map[string]struct{}
 	libs     [numLibs]*lua.LTable
 	libMTs   [numLibs]*lua.LTable
+	// concatUV holds the capped `..` the tool's code reaches as its only
+	// upvalue (concat.go).
+	concatUV *lua.Upvalue
 
 	// The current execution; reset by end.
 	ctx     context.Context
@@ -204,6 +208,9 @@ func (en *Engine) newState() *state {
 		"warn": s.logFunc(slog.LevelWarn), "error": s.logFunc(slog.LevelError),
 	})
 
+	s.concatUV = &lua.Upvalue{}
+	s.concatUV.SetValue(L.NewFunction(s.concat))
+
 	s.libs = [numLibs]*lua.LTable{str, tab, math, os, log}
 	for i, t := range s.libs {
 		s.libMTs[i] = protect(t)
@@ -314,11 +321,16 @@ func (s *state) paramsTable(L *lua.LState) *lua.LTable {
 // makes them visible to the script through argTab.
 func (s *state) convertParams() error {
 	s.argVals = s.argVals[:0]
+	conv := luaConverter{L: s.L, stop: s}
 	for _, p := range s.params {
 		var lv lua.LValue = lua.LNil
 		if v, ok := s.args[p.Name]; ok && v != nil {
 			var err error
-			if lv, err = toLua(s.L, v, 0); err != nil {
+			if lv, err = conv.value(v, 0); err != nil {
+				var fe *fault.Error
+				if errors.As(err, &fe) && s.ctx.Err() != nil {
+					return fe // the deadline, named by deadlineFault
+				}
 				return fault.New(fault.InvalidArgument, "param %q: %s", p.Name, err)
 			}
 		}
