@@ -24,6 +24,7 @@ import (
 	"github.com/loki-iot/loki/services/jotunheim"
 	"github.com/loki-iot/loki/services/loki"
 	"github.com/loki-iot/loki/services/loki/engine"
+	"github.com/loki-iot/loki/services/loki/isolate"
 	"github.com/nats-io/nats.go"
 )
 
@@ -68,6 +69,38 @@ type lokiSettings struct {
 	// MemoryLimitMiB: the process heap past which running scripts are
 	// stopped (0: loki.DefaultMemoryLimit).
 	MemoryLimitMiB int `toml:"memory_limit_mib"`
+	// Isolation picks the tools that run in isolated worker processes:
+	// "auto" (those with a memory or cpu limit), "always" or "never".
+	Isolation string `toml:"isolation"`
+	// Workers is the number of worker processes (0: one per core).
+	Workers int `toml:"workers"`
+	// Memory ("64MiB") and CPU ("500ms" of CPU time) are the hard limits
+	// of every tool that declares none of its own.
+	Memory string `toml:"memory"`
+	CPU    string `toml:"cpu"`
+
+	isolationMode loki.IsolationMode
+	memoryBytes   uint64
+	cpu           time.Duration
+}
+
+// validate parses the isolation settings; errors name the key.
+func (l *lokiSettings) validate() error {
+	var err error
+	if l.isolationMode, err = loki.ParseIsolationMode(l.Isolation); err != nil {
+		return err
+	}
+	if l.Memory != "" {
+		if l.memoryBytes, err = isolate.ParseSize(l.Memory); err != nil || l.memoryBytes == 0 {
+			return fmt.Errorf("memory = %q: want a size such as \"64MiB\", \"512KiB\" or \"1GiB\"", l.Memory)
+		}
+	}
+	if l.CPU != "" {
+		if l.cpu, err = time.ParseDuration(l.CPU); err != nil || l.cpu <= 0 {
+			return fmt.Errorf("cpu = %q: want a positive CPU time such as \"500ms\" or \"2s\"", l.CPU)
+		}
+	}
+	return loki.IsolationConfig{Mode: l.isolationMode, Workers: l.Workers, Memory: l.memoryBytes, CPU: l.cpu}.Validate()
 }
 
 // natsSettings is the [nats] table: the embedded server `loki up` runs
@@ -200,6 +233,9 @@ func loadServiceConfig(path, dataDir string) (serviceConfig, error) {
 	if cfg.Loki.MemoryLimitMiB < 0 {
 		return cfg, fmt.Errorf("service config %s: [loki]: memory_limit_mib = %d: must not be negative", orDefault(path), cfg.Loki.MemoryLimitMiB)
 	}
+	if err := cfg.Loki.validate(); err != nil {
+		return cfg, fmt.Errorf("service config %s: [loki]: %w", orDefault(path), err)
+	}
 	if err := cfg.Hel.Validate(); err != nil {
 		return cfg, fmt.Errorf("service config %s: [hel]: %w", orDefault(path), err)
 	}
@@ -215,6 +251,9 @@ func loadServiceConfig(path, dataDir string) (serviceConfig, error) {
 			cfg.Jotunheim.OTAKeys[i] = filepath.Join(filepath.Dir(path), k)
 		}
 	}
+	// One setting governs the tools devices may call on either transport:
+	// MQTT (the device service) and gRPC (the gateway's device principals).
+	cfg.Gateway.DeviceCalls = cfg.Jotunheim.DeviceCalls
 	if err := cfg.Gateway.Validate(); err != nil {
 		return cfg, fmt.Errorf("service config %s: [gateway]: %w", orDefault(path), err)
 	}

@@ -27,7 +27,7 @@ const usage = `loki runs user-written Lua tools against hardware, networks and s
 
 Usage:
   loki up [flags]                 run NATS (embedded, with JetStream) and every service in one process
-  loki serve COMPONENT [flags]    run one component (loki, hel, fenrir, jormungandr, jotunheim, gateway) against an external NATS server
+  loki serve COMPONENT [flags]    run one component (loki, hel, fenrir, jormungandr, jotunheim, gateway, auth) against an external NATS server
   loki tools [flags]              list registered tools
   loki tools get NAME             print one tool
   loki tools register FILE        register the tools of a TOML file (admin)
@@ -146,6 +146,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		// `loki help serve fenrir` is `loki serve fenrir --help`.
 		return run(ctx, append(append([]string{}, rest...), "--help"), stdout, stderr)
+	case workerCommand: // hidden: a replica's isolated worker (worker.go)
+		return cmdWorker(ctx, rest, stderr)
 	case "version", "--version", "-version":
 		if len(rest) > 0 {
 			if isHelp(rest[0]) {
@@ -159,6 +161,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	h, ok := handler(cmd)
 	if !ok {
+		if name, _, _ := strings.Cut(strings.TrimLeft(cmd, "-"), "="); strings.HasPrefix(cmd, "-") && name != "" {
+			// loki takes no flags of its own but --help and --version.
+			return &exitError{code: 2, err: fmt.Errorf("unknown flag %s", flagName(name)), hint: "Run 'loki --help' for usage."}
+		}
 		return &exitError{code: 2, err: fmt.Errorf("unknown command %q", cmd), hint: "Run 'loki help' for the commands."}
 	}
 	if maxArgs, ok := noPositionals[cmd]; ok {
@@ -320,9 +326,21 @@ func newFlags(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 // one-letter flag), with their argument type and default.
 func printUsage(w io.Writer, fs *flag.FlagSet, synopsis string) {
 	fmt.Fprintf(w, "%s\n\nFlags:\n", strings.TrimRight(synopsis, "\n"))
+	shorts := map[string]string{} // long name -> its one-letter alias
 	fs.VisitAll(func(f *flag.Flag) {
+		if long, ok := strings.CutPrefix(f.Usage, aliasUsage); ok {
+			shorts[long] = f.Name
+		}
+	})
+	fs.VisitAll(func(f *flag.Flag) {
+		if strings.HasPrefix(f.Usage, aliasUsage) {
+			return // shown with its long name
+		}
 		typ, text := flag.UnquoteUsage(f)
 		line := "  " + flagName(f.Name)
+		if short, ok := shorts[f.Name]; ok {
+			line = "  " + flagName(short) + ", " + flagName(f.Name)
+		}
 		if typ != "" {
 			line += " " + typ
 		}
@@ -337,6 +355,16 @@ func printUsage(w io.Writer, fs *flag.FlagSet, synopsis string) {
 		fmt.Fprintf(w, "        %s\n", strings.ReplaceAll(text, "\n", "\n        "))
 	})
 	fmt.Fprintln(w, "  -h, --help\n        print this help")
+}
+
+// aliasUsage starts the usage of a flag defined by shortAlias.
+const aliasUsage = "alias of "
+
+// shortAlias defines the one-letter flag short as another name of the
+// flag long, defined already: both set the same value, and the help shows
+// them on one line ("-o, --output FILE").
+func shortAlias(fs *flag.FlagSet, short, long string) {
+	fs.Var(fs.Lookup(long).Value, short, aliasUsage+long)
 }
 
 // flagName spells a flag as the help and completion show it.

@@ -181,6 +181,13 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
 	}
 	lokiCfg := svcCfg.lokiConfig(nc)
 	lokiCfg.Metrics = met.reg
+	// Isolated workers connect over TCP as the loki identity, reading its
+	// seed in the data dir themselves.
+	winit := workerInit{URL: srv.ClientURL(), Creds: auth.SeedFile(authDir, string(subjects.RoleLoki)), TLSCA: svcCfg.NATS.TLSCertFile,
+		LogLevel: level.Level().String(), LogFormat: fs.Lookup("log-format").Value.String(), Limits: lokiCfg.Limits}
+	if lokiCfg.Isolation, err = svcCfg.isolation(winit, stderr); err != nil {
+		return err
+	}
 	lokiComp, lokiSvc, err := lokiComponent(lokiCfg, nc, log)
 	if err != nil {
 		return err
@@ -287,7 +294,7 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
 }
 
 func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	const components = "loki, hel, fenrir, jormungandr, jotunheim, gateway"
+	const components = "loki, hel, fenrir, jormungandr, jotunheim, gateway, auth"
 	if len(args) > 0 && isHelp(args[0]) {
 		serveUsage(ctx, stdout, strings.Split(components, ", "))
 		return nil
@@ -297,7 +304,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	name, args := args[0], args[1:]
 	switch name {
-	case "loki", "hel", "fenrir", "jormungandr", "jotunheim", "gateway":
+	case "loki", "hel", "fenrir", "jormungandr", "jotunheim", "gateway", "auth":
 	default:
 		return &exitError{code: 2, err: fmt.Errorf("serve: unknown component %q (components: %s)", name, components)}
 	}
@@ -392,6 +399,11 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		lokiCfg := svcCfg.lokiConfig(nc)
 		lokiCfg.Metrics = met.reg
+		winit := workerInit{URL: *nf.url, Creds: nf.credsPath(), TLSCA: *nf.tlsCA, TLSCert: *nf.tlsCert, TLSKey: *nf.tlsKey,
+			LogLevel: level.Level().String(), LogFormat: fs.Lookup("log-format").Value.String(), Limits: lokiCfg.Limits}
+		if lokiCfg.Isolation, err = svcCfg.isolation(winit, stderr); err != nil {
+			return err
+		}
 		comp, _, err = lokiComponent(lokiCfg, nc, log)
 		if err == nil && *config != "" {
 			rl, err = newToolsReloader(ctx, *config, tools, nc, log)
@@ -406,6 +418,9 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		comp, err = jormungandrComponent(svcCfg.Jormungandr, nc, log)
 	case "jotunheim":
 		comp, err = jotunheimComponent(svcCfg.Jotunheim, nc, log)
+	case "auth":
+		b := auth.NewBucketBroker(nc, log)
+		comp = component{name: "auth", run: b.Run, ready: b.Ready()}
 	case "gateway":
 		var addr net.Addr
 		comp, addr, err = gatewayComponent(svcCfg.Gateway, nc, log, *grpcListen)
@@ -453,6 +468,12 @@ jotunheim_devices. Settings come from [jotunheim] in --service-config; Loki
 replicas need its Lua module (built in) for the device tools.`,
 	"gateway": `Runs one gRPC gateway against an external NATS server. Gateways hold no
 state: run as many as you like behind a load balancer.`,
+	"auth": `Runs the bucket broker against an external NATS server whose users come
+from 'loki auth export': Hel may not create streams, so it asks the broker
+(loki.auth.hel.bucket), which creates only Hel's buckets, with only their own
+subjects. 'loki up' runs it in its identity service; with 'loki serve hel',
+run one (or more) of these with the auth identity (auth/auth.nk). Identities
+are managed with 'loki auth' and exported; this serves none of that.`,
 }
 
 // loadToolsFlag loads --config, or the built-in examples when path is empty.

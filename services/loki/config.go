@@ -14,6 +14,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 	lokiv1 "github.com/loki-iot/loki/proto/loki/v1"
+	"github.com/loki-iot/loki/services/loki/isolate"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 )
@@ -34,6 +35,8 @@ type toolEntry struct {
 	Description string       `toml:"description"`
 	Returns     string       `toml:"returns"`
 	Timeout     duration     `toml:"timeout"`
+	Memory      string       `toml:"memory"`
+	CPU         string       `toml:"cpu"`
 	Script      string       `toml:"script"`
 	ScriptFile  string       `toml:"script_file"`
 	Grants      []string     `toml:"grants"`
@@ -130,6 +133,20 @@ func (te toolEntry) toProto(dir fs.FS) (*lokiv1.Tool, error) {
 	}
 	if te.Timeout.set {
 		t.Timeout = durationpb.New(te.Timeout.d)
+	}
+	if te.Memory != "" {
+		m, err := isolate.ParseSize(te.Memory)
+		if err != nil || m == 0 {
+			return nil, fmt.Errorf("memory = %q: want a size such as \"64MiB\", \"512KiB\" or \"1GiB\"", te.Memory)
+		}
+		t.MemoryBytes = m
+	}
+	if te.CPU != "" {
+		d, err := time.ParseDuration(te.CPU)
+		if err != nil || d <= 0 {
+			return nil, fmt.Errorf("cpu = %q: want a positive CPU time such as \"500ms\" or \"2s\"", te.CPU)
+		}
+		t.Cpu = durationpb.New(d)
 	}
 	switch {
 	case te.Script != "" && te.ScriptFile != "":

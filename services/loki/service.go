@@ -18,6 +18,7 @@ import (
 	"github.com/loki-iot/loki/internal/microsvc"
 	lokiv1 "github.com/loki-iot/loki/proto/loki/v1"
 	"github.com/loki-iot/loki/services/loki/engine"
+	"github.com/loki-iot/loki/services/loki/isolate"
 	"github.com/loki-iot/loki/subjects"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
@@ -56,6 +57,10 @@ type Config struct {
 	Metrics *metrics.Registry
 	// Registry is how the tool registry bucket is created (replicas, hub).
 	Registry RegistryConfig
+	// Isolation is how tools with hard memory and CPU limits run: in
+	// worker processes (see IsolationConfig). Without a Command, every
+	// tool runs in process.
+	Isolation IsolationConfig
 }
 
 // DefaultConfig is four running calls per core, with a queue of 64 per core.
@@ -76,6 +81,9 @@ func (c Config) Validate() error {
 	case c.MemoryCheck < 0:
 		return fmt.Errorf("memory check interval %s: must not be negative", c.MemoryCheck)
 	}
+	if err := c.Isolation.Validate(); err != nil {
+		return fmt.Errorf("isolation: %w", err)
+	}
 	return nil
 }
 
@@ -94,6 +102,8 @@ type Service struct {
 	mem       *memoryGuard
 	// tm is nil without Config.Metrics; its methods then do nothing.
 	tm *metrics.Tools
+	// sup runs isolated calls; nil when isolation is off.
+	sup *isolate.Supervisor
 	// cancels holds the cancel funcs of running streaming calls by reply subject.
 	cancels sync.Map
 	// nuids hold *nuid.NUID generators of execution ids, one per P in
@@ -136,7 +146,18 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Service, error) {
 	mem.stopped = tm.MemoryStopped
 	ready := make(chan struct{})
 	cfg.Metrics.AddCheck("loki", metrics.ReadyWhenClosed(ready))
+	cfg.Isolation.Mode, _ = ParseIsolationMode(string(cfg.Isolation.Mode))
+	var sup *isolate.Supervisor
+	if cfg.Isolation.Command != nil && cfg.Isolation.Mode != IsolateNever {
+		var err error
+		sup, err = isolate.New(isolate.Config{Workers: cfg.Isolation.Workers, Command: cfg.Isolation.Command,
+			Init: cfg.Isolation.Init, Stderr: cfg.Isolation.Stderr, Observer: cfg.Isolation.Observer}, log)
+		if err != nil {
+			return nil, fmt.Errorf("loki config: %w", err)
+		}
+	}
 	return &Service{
+		sup:     sup,
 		cfg:     cfg,
 		tm:      tm,
 		nc:      nc,
@@ -168,6 +189,14 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	s.reg = reg
 	defer s.tm.AttachReplica(reg.Len, reg.Revision, s.mem.over.Load)()
+	if s.sup != nil {
+		// Deferred first, so it runs last: the workers stop once running
+		// calls are drained.
+		supCtx, stopSup := context.WithCancel(context.Background())
+		supDone := make(chan struct{})
+		go func() { _ = s.sup.Run(supCtx); close(supDone) }()
+		defer func() { stopSup(); <-supDone }()
+	}
 	loaded := make(chan struct{})
 	watchCtx, stopWatch := context.WithCancel(context.Background())
 	watchErr := make(chan error, 1)
@@ -284,10 +313,15 @@ func (s *Service) handleExec(ctx context.Context, r *microsvc.Request) ([]byte, 
 		s.cancels.Store(r.Reply(), cancel)
 		defer s.cancels.Delete(r.Reply())
 	}
-	result, err := s.engine.Run(runCtx, engine.Exec{
-		Tool: name, ExecID: execID, Program: tool.Program, Params: tool.Params,
-		Returns: tool.Returns, Args: args, Grants: tool.Grants, Emit: emit, Timeout: timeout,
-	})
+	var result []byte
+	if lim, ok := s.isolation(tool); ok {
+		result, err = s.runIsolated(runCtx, tool, name, execID, r.Data(), timeout, lim, emit)
+	} else {
+		result, err = s.engine.Run(runCtx, engine.Exec{
+			Tool: name, ExecID: execID, Program: tool.Program, Params: tool.Params,
+			Returns: tool.Returns, Args: args, Grants: tool.Grants, Emit: emit, Timeout: timeout,
+		})
+	}
 	ev.duration, ev.hasDuration = time.Since(start), true
 	ev.kind = subjects.EventCompleted
 	if err != nil {

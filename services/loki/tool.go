@@ -9,6 +9,7 @@ import (
 
 	lokiv1 "github.com/loki-iot/loki/proto/loki/v1"
 	"github.com/loki-iot/loki/services/loki/engine"
+	"github.com/loki-iot/loki/services/loki/isolate"
 	"github.com/loki-iot/loki/subjects"
 )
 
@@ -22,6 +23,8 @@ const (
 	MaxSourceBytes = 256 << 10
 	// MaxParams caps the number of params of one tool.
 	MaxParams = 64
+	// MaxMemory is the largest per-call memory limit a tool may declare.
+	MaxMemory = 64 << 30
 )
 
 // ErrInvalidTool is wrapped by every validation error of a tool definition.
@@ -36,7 +39,11 @@ type Compiled struct {
 	Returns engine.Type
 	Grants  engine.Grants
 	Timeout time.Duration
-	events  eventSubjects
+	// Memory and CPU are the tool's own per-call limits (0: none); a tool
+	// with a limit runs in an isolated worker (see IsolationConfig).
+	Memory uint64
+	CPU    time.Duration
+	events eventSubjects
 }
 
 // GrantChecker is implemented by modules whose grant scopes have a shape of
@@ -105,6 +112,21 @@ func compile(t *lokiv1.Tool) (*Compiled, error) {
 		c.Timeout = t.Timeout.AsDuration()
 		if c.Timeout <= 0 || c.Timeout > MaxTimeout {
 			return nil, fmt.Errorf("timeout %s: must be above 0 and at most %s", c.Timeout, MaxTimeout)
+		}
+	}
+	if m := t.GetMemoryBytes(); m != 0 {
+		if m < isolate.MinMemory || m > MaxMemory {
+			return nil, fmt.Errorf("memory %s: must be at least %s and at most %s", isolate.FormatSize(m), isolate.FormatSize(isolate.MinMemory), isolate.FormatSize(MaxMemory))
+		}
+		c.Memory = m
+	}
+	if t.Cpu != nil {
+		if err := t.Cpu.CheckValid(); err != nil {
+			return nil, fmt.Errorf("cpu: %w", err)
+		}
+		c.CPU = t.Cpu.AsDuration()
+		if c.CPU <= 0 || c.CPU > MaxTimeout {
+			return nil, fmt.Errorf("cpu %s: must be above 0 and at most %s", c.CPU, MaxTimeout)
 		}
 	}
 	if len(t.GetParams()) > MaxParams {

@@ -128,7 +128,14 @@ type Tool struct {
 	// registrations; "device:<id>" for a device's sensor or actuator, which
 	// the device service adds, updates and removes with the device's
 	// manifest, and never lets replace a tool it does not own.
-	Owner         string `protobuf:"bytes,10,opt,name=owner,proto3" json:"owner,omitempty"`
+	Owner string `protobuf:"bytes,10,opt,name=owner,proto3" json:"owner,omitempty"`
+	// Hard per-call memory limit in bytes (TOML: memory = "64MiB"); 0 means
+	// none of its own ([loki] memory applies). A tool with a limit runs in an
+	// isolated worker process (docs/ARCHITECTURE.md, "Process isolation").
+	MemoryBytes uint64 `protobuf:"varint,11,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	// Hard per-call CPU-time limit (TOML: cpu = "500ms"), distinct from the
+	// wall-clock timeout: time spent waiting does not count.
+	Cpu           *durationpb.Duration `protobuf:"bytes,12,opt,name=cpu,proto3" json:"cpu,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -231,6 +238,20 @@ func (x *Tool) GetOwner() string {
 		return x.Owner
 	}
 	return ""
+}
+
+func (x *Tool) GetMemoryBytes() uint64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
+}
+
+func (x *Tool) GetCpu() *durationpb.Duration {
+	if x != nil {
+		return x.Cpu
+	}
+	return nil
 }
 
 // ToolList answers loki.tools.list.
@@ -1128,7 +1149,7 @@ const file_loki_v1_loki_proto_rawDesc = "" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x12\x1a\n" +
 	"\brequired\x18\x03 \x01(\bR\brequired\x12 \n" +
 	"\vdescription\x18\x04 \x01(\tR\vdescription\x120\n" +
-	"\adefault\x18\x05 \x01(\v2\x16.google.protobuf.ValueR\adefault\"\xb6\x02\n" +
+	"\adefault\x18\x05 \x01(\v2\x16.google.protobuf.ValueR\adefault\"\x86\x03\n" +
 	"\x04Tool\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x18\n" +
@@ -1141,7 +1162,9 @@ const file_loki_v1_loki_proto_rawDesc = "" +
 	"\x06params\x18\b \x03(\v2\x0e.loki.v1.ParamR\x06params\x12\x1a\n" +
 	"\brevision\x18\t \x01(\x04R\brevision\x12\x14\n" +
 	"\x05owner\x18\n" +
-	" \x01(\tR\x05owner\"/\n" +
+	" \x01(\tR\x05owner\x12!\n" +
+	"\fmemory_bytes\x18\v \x01(\x04R\vmemoryBytes\x12+\n" +
+	"\x03cpu\x18\f \x01(\v2\x19.google.protobuf.DurationR\x03cpu\"/\n" +
 	"\bToolList\x12#\n" +
 	"\x05tools\x18\x01 \x03(\v2\r.loki.v1.ToolR\x05tools\"$\n" +
 	"\x0eGetToolRequest\x12\x12\n" +
@@ -1252,25 +1275,26 @@ var file_loki_v1_loki_proto_depIdxs = []int32{
 	13, // 0: loki.v1.Param.default:type_name -> google.protobuf.Value
 	14, // 1: loki.v1.Tool.timeout:type_name -> google.protobuf.Duration
 	0,  // 2: loki.v1.Tool.params:type_name -> loki.v1.Param
-	1,  // 3: loki.v1.ToolList.tools:type_name -> loki.v1.Tool
-	15, // 4: loki.v1.ExecutionRequest.arguments:type_name -> google.protobuf.Struct
-	14, // 5: loki.v1.ExecutionRequest.timeout:type_name -> google.protobuf.Duration
-	13, // 6: loki.v1.ExecutionResult.result:type_name -> google.protobuf.Value
-	14, // 7: loki.v1.ExecutionResult.duration:type_name -> google.protobuf.Duration
-	13, // 8: loki.v1.EmitChunk.value:type_name -> google.protobuf.Value
-	16, // 9: loki.v1.ScriptEvent.time:type_name -> google.protobuf.Timestamp
-	14, // 10: loki.v1.ScriptEvent.duration:type_name -> google.protobuf.Duration
-	16, // 11: loki.v1.ServiceStatus.started:type_name -> google.protobuf.Timestamp
-	9,  // 12: loki.v1.ServiceStatus.endpoints:type_name -> loki.v1.EndpointStatus
-	14, // 13: loki.v1.EndpointStatus.average_latency:type_name -> google.protobuf.Duration
-	14, // 14: loki.v1.Capabilities.default_timeout:type_name -> google.protobuf.Duration
-	11, // 15: loki.v1.Capabilities.entities:type_name -> loki.v1.Entity
-	16, // 16: loki.v1.ConfigReload.time:type_name -> google.protobuf.Timestamp
-	17, // [17:17] is the sub-list for method output_type
-	17, // [17:17] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	14, // 3: loki.v1.Tool.cpu:type_name -> google.protobuf.Duration
+	1,  // 4: loki.v1.ToolList.tools:type_name -> loki.v1.Tool
+	15, // 5: loki.v1.ExecutionRequest.arguments:type_name -> google.protobuf.Struct
+	14, // 6: loki.v1.ExecutionRequest.timeout:type_name -> google.protobuf.Duration
+	13, // 7: loki.v1.ExecutionResult.result:type_name -> google.protobuf.Value
+	14, // 8: loki.v1.ExecutionResult.duration:type_name -> google.protobuf.Duration
+	13, // 9: loki.v1.EmitChunk.value:type_name -> google.protobuf.Value
+	16, // 10: loki.v1.ScriptEvent.time:type_name -> google.protobuf.Timestamp
+	14, // 11: loki.v1.ScriptEvent.duration:type_name -> google.protobuf.Duration
+	16, // 12: loki.v1.ServiceStatus.started:type_name -> google.protobuf.Timestamp
+	9,  // 13: loki.v1.ServiceStatus.endpoints:type_name -> loki.v1.EndpointStatus
+	14, // 14: loki.v1.EndpointStatus.average_latency:type_name -> google.protobuf.Duration
+	14, // 15: loki.v1.Capabilities.default_timeout:type_name -> google.protobuf.Duration
+	11, // 16: loki.v1.Capabilities.entities:type_name -> loki.v1.Entity
+	16, // 17: loki.v1.ConfigReload.time:type_name -> google.protobuf.Timestamp
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_loki_v1_loki_proto_init() }
