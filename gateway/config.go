@@ -3,6 +3,7 @@ package gateway
 import (
 	"errors"
 	"fmt"
+	"path"
 	"slices"
 	"strings"
 	"time"
@@ -12,7 +13,7 @@ import (
 )
 
 // Config configures the gateway. It is decoded from TOML; zero durations
-// take DefaultConfig's values in New.
+// and sizes take DefaultConfig's values in New.
 type Config struct {
 	// Tokens are the bearer tokens of the client role: a caller holding one
 	// may do over gRPC what a client identity may do over NATS (call, list
@@ -39,6 +40,22 @@ type Config struct {
 	// ShutdownTimeout bounds the graceful stop: calls still running after it
 	// are cancelled.
 	ShutdownTimeout time.Duration `toml:"shutdown_timeout"`
+	// DeviceCalls are globs (path.Match syntax) of the tools a device
+	// principal (a device login, DeviceLink) may run with ExecuteScript,
+	// StreamScriptExecution and the per-tool RPCs; empty lets it run none.
+	// Not a [gateway] key: loki sets it from [jotunheim] device_calls, so
+	// one setting governs devices on MQTT and on gRPC.
+	DeviceCalls []string `toml:"-"`
+	// DeviceMaxFrameBytes caps the payload of a frame a device sends on its
+	// link; a larger one ends the link with RESOURCE_EXHAUSTED. The default
+	// is MaxDeviceFrameBytes, the largest message the MQTT listener passes
+	// on, so the platform applies the protocol's own caps (64 KiB, 256 KiB
+	// for a manifest) to devices on either transport alike.
+	DeviceMaxFrameBytes int `toml:"device_max_frame_bytes"`
+	// DeviceReverify is how often a live device link checks its device
+	// login again, so that a revoked login ends it (UNAUTHENTICATED). A
+	// verified login is also remembered for at most this long (and 10s).
+	DeviceReverify time.Duration `toml:"device_reverify"`
 	// Metrics, when not nil, receives every RPC by method and gRPC code with
 	// its duration (docs/METRICS.md), and a readiness check that passes
 	// once Ready is closed. Set by the caller, never decoded.
@@ -49,12 +66,17 @@ type Config struct {
 const (
 	// MaxStatusWindow caps the window of GetChildrenStatus.
 	MaxStatusWindow = 10 * time.Second
+	// MaxDeviceFrameBytes caps device_max_frame_bytes: a frame becomes one
+	// NATS message, 1 MiB at most by default.
+	MaxDeviceFrameBytes = 1 << 20
 )
 
-// DefaultConfig is no tokens, no TLS, a 250ms status window and a 10s
-// graceful stop.
+// DefaultConfig is no tokens, no TLS, a 250ms status window, a 10s
+// graceful stop, device frames up to the protocol's largest message, and
+// device logins checked again every 15s.
 func DefaultConfig() Config {
-	return Config{StatusWindow: 250 * time.Millisecond, ShutdownTimeout: 10 * time.Second}
+	return Config{StatusWindow: 250 * time.Millisecond, ShutdownTimeout: 10 * time.Second,
+		DeviceMaxFrameBytes: MaxDeviceFrameBytes, DeviceReverify: 15 * time.Second}
 }
 
 // Validate reports the first unusable setting. It does not read the TLS
@@ -80,6 +102,21 @@ func (c Config) Validate() error {
 	}
 	if c.ShutdownTimeout <= 0 {
 		return fmt.Errorf("shutdown_timeout %s: must be positive", c.ShutdownTimeout)
+	}
+	if c.DeviceMaxFrameBytes < 1 || c.DeviceMaxFrameBytes > MaxDeviceFrameBytes {
+		return fmt.Errorf("device_max_frame_bytes %d: must be 1 to %d", c.DeviceMaxFrameBytes, MaxDeviceFrameBytes)
+	}
+	if c.DeviceReverify < time.Second/10 {
+		return fmt.Errorf("device_reverify %s: must be at least 100ms", c.DeviceReverify)
+	}
+	// The same rules as [jotunheim] device_calls, whose value this is.
+	for i, g := range c.DeviceCalls {
+		if g == "" {
+			return fmt.Errorf("device_calls[%d]: empty pattern", i)
+		}
+		if _, err := path.Match(g, "x"); err != nil {
+			return fmt.Errorf("device_calls[%d] = %q: %v", i, g, err)
+		}
 	}
 	return nil
 }
@@ -108,6 +145,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = def.ShutdownTimeout
+	}
+	if c.DeviceMaxFrameBytes == 0 {
+		c.DeviceMaxFrameBytes = def.DeviceMaxFrameBytes
+	}
+	if c.DeviceReverify == 0 {
+		c.DeviceReverify = def.DeviceReverify
 	}
 	return c
 }

@@ -42,6 +42,12 @@ func TestConfigValidate(t *testing.T) {
 		{name: "zero window", edit: func(c *gateway.Config) { c.StatusWindow = 0 }, wantErr: "status_window"},
 		{name: "huge window", edit: func(c *gateway.Config) { c.StatusWindow = time.Minute }, wantErr: "status_window"},
 		{name: "negative shutdown", edit: func(c *gateway.Config) { c.ShutdownTimeout = -1 }, wantErr: "shutdown_timeout"},
+		{name: "device calls", edit: func(c *gateway.Config) { c.DeviceCalls = []string{"kitchen_*", "add"} }},
+		{name: "empty device call pattern", edit: func(c *gateway.Config) { c.DeviceCalls = []string{"add", ""} }, wantErr: "device_calls[1]: empty"},
+		{name: "bad device call pattern", edit: func(c *gateway.Config) { c.DeviceCalls = []string{"[a-"} }, wantErr: "device_calls[0]"},
+		{name: "frame too large", edit: func(c *gateway.Config) { c.DeviceMaxFrameBytes = 2 << 20 }, wantErr: "device_max_frame_bytes"},
+		{name: "negative frame", edit: func(c *gateway.Config) { c.DeviceMaxFrameBytes = -1 }, wantErr: "device_max_frame_bytes"},
+		{name: "reverify too often", edit: func(c *gateway.Config) { c.DeviceReverify = time.Millisecond }, wantErr: "device_reverify"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -67,6 +73,8 @@ tls_key_file = "key.pem"
 auth_health_and_reflection = true
 status_window = "500ms"
 shutdown_timeout = "3s"
+device_max_frame_bytes = 65536
+device_reverify = "30s"
 `
 	cfg := gateway.DefaultConfig()
 	md, err := toml.Decode(src, &cfg)
@@ -77,7 +85,8 @@ shutdown_timeout = "3s"
 		t.Fatalf("undecoded keys %v", md.Undecoded())
 	}
 	want := gateway.Config{Tokens: []string{"s3cret"}, AdminTokens: []string{"adm1n", "adm2n"}, TLSCertFile: "cert.pem", TLSKeyFile: "key.pem",
-		AuthHealthAndReflection: true, StatusWindow: 500 * time.Millisecond, ShutdownTimeout: 3 * time.Second}
+		AuthHealthAndReflection: true, StatusWindow: 500 * time.Millisecond, ShutdownTimeout: 3 * time.Second,
+		DeviceMaxFrameBytes: 64 << 10, DeviceReverify: 30 * time.Second}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("got %+v, want %+v", cfg, want)
 	}

@@ -31,6 +31,9 @@ func (g *Gateway) handleScript(_ any, ss grpc.ServerStream) error {
 		return status.Errorf(codes.Unimplemented,
 			"unknown method %s: no tool %q is registered (ListScripts, or `grpcurl describe %s`, lists them)", method, tool, ScriptsService)
 	}
+	if err := g.deviceMayRun(ss.Context(), m.tool); err != nil {
+		return statusError(g.log, err, m.tool, "")
+	}
 	req := dynamicpb.NewMessage(m.in)
 	if err := ss.RecvMsg(req); err != nil {
 		if errors.Is(err, io.EOF) {

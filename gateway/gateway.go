@@ -1,7 +1,9 @@
 // Package gateway serves Loki over gRPC: the static service loki.v1.Loki
 // (tools, executions, events, status of the services on the bus), the
 // static service loki.v1.Devices (Jotunheim devices: list, get, command,
-// watch; forwarded to the device service over NATS), one RPC
+// watch; forwarded to the device service over NATS), loki.v1.DeviceLink
+// (devices that speak gRPC instead of MQTT, bridged onto the same NATS
+// subjects, each authenticated with its device login), one RPC
 // per registered tool in loki.scripts.v1.Scripts (built at runtime from the
 // tool registry and described by server reflection), and the gRPC health
 // service. Every call is forwarded to the Loki replicas over NATS with
@@ -93,6 +95,7 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Gateway, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
+	auth.devices = newDeviceAuth(nc, cfg.DeviceReverify)
 	g.auth = auth
 	rec := recoverer{log: log}
 	unary := []grpc.UnaryServerInterceptor{rec.unary, auth.unary}
@@ -113,6 +116,7 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Gateway, error) {
 		// fifth. When every worker is busy grpc still starts a goroutine.
 		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
 	}
+	opts = append(opts, keepaliveOptions()...)
 	if cfg.TLSCertFile != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
 		if err != nil {
@@ -127,6 +131,7 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Gateway, error) {
 	g.srv = grpc.NewServer(opts...)
 	lokiv1.RegisterLokiServer(g.srv, &lokiServer{g: g})
 	lokiv1.RegisterDevicesServer(g.srv, &devicesServer{g: g, jc: jotunheim.NewClient(nc)})
+	lokiv1.RegisterDeviceLinkServer(g.srv, newDeviceLinks(g))
 	healthpb.RegisterHealthServer(g.srv, g.health)
 	g.healthState = healthpb.HealthCheckResponse_NOT_SERVING
 	for _, svc := range g.healthServices() {
@@ -309,7 +314,8 @@ func (g *Gateway) watchRegistry(ctx context.Context, reg *loki.Registry, loaded 
 // healthServices are the names the health service reports on; "" is the
 // server as a whole.
 func (g *Gateway) healthServices() []string {
-	return []string{"", lokiv1.Loki_ServiceDesc.ServiceName, lokiv1.Devices_ServiceDesc.ServiceName, ScriptsService}
+	return []string{"", lokiv1.Loki_ServiceDesc.ServiceName, lokiv1.Devices_ServiceDesc.ServiceName,
+		lokiv1.DeviceLink_ServiceDesc.ServiceName, ScriptsService}
 }
 
 // refresh rebuilds the per-tool RPCs when the registry changed and sets the

@@ -7,4 +7,5 @@ const (
 	keyMethod = "method"
 	keyErr    = "err"
 	keyAddr   = "addr"
+	keyDevice = "device"
 )

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 
 	"github.com/loki-iot/loki/internal/fault"
+	lokiv1 "github.com/loki-iot/loki/proto/loki/v1"
 	"github.com/loki-iot/loki/subjects"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
@@ -28,7 +29,9 @@ type authenticator struct {
 	exempt func(fullMethod string) bool
 	// rights are the accesses each role's NATS permissions allow.
 	rights map[subjects.Role]map[*busAccess]bool
-	log    *slog.Logger
+	// devices verifies device logins (Basic credentials).
+	devices *deviceAuth
+	log     *slog.Logger
 }
 
 // tokenDigest is a configured token's digest and the role it grants.
@@ -71,11 +74,34 @@ func isHealthOrReflection(fullMethod string) bool {
 		strings.HasPrefix(fullMethod, "/grpc.reflection.v1alpha.ServerReflection/")
 }
 
-// check returns nil when the call may proceed, an UNAUTHENTICATED status
-// error when it lacks a valid token, and a PERMISSION_DENIED one when the
-// token's role may not make it. Without configured tokens every caller has
-// the client role.
-func (a *authenticator) check(ctx context.Context, fullMethod string) error {
+// check returns the call's context when the call may proceed (with the
+// caller's device principal when it presented a device login), an
+// UNAUTHENTICATED status error when it lacks a valid token or device login,
+// and a PERMISSION_DENIED one when the token's role or the device may not
+// make it. A device login ("authorization: Basic ...") is always verified,
+// with or without configured tokens; without configured tokens every other
+// caller has the client role.
+func (a *authenticator) check(ctx context.Context, fullMethod string) (context.Context, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	values := md.Get("authorization")
+	for _, v := range values {
+		if scheme, cred, ok := strings.Cut(v, " "); ok && strings.EqualFold(scheme, "basic") {
+			if a.exempt(fullMethod) {
+				return ctx, nil
+			}
+			return a.checkDevice(ctx, cred, fullMethod)
+		}
+	}
+	if fullMethod == lokiv1.DeviceLink_Connect_FullMethodName {
+		// A token, even an admin's, names no device to act as.
+		return ctx, statusError(a.log, fault.New(fault.Unauthenticated,
+			"DeviceLink/Connect needs the device's login: send metadata \"authorization: Basic base64(username:password)\""), "", "")
+	}
+	return ctx, a.checkToken(values, fullMethod)
+}
+
+// checkToken is check for bearer tokens.
+func (a *authenticator) checkToken(values []string, fullMethod string) error {
 	tokens := *a.tokens.Load()
 	if len(tokens) == 0 {
 		return a.authorize(tokens, subjects.RoleClient, fullMethod)
@@ -83,8 +109,6 @@ func (a *authenticator) check(ctx context.Context, fullMethod string) error {
 	if a.exempt(fullMethod) {
 		return nil
 	}
-	md, _ := metadata.FromIncomingContext(ctx)
-	values := md.Get("authorization")
 	if len(values) == 0 {
 		return statusError(a.log, fault.New(fault.Unauthenticated,
 			"missing bearer token: send metadata \"authorization: Bearer <token>\""), "", "")
@@ -139,15 +163,28 @@ func (a *authenticator) authorize(tokens []tokenDigest, role subjects.Role, full
 }
 
 func (a *authenticator) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	if err := a.check(ctx, info.FullMethod); err != nil {
+	ctx, err := a.check(ctx, info.FullMethod)
+	if err != nil {
 		return nil, err
 	}
 	return handler(ctx, req)
 }
 
 func (a *authenticator) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	if err := a.check(ss.Context(), info.FullMethod); err != nil {
+	ctx, err := a.check(ss.Context(), info.FullMethod)
+	if err != nil {
 		return err
+	}
+	if ctx != ss.Context() {
+		ss = withContext{ServerStream: ss, ctx: ctx}
 	}
 	return handler(srv, ss)
 }
+
+// withContext is a stream whose context carries the caller's principal.
+type withContext struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s withContext) Context() context.Context { return s.ctx }

@@ -31,8 +31,8 @@ var (
 	accessList = &busAccess{pub: []string{subjects.LokiToolsList}}
 )
 
-// methodAccess is what each RPC of loki.v1.Loki and loki.v1.Devices does
-// on NATS. New refuses
+// methodAccess is what each RPC of loki.v1.Loki, loki.v1.Devices and
+// loki.v1.DeviceLink does on NATS. New refuses
 // to build a gateway serving a method missing here.
 var methodAccess = map[string]*busAccess{
 	lokiv1.Loki_GetCapabilities_FullMethodName:       {pub: []string{subjects.LokiCapabilities}},
@@ -50,6 +50,45 @@ var methodAccess = map[string]*busAccess{
 	lokiv1.Devices_CommandDevice_FullMethodName:    {pub: []string{subjects.DevicesCmd}},
 	lokiv1.Devices_WatchDevices_FullMethodName:     {sub: []string{subjects.DevicesEventsAll}},
 	lokiv1.Devices_GetRolloutStatus_FullMethodName: {pub: []string{subjects.DevicesOTAStatus}},
+	// OpenStream drives a device's stream source (stream/ctl) and reads its
+	// chunks (stream/data). Whoever implements it may narrow this to a
+	// devices.* request; without an entry New refuses to start at all.
+	lokiv1.Devices_OpenStream_FullMethodName: deviceStreamAccess(),
+
+	// Only a device principal may connect (as itself; see devicelink.go):
+	// no token's role is enough.
+	lokiv1.DeviceLink_Connect_FullMethodName: deviceLinkAccess(),
+}
+
+// deviceStreamAccess is what reading a device's stream does on NATS.
+func deviceStreamAccess() *busAccess {
+	ctl, err1 := subjects.DeviceSubjectAll(subjects.DeviceStreamCtl)
+	data, err2 := subjects.DeviceSubjectAll(subjects.DeviceStreamData)
+	if err1 != nil || err2 != nil {
+		panic(fmt.Sprintf("gateway: stream subjects: %v, %v", err1, err2))
+	}
+	return &busAccess{pub: []string{ctl}, sub: []string{data}}
+}
+
+// deviceLinkAccess is what a device link does on NATS: verify the login,
+// publish what the device sends, hear what is sent to it.
+func deviceLinkAccess() *busAccess {
+	a := &busAccess{pub: []string{subjects.AuthVerifyDevice}}
+	for _, k := range subjects.DeviceUplinkKinds {
+		s, err := subjects.DeviceSubjectAll(k)
+		if err != nil {
+			panic(fmt.Sprintf("gateway: uplink kind %q: %v", k, err))
+		}
+		a.pub = append(a.pub, s)
+	}
+	for _, k := range subjects.DeviceDownlinkKinds {
+		s, err := subjects.DeviceSubjectAll(k)
+		if err != nil {
+			panic(fmt.Sprintf("gateway: downlink kind %q: %v", k, err))
+		}
+		a.sub = append(a.sub, s)
+	}
+	return a
 }
 
 // serviceAccess is what every method of a service does on NATS, for

@@ -80,6 +80,9 @@ func (s *lokiServer) UnregisterScript(ctx context.Context, req *lokiv1.Unregiste
 }
 
 func (s *lokiServer) ExecuteScript(ctx context.Context, req *lokiv1.ExecuteScriptRequest) (*lokiv1.ExecuteScriptResponse, error) {
+	if err := s.g.deviceMayRun(ctx, req.GetTool()); err != nil {
+		return nil, statusError(s.g.log, err, req.GetTool(), "")
+	}
 	args, err := structJSON(structMessage(req.GetArguments()))
 	if err != nil {
 		return nil, statusError(s.g.log, err, req.GetTool(), "")
@@ -101,6 +104,9 @@ func (s *lokiServer) ExecuteScript(ctx context.Context, req *lokiv1.ExecuteScrip
 }
 
 func (s *lokiServer) StreamScriptExecution(req *lokiv1.StreamScriptExecutionRequest, stream grpc.ServerStreamingServer[lokiv1.StreamScriptExecutionResponse]) error {
+	if err := s.g.deviceMayRun(stream.Context(), req.GetTool()); err != nil {
+		return statusError(s.g.log, err, req.GetTool(), "")
+	}
 	args, err := structJSON(structMessage(req.GetArguments()))
 	if err != nil {
 		return statusError(s.g.log, err, req.GetTool(), "")

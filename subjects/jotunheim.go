@@ -149,6 +149,41 @@ func DeviceSubjectAll(kind string) (string, error) {
 	return s, nil
 }
 
+// DeviceSubscription returns the subscription subject of kind for device
+// id alone: jotunheim.<id>.<kind> (jotunheim.<id>.state.* for DeviceState,
+// jotunheim.<id>.set.* for DeviceSet).
+func DeviceSubscription(id, kind string) (string, error) {
+	if err := ValidDeviceID(id); err != nil {
+		return "", err
+	}
+	if err := validDeviceKind(kind); err != nil {
+		return "", err
+	}
+	s := DevicePrefix + "." + id + "." + strings.ReplaceAll(kind, "/", ".")
+	if entityKind(kind) {
+		s += ".*"
+	}
+	return s, nil
+}
+
+// DeviceTopicSubject maps topic, a topic relative to device id's tree as a
+// gRPC device link carries it ("status", "state/led", "call/result"), to
+// its NATS subject, kind and entity. It refuses what DeviceSubject would
+// not build: an unknown kind, a bad entity, wildcards, empty levels.
+func DeviceTopicSubject(id, topic string) (subj, kind, entity string, err error) {
+	if err := ValidDeviceID(id); err != nil {
+		return "", "", "", err
+	}
+	if topic == "" || strings.ContainsAny(topic, ".*> \t") {
+		return "", "", "", fmt.Errorf("%w: device topic %q", ErrInvalidToken, topic)
+	}
+	subj = DevicePrefix + "." + id + "." + strings.ReplaceAll(topic, "/", ".")
+	if _, kind, entity, err = ParseDeviceSubject(subj); err != nil {
+		return "", "", "", err
+	}
+	return subj, kind, entity, nil
+}
+
 // ParseDeviceSubject splits a device subject into the device id, the kind
 // and, for state, the entity. It refuses anything DeviceSubject would not
 // build, so the id it returns is the one the server let publish there.

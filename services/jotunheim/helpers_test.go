@@ -4,8 +4,6 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
-	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +11,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/loki-iot/loki/devices/wire"
+	"github.com/loki-iot/loki/internal/auth"
 	"github.com/loki-iot/loki/internal/lokitest"
 	"github.com/loki-iot/loki/internal/natsrv"
 	"github.com/loki-iot/loki/internal/natstest"
@@ -22,6 +21,7 @@ import (
 	"github.com/loki-iot/loki/services/loki"
 	"github.com/loki-iot/loki/subjects"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
@@ -45,11 +45,18 @@ func testConfig() jotunheim.Config {
 }
 
 // env is a server with JetStream and MQTT, a Loki replica hosting the
-// jotunheim module, and device service replicas.
+// jotunheim module, and device service replicas. Devices dial over tr
+// (MQTT unless a conformance test chose gRPC: transport_test.go).
 type env struct {
 	srv  *natsrv.Server
 	loki *loki.Client
 	jc   *jotunheim.Client
+
+	tr        transport
+	gateway   string // the gateway's address, for gRPC devices
+	authority *auth.Authority
+	mu        sync.Mutex
+	logins    map[string]auth.Credential
 }
 
 func setup(t *testing.T, cfg jotunheim.Config) (*env, *jotunheim.Service) {
@@ -90,15 +97,16 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// device is a bare MQTT 3.1.1 client speaking the protocol by hand, as a
-// firmware would: no code of the agent's.
+// device is a bare client speaking the protocol by hand, as a firmware
+// would: no code of the agent's. It reaches the platform over its env's
+// transport (transport_test.go).
 type device struct {
 	t  *testing.T
 	id string
-	c  mqtt.Client
-
-	mu   sync.Mutex
-	conn net.Conn
+	l  link
+	// c is the MQTT client of a device dialled over MQTT, for tests that
+	// are about MQTT (nil over gRPC).
+	c mqtt.Client
 
 	neg     chan *jv1.Negotiation
 	cmds    chan *jv1.Command
@@ -106,46 +114,44 @@ type device struct {
 	results chan *jv1.ToolResult
 }
 
-// dial connects device id (client id and username id, will offline),
-// subscribes to its four topics and publishes online.
+// dial connects device id (over MQTT: client id and username id, will
+// offline), subscribes it to its downlink topics and publishes online.
 func (e *env) dial(t *testing.T, id string) *device {
 	t.Helper()
 	d := &device{t: t, id: id, neg: make(chan *jv1.Negotiation, 16), cmds: make(chan *jv1.Command, 64),
 		caps: make(chan *jv1.CapsRequest, 16), results: make(chan *jv1.ToolResult, 16)}
-	opts := mqtt.NewClientOptions().AddBroker(e.srv.MQTTURL()).SetClientID(id).SetUsername(id).
-		SetCleanSession(true).SetKeepAlive(30*time.Second).SetAutoReconnect(false).
-		SetWill(topic(t, id, subjects.DeviceStatus), subjects.PresenceOffline, 1, true).
-		SetCustomOpenConnectionFn(func(u *url.URL, _ mqtt.ClientOptions) (net.Conn, error) {
-			c, err := net.Dial("tcp", u.Host)
-			d.mu.Lock()
-			d.conn = c
-			d.mu.Unlock()
-			return c, err
-		})
-	d.c = mqtt.NewClient(opts)
-	if tok := d.c.Connect(); !tok.WaitTimeout(wait) || tok.Error() != nil {
-		t.Fatalf("device %s: connect: %v", id, tok.Error())
-	}
-	t.Cleanup(func() { d.c.Disconnect(0) })
-	sub := func(kind string, m proto.Message, deliver func(proto.Message)) {
-		tok := d.c.Subscribe(topic(t, id, kind), 0, func(_ mqtt.Client, msg mqtt.Message) {
-			in := proto.Clone(m)
-			if err := wire.Decode(msg.Payload(), in, 0); err != nil {
-				t.Errorf("device %s: %s: %v", id, kind, err)
-				return
-			}
-			deliver(in)
-		})
-		if !tok.WaitTimeout(wait) || tok.Error() != nil {
-			t.Fatalf("device %s: subscribe %s: %v", id, kind, tok.Error())
-		}
-	}
-	sub(subjects.DeviceNegotiation, &jv1.Negotiation{}, func(m proto.Message) { d.neg <- m.(*jv1.Negotiation) })
-	sub(subjects.DeviceCapsGet, &jv1.CapsRequest{}, func(m proto.Message) { d.caps <- m.(*jv1.CapsRequest) })
-	sub(subjects.DeviceCmd, &jv1.Command{}, func(m proto.Message) { d.cmds <- m.(*jv1.Command) })
-	sub(subjects.DeviceCallResult, &jv1.ToolResult{}, func(m proto.Message) { d.results <- m.(*jv1.ToolResult) })
+	d.l = e.dialLink(t, d)
+	t.Cleanup(d.l.close)
 	d.publishRaw(subjects.DeviceStatus, 1, true, []byte(subjects.PresenceOnline))
 	return d
+}
+
+// deliver decodes a message from the platform on the device's topic rel
+// (below jotunheim/<id>/) and queues it for the test.
+func (d *device) deliver(rel string, payload []byte) {
+	var m interface{ ProtoReflect() protoreflect.Message }
+	var put func()
+	switch rel {
+	case subjects.DeviceNegotiation:
+		n := &jv1.Negotiation{}
+		m, put = n, func() { d.neg <- n }
+	case subjects.DeviceCapsGet:
+		c := &jv1.CapsRequest{}
+		m, put = c, func() { d.caps <- c }
+	case subjects.DeviceCmd:
+		c := &jv1.Command{}
+		m, put = c, func() { d.cmds <- c }
+	case subjects.DeviceCallResult:
+		r := &jv1.ToolResult{}
+		m, put = r, func() { d.results <- r }
+	default:
+		return // OTA and streams: tests that use them subscribe themselves
+	}
+	if err := wire.Decode(payload, m, 0); err != nil {
+		d.t.Errorf("device %s: %s: %v", d.id, rel, err)
+		return
+	}
+	put()
 }
 
 func topic(t *testing.T, id, kind string) string {
@@ -160,9 +166,8 @@ func topic(t *testing.T, id, kind string) string {
 // publishRaw publishes payload on the device's topic of kind.
 func (d *device) publishRaw(kind string, qos byte, retain bool, payload []byte) {
 	d.t.Helper()
-	tok := d.c.Publish(topic(d.t, d.id, kind), qos, retain, payload)
-	if !tok.WaitTimeout(wait) || tok.Error() != nil {
-		d.t.Fatalf("device %s: publish %s: %v", d.id, kind, tok.Error())
+	if err := d.l.send(kind, qos, retain, payload); err != nil {
+		d.t.Fatalf("device %s: publish %s: %v", d.id, kind, err)
 	}
 }
 
@@ -209,20 +214,17 @@ func (d *device) answer(reply func(*jv1.Command) *jv1.CommandResult) {
 				if r := reply(c); r != nil {
 					r.Id = c.GetId()
 					b, _ := wire.Encode(r)
-					d.c.Publish(topic(d.t, d.id, subjects.DeviceResult), 1, false, b)
+					_ = d.l.send(subjects.DeviceResult, 1, false, b)
 				}
 			}
 		}
 	}()
 }
 
-// kill closes the device's network connection without an MQTT
-// DISCONNECT, as a power cut or a crash would: the server publishes its will.
-func (d *device) kill() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	_ = d.conn.Close()
-}
+// kill closes the device's network connection without a goodbye (no
+// MQTT DISCONNECT, no end of the gRPC stream), as a power cut or a crash
+// would: the server publishes its will, or the gateway its offline.
+func (d *device) kill() { d.l.kill() }
 
 // demoManifest is a device with a temperature sensor and an LED.
 func demoManifest(id string) *jv1.Manifest {
