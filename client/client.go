@@ -119,6 +119,12 @@ func Dial(addr string, opts ...Option) (*Client, error) {
 	return &Client{conn: conn, api: lokiv1.NewLokiClient(conn)}, nil
 }
 
+// New is a client over conn, a connection the caller dialed with its own
+// credentials (a device's login, for example); Close closes conn.
+func New(conn *grpc.ClientConn) *Client {
+	return &Client{conn: conn, api: lokiv1.NewLokiClient(conn)}
+}
+
 // tlsHint adds to a plaintext connection's UNAVAILABLE errors that look
 // like a TLS server hanging up on a plaintext HTTP/2 preface a hint that
 // the gateway may require TLS. It cannot be sure (a gateway restarting

@@ -1,7 +1,11 @@
 // Command jotunheim is the Jotunheim device agent: it joins a Loki
-// platform over MQTT, announces its board's sensors and actuators, and
-// runs the platform's commands. It only wires devices/jotunheim: flags,
-// config, signals and exit codes.
+// platform over MQTT (or gRPC to the gateway), announces its board's
+// sensors and actuators, and runs the platform's commands. It only wires
+// devices/jotunheim: flags, config, signals and exit codes.
+//
+// Built with -tags mqttonly it leaves out the gRPC transport
+// (devices/jotunheim/grpclink) and with it every gRPC package: the
+// smallest agent, for the smallest devices.
 package main
 
 import (
@@ -23,7 +27,8 @@ import (
 )
 
 const usage = `jotunheim is the Jotunheim device agent: it connects a board's sensors and
-actuators to a Loki platform over MQTT, where they become tools.
+actuators to a Loki platform over MQTT (or gRPC to the gateway: --gateway, or
+[transport] kind = "grpc"), where they become tools.
 
 Usage:
   jotunheim --sim [--id ID]            run on the simulated board (id default "demo")
@@ -36,6 +41,8 @@ Examples:
   loki devices                         # see it
   jotunheim --board pi.toml --id greenhouse --broker tcp://loki.local:1883 \
       --login greenhouse.json          # a login printed by 'loki auth add-device greenhouse --json'
+  jotunheim --sim --id demo --gateway 127.0.0.1:50051
+                                       # over gRPC to the gateway instead of MQTT
 
 Login: --login FILE, or the config's transport password/password_file/login_file;
 without any, the login 'loki auth add-device ID' saved in the Loki data dir
@@ -57,8 +64,8 @@ Flags:
 `
 
 type options struct {
-	config, board, id, broker, login, logLevel string
-	sim, version                               bool
+	config, board, id, broker, gateway, login, logLevel string
+	sim, version                                        bool
 }
 
 func main() {
@@ -74,6 +81,7 @@ func run(args []string, stderr io.Writer) int {
 	fs.StringVar(&o.board, "board", "", "board `FILE`: a [[boards]] TOML in Fenrir's format (its one board)")
 	fs.StringVar(&o.id, "id", "", "device `ID`: 1 to 64 of [A-Za-z0-9_-]")
 	fs.StringVar(&o.broker, "broker", "", "MQTT broker `URL` (default "+jotunheim.DefaultBroker+"; ssl://host:port for TLS)")
+	fs.StringVar(&o.gateway, "gateway", "", "gRPC gateway `HOST:PORT`: speak gRPC to the gateway instead of MQTT (transport.kind = \"grpc\"; "+jotunheim.DefaultGateway+" is a local 'loki up')")
 	fs.StringVar(&o.login, "login", "", "login `FILE`: JSON {\"username\",\"password\"} from 'loki auth add-device ID --json'")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log `LEVEL`: debug, info, warn or error")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
@@ -108,7 +116,13 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "jotunheim: %v\nRun 'jotunheim --help' for usage.\n", err)
 		return 2
 	}
-	opts := []jotunheim.Option{jotunheim.WithLevelVar(level)}
+	opts := append([]jotunheim.Option{jotunheim.WithLevelVar(level)}, simStreamOptions(cfg.Board.Sim)...)
+	topts, err := transportOptions(cfg, log) // transport_grpc.go, transport_mqttonly.go
+	if err != nil {
+		fmt.Fprintf(stderr, "jotunheim: %v\n", err)
+		return 2
+	}
+	opts = append(opts, topts...)
 	exe := "" // what a restart execs: the OTA current, else this binary
 	if cfg.OTA.Dir != "" {
 		inst, err := bootOTA(cfg, log)
@@ -125,6 +139,9 @@ func run(args []string, stderr io.Writer) int {
 	agent, err := jotunheim.New(cfg, log, opts...)
 	if err != nil {
 		fmt.Fprintf(stderr, "jotunheim: %v\n", err)
+		if errors.Is(err, jotunheim.ErrNoTransport) && noGRPCHint != "" {
+			fmt.Fprintf(stderr, "jotunheim: %s\n", noGRPCHint)
+		}
 		if errors.Is(err, jotunheim.ErrConfig) {
 			return 2
 		}
@@ -222,8 +239,14 @@ func loadConfig(o options) (jotunheim.Config, error) {
 	if o.id != "" {
 		cfg.Device.ID = o.id
 	}
+	if o.broker != "" && o.gateway != "" {
+		return cfg, errors.New("--broker and --gateway: choose one")
+	}
 	if o.broker != "" {
-		cfg.Transport.Broker = o.broker
+		cfg.Transport.Kind, cfg.Transport.Broker = jotunheim.TransportMQTT, o.broker
+	}
+	if o.gateway != "" {
+		cfg.Transport.Kind, cfg.Transport.Gateway = jotunheim.TransportGRPC, o.gateway
 	}
 	if o.login != "" {
 		cfg.Transport.Password, cfg.Transport.PasswordFile, cfg.Transport.LoginFile = "", "", o.login

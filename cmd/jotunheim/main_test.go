@@ -7,21 +7,43 @@ import (
 	"testing"
 )
 
-// The agent must stay small: no NATS server, no Lua, no gRPC, and no NATS
-// client either: a device speaks MQTT.
+// The agent must stay small: no NATS server, no Lua, and no NATS client
+// either (a device speaks MQTT or gRPC). The default build carries the gRPC
+// transport; built with -tags mqttonly it carries no gRPC at all.
 func TestFootprint(t *testing.T) {
-	out, err := exec.Command("go", "list", "-deps", ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go list -deps: %v\n%s", err, out)
-	}
-	for _, pkg := range strings.Fields(string(out)) {
-		for _, banned := range []string{"github.com/nats-io/nats-server", "github.com/nats-io/nats.go", "github.com/yuin/gopher-lua", "google.golang.org/grpc"} {
-			if pkg == banned || strings.HasPrefix(pkg, banned+"/") {
-				t.Errorf("cmd/jotunheim imports %s", pkg)
+	for _, tc := range []struct {
+		name     string
+		tags     []string
+		wantGRPC bool
+	}{
+		{"default", nil, true},
+		{"mqttonly", []string{"-tags", "mqttonly"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append(append([]string{"list", "-deps"}, tc.tags...), ".")
+			out, err := exec.Command("go", args...).CombinedOutput()
+			if err != nil {
+				t.Fatalf("go list -deps: %v\n%s", err, out)
 			}
-		}
+			grpc := false
+			for _, pkg := range strings.Fields(string(out)) {
+				if imports(pkg, "google.golang.org/grpc") {
+					grpc = true
+				}
+				for _, banned := range []string{"github.com/nats-io/nats-server", "github.com/nats-io/nats.go", "github.com/yuin/gopher-lua"} {
+					if imports(pkg, banned) {
+						t.Errorf("cmd/jotunheim imports %s", pkg)
+					}
+				}
+			}
+			if grpc != tc.wantGRPC {
+				t.Errorf("imports google.golang.org/grpc: got %v, want %v", grpc, tc.wantGRPC)
+			}
+		})
 	}
 }
+
+func imports(pkg, path string) bool { return pkg == path || strings.HasPrefix(pkg, path+"/") }
 
 func TestUsage(t *testing.T) {
 	for _, tc := range []struct {
@@ -34,6 +56,7 @@ func TestUsage(t *testing.T) {
 		{"version", []string{"--version"}, 0, "jotunheim dev"},
 		{"stray argument", []string{"run"}, 2, `unexpected argument "run"`},
 		{"sim and board", []string{"--sim", "--board", "b.toml"}, 2, "choose one"},
+		{"broker and gateway", []string{"--sim", "--broker", "tcp://h:1883", "--gateway", "h:50051"}, 2, "choose one"},
 		{"no id", []string{"--board", "b.toml"}, 2, "device.id"},
 		{"bad level", []string{"--sim", "--log-level", "loud"}, 2, "--log-level"},
 	} {

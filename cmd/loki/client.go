@@ -22,8 +22,6 @@ import (
 	"github.com/loki-iot/loki/services/loki"
 	"github.com/loki-iot/loki/subjects"
 	"github.com/nats-io/nats.go"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // natsFlags are the flags of every command that connects to NATS.
@@ -276,23 +274,7 @@ func (g grpcCaller) call(ctx context.Context, tool string, args []byte, onChunk 
 }
 
 // grpcFault turns a gateway status back into the Loki code and message.
-func grpcFault(err error) error {
-	st := status.Convert(err)
-	code := fault.Code(client.FaultCode(err))
-	if !code.Valid() {
-		// No Loki code attached: the failure is the connection's or the gateway's.
-		code = map[codes.Code]fault.Code{
-			codes.InvalidArgument: fault.InvalidArgument, codes.NotFound: fault.NotFound,
-			codes.DeadlineExceeded: fault.DeadlineExceeded, codes.Canceled: fault.DeadlineExceeded,
-			codes.ResourceExhausted: fault.ResourceExhausted, codes.PermissionDenied: fault.PermissionDenied,
-			codes.Unauthenticated: fault.Unauthenticated, codes.Unavailable: fault.Unavailable,
-		}[st.Code()]
-		if code == "" {
-			code = fault.Internal
-		}
-	}
-	return &fault.Error{Code: code, Msg: st.Message()}
-}
+func grpcFault(err error) error { return client.Fault(err) }
 
 func callFailed(err error) error {
 	return &exitError{code: 1, err: fmt.Errorf("%s: %s", fault.CodeOf(err), fault.MessageOf(err))}

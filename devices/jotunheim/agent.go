@@ -1,9 +1,10 @@
 // Package jotunheim is the Jotunheim device agent as a library: what runs
 // on a device. It reads a board (the hardware package: the same boards
 // Fenrir drives), connects to the platform over MQTT (the NATS server's
-// MQTT listener), announces itself with a capability manifest, publishes
-// its sensors' and actuators' states, runs the platform's commands and
-// lets code on the device call Loki tools. docs/DEVICES.md is the
+// MQTT listener) or through a Transport the program passes (gRPC to the
+// gateway: devices/jotunheim/grpclink), announces itself with a
+// capability manifest, publishes its sensors' and actuators' states, runs
+// the platform's commands and lets code on the device call Loki tools. docs/DEVICES.md is the
 // protocol; devices/wire encodes and decodes it.
 //
 // The agent drives its own reconnects (exponential backoff with full
@@ -97,7 +98,8 @@ type Stats struct {
 	Commands, QueueFull uint64
 	// Queued is the number of commands waiting now.
 	Queued int
-	// Connects counts successful connections to the broker.
+	// Connects counts successful connections to the broker (or the
+	// gateway, over gRPC).
 	Connects uint64
 	// Online is true while connected and accepted by the platform.
 	Online bool
@@ -113,17 +115,20 @@ type Agent struct {
 	cfg     Config
 	log     *slog.Logger
 	level   *slog.LevelVar
-	login   Login
-	tls     *tls.Config
 	started time.Time
 	custom  map[string]CommandFunc
 	queue   *queue
 	topics  topics
 
+	transport Transport     // the config's, or WithTransport's
+	runTool   ToolRunner    // loki.exec's, or nil for CallTool (lokiexec.go)
+	lokiSlots chan struct{} // loki.exec commands running
+
 	hw *hw // the board; swapped by UpdateBoard
 
 	otaInst *ota.Installer // WithOTA
 	ota     *otaAgent      // nil without [ota] (ota.go)
+	streams streamHost     // device streams (streams.go)
 
 	mu         sync.Mutex
 	settings   Settings
@@ -171,8 +176,9 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Agent, error) {
 	}
 	a := &Agent{
 		cfg: cfg, log: log.With("component", "jotunheim", "device", cfg.Device.ID),
-		login: login, tls: tc, started: time.Now(),
+		started:    time.Now(),
 		custom:     map[string]CommandFunc{},
+		lokiSlots:  make(chan struct{}, lokiExecSlots),
 		queue:      newQueue(cfg.Limits.MaxQueuedCommands),
 		topics:     newTopics(cfg.Device.ID),
 		settingsCh: make(chan struct{}),
@@ -182,6 +188,11 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Agent, error) {
 	}
 	for _, o := range opts {
 		o(a)
+	}
+	if a.transport == nil {
+		if a.transport, err = transportFor(cfg, login, tc); err != nil {
+			return nil, err
+		}
 	}
 	for name := range a.custom {
 		if builtin[name] {
@@ -231,9 +242,25 @@ func (a *Agent) applyLevel(name string) {
 	}
 }
 
+// TLSConfig returns the TLS settings the config's transport names (its
+// CA file, its client certificate), or nil when it names none: the TLS of
+// a transport passed with WithTransport.
+func (c Config) TLSConfig() (*tls.Config, error) { return tlsConfig(c) }
+
 func tlsConfig(cfg Config) (*tls.Config, error) {
-	if cfg.Transport.CAFile == "" {
+	if cfg.Transport.CAFile == "" && cfg.Transport.CertFile == "" {
 		return nil, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if cfg.Transport.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.Transport.CertFile, cfg.Transport.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: transport.cert_file: %v", ErrConfig, cfg.at("transport.cert_file"), err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	if cfg.Transport.CAFile == "" {
+		return tc, nil // the system's roots
 	}
 	pem, err := os.ReadFile(cfg.Transport.CAFile)
 	if err != nil {
@@ -243,7 +270,8 @@ func tlsConfig(cfg Config) (*tls.Config, error) {
 	if !pool.AppendCertsFromPEM(pem) {
 		return nil, fmt.Errorf("%w: %s: transport.ca_file: %s holds no PEM certificate", ErrConfig, cfg.at("transport.ca_file"), cfg.Transport.CAFile)
 	}
-	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
+	tc.RootCAs = pool
+	return tc, nil
 }
 
 // ID is the device id.
@@ -272,6 +300,7 @@ func (a *Agent) Stats() Stats {
 // ErrUpdated after an OTA install or rollback.
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.hw.close()
+	defer a.closeStreams()
 	defer a.spool.close()
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)

@@ -28,7 +28,7 @@ const (
 )
 
 var builtin = map[string]bool{CmdPing: true, CmdCaps: true, CmdReboot: true, CmdConfigGet: true,
-	CmdConfigSet: true, CmdRead: true, CmdSet: true, CmdState: true, CmdOTARollback: true}
+	CmdConfigSet: true, CmdRead: true, CmdSet: true, CmdState: true, CmdOTARollback: true, CmdLokiExec: true}
 
 // queued is a command waiting for the worker.
 type queued struct {
@@ -145,6 +145,10 @@ func (a *Agent) worker(ctx context.Context, cancel context.CancelCauseFunc) {
 			continue
 		}
 		a.commands.Add(1)
+		if c.GetName() == CmdLokiExec { // beside the worker (lokiexec.go)
+			a.startLokiExec(ctx, c, time.Duration(c.GetTimeoutMs())*time.Millisecond)
+			continue
+		}
 		cctx, stop := ctx, context.CancelFunc(func() {})
 		if t := c.GetTimeoutMs(); t > 0 {
 			cctx, stop = context.WithTimeout(ctx, time.Duration(t)*time.Millisecond)

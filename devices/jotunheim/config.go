@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -21,11 +22,11 @@ import (
 // name the file and line, or the key, of what is wrong.
 var ErrConfig = errors.New("jotunheim config")
 
-// TransportMQTT is the only transport kind so far.
-const TransportMQTT = "mqtt"
-
 // DefaultBroker is the MQTT listener of a local `loki up`.
 const DefaultBroker = "tcp://127.0.0.1:1883"
+
+// DefaultGateway is the gRPC gateway of a local `loki up`.
+const DefaultGateway = "127.0.0.1:50051"
 
 // Config is the agent's settings, decoded from TOML (see ParseConfig).
 type Config struct {
@@ -58,13 +59,23 @@ type DeviceConfig struct {
 
 // TransportConfig is how the agent reaches the platform.
 type TransportConfig struct {
-	// Kind is "mqtt".
+	// Kind is "mqtt" (TransportMQTT, the default) or "grpc"
+	// (TransportGRPC: a program built with a gRPC transport).
 	Kind string `toml:"kind"`
 	// Broker is tcp://host:port or ssl://host:port. Default DefaultBroker.
+	// MQTT only.
 	Broker string `toml:"broker"`
-	// CAFile is a PEM file of the CA that signed an ssl:// broker's
-	// certificate; empty uses the system's roots.
+	// Gateway is the gRPC gateway's host:port. Default DefaultGateway.
+	// gRPC only: TLS unless the host is loopback and no ca_file or
+	// cert_file is set (the login is never sent in clear to another host).
+	Gateway string `toml:"gateway"`
+	// CAFile is a PEM file of the CA that signed an ssl:// broker's or
+	// the gateway's certificate; empty uses the system's roots.
 	CAFile string `toml:"ca_file"`
+	// CertFile and KeyFile are a PEM client certificate and its key, for
+	// a broker or gateway that asks for one (both or neither).
+	CertFile string `toml:"cert_file"`
+	KeyFile  string `toml:"key_file"`
 	// Username defaults to the device id.
 	Username string `toml:"username"`
 	// At most one of Password, PasswordFile and LoginFile. LoginFile is
@@ -163,7 +174,7 @@ type TelemetryConfig struct {
 // DefaultConfig returns the defaults; Device.ID and a board must still be set.
 func DefaultConfig() Config {
 	return Config{
-		Transport:     TransportConfig{Kind: TransportMQTT, Broker: DefaultBroker},
+		Transport:     TransportConfig{Kind: TransportMQTT, Broker: DefaultBroker, Gateway: DefaultGateway},
 		Resilience:    ResilienceConfig{BackoffBase: time.Second, BackoffCap: time.Minute, NegotiateTimeout: 10 * time.Second},
 		Limits:        LimitsConfig{MaxQueuedCommands: 32, MaxMessageBytes: wire.MaxMessageBytes, BandwidthWindow: time.Minute},
 		Telemetry:     TelemetryConfig{Period: 30 * time.Second, Heartbeat: 15 * time.Second, SampleMaxAge: time.Second, SpoolMaxMessages: 1000, SpoolMaxBytes: 1 << 20},
@@ -229,7 +240,7 @@ func DecodeConfig(file string, data []byte) (Config, error) {
 		return Config{}, fmt.Errorf("%w: %s: unknown key %q", ErrConfig, cfg.at(k), k)
 	}
 	dir := filepath.Dir(file)
-	for _, p := range []*string{&cfg.Transport.CAFile, &cfg.Transport.PasswordFile, &cfg.Transport.LoginFile,
+	for _, p := range []*string{&cfg.Transport.CAFile, &cfg.Transport.CertFile, &cfg.Transport.KeyFile, &cfg.Transport.PasswordFile, &cfg.Transport.LoginFile,
 		&cfg.Board.File, &cfg.Telemetry.StateFile, &cfg.Telemetry.SpoolFile, &cfg.OTA.Dir, &cfg.OTA.PublicKeyFile} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(dir, *p)
@@ -297,15 +308,27 @@ func (c Config) Validate() error {
 		return bad("device.name", "name and model are at most 256 bytes")
 	}
 	t := c.Transport
-	if t.Kind != TransportMQTT {
-		return bad("transport.kind", "%q: must be %q", t.Kind, TransportMQTT)
+	switch t.Kind {
+	case TransportMQTT:
+		u, err := url.Parse(t.Broker)
+		if err != nil || (u.Scheme != "tcp" && u.Scheme != "ssl" && u.Scheme != "tls" && u.Scheme != "mqtt" && u.Scheme != "mqtts") || u.Host == "" {
+			return bad("transport.broker", "%q: want tcp://host:port or ssl://host:port", t.Broker)
+		}
+		if t.CAFile != "" && u.Scheme == "tcp" {
+			return bad("transport.ca_file", "is only used with an ssl:// broker")
+		}
+		if t.CertFile != "" && u.Scheme == "tcp" {
+			return bad("transport.cert_file", "is only used with an ssl:// broker")
+		}
+	case TransportGRPC:
+		if host, port, err := net.SplitHostPort(t.Gateway); err != nil || host == "" || port == "" {
+			return bad("transport.gateway", "%q: want host:port (default %s)", t.Gateway, DefaultGateway)
+		}
+	default:
+		return bad("transport.kind", "%q: must be %q or %q", t.Kind, TransportMQTT, TransportGRPC)
 	}
-	u, err := url.Parse(t.Broker)
-	if err != nil || (u.Scheme != "tcp" && u.Scheme != "ssl" && u.Scheme != "tls" && u.Scheme != "mqtt" && u.Scheme != "mqtts") || u.Host == "" {
-		return bad("transport.broker", "%q: want tcp://host:port or ssl://host:port", t.Broker)
-	}
-	if t.CAFile != "" && u.Scheme == "tcp" {
-		return bad("transport.ca_file", "is only used with an ssl:// broker")
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		return bad("transport.cert_file", "set both cert_file and key_file (a client certificate and its key), or neither")
 	}
 	n := 0
 	for _, s := range []string{t.Password, t.PasswordFile, t.LoginFile} {
@@ -424,6 +447,11 @@ func LokiLoginFile(dataDir, id string) string {
 func (t TransportConfig) HasCredentials() bool {
 	return t.Password != "" || t.PasswordFile != "" || t.LoginFile != ""
 }
+
+// Login returns the username and password the config's transport names
+// (a device id without one is its own username), reading password_file or
+// login_file: the credential of a transport passed with WithTransport.
+func (c Config) Login() (Login, error) { return c.login() }
 
 // login returns the MQTT username and password the config names.
 func (c Config) login() (Login, error) {

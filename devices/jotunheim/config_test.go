@@ -69,6 +69,9 @@ func TestConfigErrorsNameFileLine(t *testing.T) {
 		{"ota key without dir", "[device]\nid = \"a\"\n[board]\nsim = true\n[ota]\npublic_key_file = \"k\"\n", "dev.toml:6: ota.public_key_file: needs ota.dir"},
 		{"ota boot limit", "[device]\nid = \"a\"\n[board]\nsim = true\n[ota]\ndir = \"o\"\npublic_key_file = \"k\"\nboot_limit = 0\n", "dev.toml:8: ota.boot_limit"},
 		{"ota window", "[device]\nid = \"a\"\n[board]\nsim = true\n[ota]\ndir = \"o\"\npublic_key_file = \"k\"\nhealth_window = \"2h\"\n", "dev.toml:8: ota.health_window"},
+		{"bad kind", "[device]\nid = \"a\"\n[transport]\nkind = \"coap\"\n[board]\nsim = true\n", `dev.toml:4: transport.kind: "coap": must be "mqtt" or "grpc"`},
+		{"bad gateway", "[device]\nid = \"a\"\n[transport]\nkind = \"grpc\"\ngateway = \"loki.local\"\n[board]\nsim = true\n", "dev.toml:5: transport.gateway"},
+		{"cert without key", "[device]\nid = \"a\"\n[transport]\nkind = \"grpc\"\ncert_file = \"c.pem\"\n[board]\nsim = true\n", "dev.toml:5: transport.cert_file"},
 		{"wrong type", "[device]\nid = 5\n", "dev.toml:2:"},
 		{"syntax", "[device\nid = \"a\"\n", "dev.toml:2:"},
 	} {

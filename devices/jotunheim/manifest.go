@@ -71,6 +71,7 @@ func (a *Agent) Manifest() *jv1.Manifest {
 		},
 		HeartbeatSeconds: set.HeartbeatSeconds,
 		TelemetrySeconds: set.TelemetrySeconds,
+		Streams:          a.streamSources(),
 	}
 	if m.Model == "" {
 		m.Model = "jotunheim-" + bc.Backend

@@ -7,7 +7,6 @@ import (
 	"sync"
 	"time"
 
-	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/loki-iot/loki/devices/wire"
 	jv1 "github.com/loki-iot/loki/proto/jotunheim/v1"
 	"github.com/loki-iot/loki/subjects"
@@ -17,10 +16,11 @@ import (
 // keepAlive is the MQTT keepalive the protocol asks for.
 const keepAlive = 30 * time.Second
 
-// session is one MQTT connection: from CONNECT to its loss or the agent's
-// stop. paho's own reconnect is off; Run starts a new session instead.
+// session is one connection of the transport: from its connect to its
+// loss or the agent's stop. The transport never reconnects on its own; Run
+// starts a new session instead.
 type session struct {
-	client mqtt.Client
+	client Conn
 	neg    chan *jv1.Negotiation
 
 	lostOnce sync.Once
@@ -40,29 +40,14 @@ func (s *session) markLost(err error) {
 // (the backoff starts over after an accepted session).
 func (a *Agent) session(ctx context.Context) (accepted bool, err error) {
 	s := &session{neg: make(chan *jv1.Negotiation, 1), lost: make(chan struct{})}
-	opts := mqtt.NewClientOptions().
-		AddBroker(a.cfg.Transport.Broker).
-		SetClientID(a.cfg.Device.ID).
-		SetUsername(a.login.Username).
-		SetPassword(a.login.Password).
-		SetCleanSession(true).
-		SetKeepAlive(keepAlive).
-		SetAutoReconnect(false).
-		SetConnectRetry(false).
-		SetConnectTimeout(a.cfg.Resilience.NegotiateTimeout).
-		SetWriteTimeout(publishTimeout).
-		SetOrderMatters(false).
-		SetWill(a.topics.status, subjects.PresenceOffline, 1, true).
-		SetConnectionLostHandler(func(_ mqtt.Client, err error) { s.markLost(err) })
-	if a.tls != nil {
-		opts.SetTLSConfig(a.tls)
+	will := Message{Topic: a.topics.status, Payload: []byte(subjects.PresenceOffline), QoS: 1, Retain: true}
+	c, err := a.transport.Connect(ctx, will, s.markLost)
+	if err != nil {
+		return false, fmt.Errorf("connect to %s: %w", a.transport.Endpoint(), err)
 	}
-	s.client = mqtt.NewClient(opts)
-	if err := a.wait(ctx, s.client.Connect()); err != nil {
-		return false, fmt.Errorf("connect to %s: %w", a.cfg.Transport.Broker, err)
-	}
+	s.client = c
 	a.connects.Add(1)
-	a.log.Info("connected", "broker", a.cfg.Transport.Broker)
+	a.log.Info("connected", "to", a.transport.Endpoint())
 	a.mu.Lock()
 	a.sess = s
 	a.states = map[string]string{} // a new connection gets every state again
@@ -75,10 +60,10 @@ func (a *Agent) session(ctx context.Context) (accepted bool, err error) {
 		a.mu.Unlock()
 		if ctx.Err() != nil || errors.Is(err, ErrRefused) {
 			// A clean stop: say so, since a DISCONNECT suppresses the will.
-			if perr := a.wait(context.Background(), s.client.Publish(a.topics.status, 1, true, subjects.PresenceOffline)); perr != nil {
+			if perr := a.wait(context.Background(), s.client.Publish(a.topics.status, 1, true, []byte(subjects.PresenceOffline))); perr != nil {
 				a.log.Warn("publish offline", logErr, perr)
 			}
-			s.client.Disconnect(250)
+			s.client.Disconnect(250 * time.Millisecond)
 			a.log.Info("disconnected", "status", subjects.PresenceOffline)
 			return
 		}
@@ -87,13 +72,14 @@ func (a *Agent) session(ctx context.Context) (accepted bool, err error) {
 
 	filters := map[string]byte{a.topics.negotiation: 0, a.topics.capsGet: 0, a.topics.cmd: 0, a.topics.callResult: 0}
 	a.haFilters(filters)
+	filters[a.streamCtlTopic()] = 0
 	if a.ota != nil {
 		filters[a.topics.otaOffer], filters[a.topics.otaChunk] = 0, 0
 	}
-	if err := a.wait(ctx, s.client.SubscribeMultiple(filters, func(_ mqtt.Client, m mqtt.Message) { a.handle(s, m) })); err != nil {
+	if err := a.wait(ctx, s.client.Subscribe(filters, func(topic string, payload []byte) { a.handle(s, topic, payload) })); err != nil {
 		return false, fmt.Errorf("subscribe: %w", err)
 	}
-	if err := a.wait(ctx, s.client.Publish(a.topics.status, 1, true, subjects.PresenceOnline)); err != nil {
+	if err := a.wait(ctx, s.client.Publish(a.topics.status, 1, true, []byte(subjects.PresenceOnline))); err != nil {
 		return false, fmt.Errorf("publish online: %w", err)
 	}
 	if err := a.negotiate(ctx, s); err != nil {
@@ -179,18 +165,18 @@ func (a *Agent) logNegotiation(n *jv1.Negotiation) {
 
 // handle dispatches one message from the platform. It never panics on a
 // bad payload: it logs and counts it.
-func (a *Agent) handle(s *session, m mqtt.Message) {
+func (a *Agent) handle(s *session, topic string, payload []byte) {
 	a.received.Add(1)
-	a.bw.received(len(m.Topic()) + len(m.Payload()))
+	a.bw.received(len(topic) + len(payload))
 	max := a.cfg.Limits.MaxMessageBytes
 	bad := func(err error) {
 		a.bad.Add(1)
-		a.log.Warn("bad message from the platform: dropped", logTopic, m.Topic(), "bytes", len(m.Payload()), logErr, err)
+		a.log.Warn("bad message from the platform: dropped", logTopic, topic, "bytes", len(payload), logErr, err)
 	}
-	switch m.Topic() {
+	switch topic {
 	case a.topics.negotiation:
 		n := &jv1.Negotiation{}
-		if err := wire.Decode(m.Payload(), n, max); err != nil {
+		if err := wire.Decode(payload, n, max); err != nil {
 			bad(err)
 			return
 		}
@@ -200,7 +186,7 @@ func (a *Agent) handle(s *session, m mqtt.Message) {
 		}
 	case a.topics.capsGet:
 		r := &jv1.CapsRequest{}
-		if err := wire.Decode(m.Payload(), r, max); err != nil {
+		if err := wire.Decode(payload, r, max); err != nil {
 			bad(err)
 			return
 		}
@@ -208,7 +194,7 @@ func (a *Agent) handle(s *session, m mqtt.Message) {
 			a.log.Warn("answer caps request", logErr, err)
 		}
 	case a.topics.cmd:
-		c, err := wire.DecodeCommand(m.Payload(), max)
+		c, err := wire.DecodeCommand(payload, max)
 		if err != nil {
 			bad(err)
 			return
@@ -216,19 +202,21 @@ func (a *Agent) handle(s *session, m mqtt.Message) {
 		a.enqueue(c)
 	case a.topics.callResult:
 		r := &jv1.ToolResult{}
-		if err := wire.Decode(m.Payload(), r, max); err != nil {
+		if err := wire.Decode(payload, r, max); err != nil {
 			bad(err)
 			return
 		}
 		a.deliverToolResult(r)
+	case a.streamCtlTopic():
+		a.handleStreamCtl(payload)
 	case a.topics.otaOffer, a.topics.otaChunk:
 		if a.ota == nil {
 			bad(fmt.Errorf("%w: OTA is not configured", wire.ErrDecode))
 			return
 		}
-		if m.Topic() == a.topics.otaChunk {
+		if topic == a.topics.otaChunk {
 			c := &jv1.OTAChunk{}
-			if err := wire.Decode(m.Payload(), c, max); err != nil {
+			if err := wire.Decode(payload, c, max); err != nil {
 				bad(err)
 				return
 			}
@@ -236,31 +224,22 @@ func (a *Agent) handle(s *session, m mqtt.Message) {
 			return
 		}
 		off := &jv1.OTAOffer{}
-		if err := wire.Decode(m.Payload(), off, max); err != nil {
+		if err := wire.Decode(payload, off, max); err != nil {
 			bad(err)
 			return
 		}
 		a.handleOffer(off)
 	default:
-		if a.handleHA(m.Topic(), m.Payload()) {
+		if a.handleHA(topic, payload) {
 			return
 		}
 		bad(fmt.Errorf("%w: unexpected topic", wire.ErrDecode))
 	}
 }
 
-// wait waits for a paho token until ctx ends or publishTimeout passes.
-func (a *Agent) wait(ctx context.Context, t mqtt.Token) error {
-	timer := time.NewTimer(publishTimeout + a.cfg.Resilience.NegotiateTimeout)
-	defer timer.Stop()
-	select {
-	case <-t.Done():
-		return t.Error()
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-timer.C:
-		return errors.New("no answer from the broker in time")
-	}
+// wait waits for a transport's token until ctx ends or publishTimeout passes.
+func (a *Agent) wait(ctx context.Context, t Token) error {
+	return waitToken(ctx, t, publishTimeout+a.cfg.Resilience.NegotiateTimeout)
 }
 
 // publish sends m (or raw, when m is nil) on topic over the current

@@ -15,7 +15,6 @@ import (
 	"sync"
 	"time"
 
-	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/loki-iot/loki/devices/wire"
 	"github.com/loki-iot/loki/internal/atomicfile"
 	jv1 "github.com/loki-iot/loki/proto/jotunheim/v1"
@@ -536,7 +535,7 @@ func (a *Agent) deliver(ctx context.Context, s *session, topic string, payload [
 	return a.waitSession(ctx, s, t)
 }
 
-func (a *Agent) waitSession(ctx context.Context, s *session, t mqtt.Token) error {
+func (a *Agent) waitSession(ctx context.Context, s *session, t Token) error {
 	timer := time.NewTimer(publishTimeout)
 	defer timer.Stop()
 	select {
@@ -547,6 +546,6 @@ func (a *Agent) waitSession(ctx context.Context, s *session, t mqtt.Token) error
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-timer.C:
-		return errors.New("no acknowledgement from the broker in time")
+		return errors.New("no acknowledgement from the platform in time")
 	}
 }

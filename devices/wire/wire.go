@@ -178,7 +178,7 @@ func ValidateManifest(id string, m *jv1.Manifest) error {
 			return bad("interface or feature %.20q… is over 64 bytes", s)
 		}
 	}
-	return nil
+	return validateStreams(m.GetStreams(), bad)
 }
 
 // DecodeCommand decodes a Command from the platform, refusing one without
