@@ -384,6 +384,18 @@ func deviceRoleRPCs() []roleRPC {
 			_, err := dc(c).CommandDevice(ctxT(t), &jv1.CommandRequest{Device: "nobody", Command: &jv1.Command{Name: "ping"}})
 			return deviceCallPassed(err)
 		}},
+		{name: "OpenStream", call: func(t *testing.T, _ *env, c *client.Client) error {
+			// A source name no device can have: INVALID_ARGUMENT shows the
+			// call passed the token check (gateway/streams_test.go reads real streams).
+			s, err := dc(c).OpenStream(ctxT(t), &lokiv1.OpenStreamRequest{DeviceId: "nobody", Source: "No Source"})
+			if err == nil {
+				_, err = s.Recv()
+			}
+			if status.Code(err) == codes.InvalidArgument {
+				return nil
+			}
+			return err
+		}},
 		{name: "WatchDevices", call: func(t *testing.T, _ *env, c *client.Client) error {
 			ctx, cancel := context.WithCancel(ctxT(t))
 			defer cancel()

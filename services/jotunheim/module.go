@@ -31,6 +31,8 @@ var _ engine.Module = (*module)(nil)
 // and jotunheim.command(device, name [, args]). Each is one devices.cmd
 // request carrying the script's remaining deadline, sent after the tool's
 // grants are checked (jotunheim:<device>, or jotunheim for every device).
+// jotunheim.stream_read(device, source [, opts]) reads a device stream
+// directly (module_streams.go), under the same grants.
 // Failures raise Lua errors starting with the code, e.g. "UNAVAILABLE:
 // device demo is offline ...". nc is owned by the caller.
 func NewModule(nc *nats.Conn) engine.Module { return &module{c: NewClient(nc)} }
@@ -41,7 +43,7 @@ func (m *module) Name() string { return grantModule }
 // Open builds the module table for one execution.
 func (m *module) Open(L *lua.LState, c *engine.Call) lua.LValue {
 	return engine.FuncTable(L, c, map[string]engine.ModuleFunc{
-		"read": m.read, "set": m.set, "command": m.command,
+		"read": m.read, "set": m.set, "command": m.command, "stream_read": m.streamRead,
 	})
 }
 
