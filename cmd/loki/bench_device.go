@@ -2,16 +2,20 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/loki-iot/loki/devices/jotunheim"
+	"github.com/loki-iot/loki/devices/jotunheim/grpclink"
+	"github.com/loki-iot/loki/gateway"
+	"github.com/loki-iot/loki/internal/auth"
 	"github.com/loki-iot/loki/devices/wire"
 	"github.com/loki-iot/loki/internal/bench"
 	"github.com/loki-iot/loki/internal/natsrv"
@@ -25,12 +29,14 @@ import (
 )
 
 // benchDevice measures a sensor read through a device tool — caller →
-// Loki → device service → MQTT → agent → back — against a raw NATS echo in
-// the same run, and the time from an agent's start to its tools being
-// callable. Everything runs in this process on loopback: an embedded
-// server with its MQTT listener (no authentication: its cost is measured
-// by --auth), a Loki replica with the jotunheim module, the device service
-// and agents on the simulated board.
+// Loki → device service → MQTT or the gateway's gRPC device link → agent →
+// back — against a raw NATS echo in the same run, and the time from an
+// agent's start to its tools being callable. Everything runs in this
+// process on loopback: an embedded server with its MQTT listener (no
+// authentication on the bus: its cost is measured by --auth), a Loki
+// replica with the jotunheim module, the device service, the identity
+// service (it verifies the gRPC agent's device login), a gateway, and
+// agents on the simulated board: "bench" over MQTT, "benchg" over gRPC.
 func benchDevice(ctx context.Context, cfg bench.Config, log *slog.Logger, stdout, stderr io.Writer) error {
 	dir, err := os.MkdirTemp("", "loki-bench-device-")
 	if err != nil {
@@ -55,10 +61,14 @@ func benchDevice(ctx context.Context, cfg bench.Config, log *slog.Logger, stdout
 	defer jnc.Close()
 	runCtx, stop := context.WithCancel(ctx)
 	var waits []chan error
+	var conns []*nats.Conn // closed once everything running on them stopped
 	defer func() {
 		stop()
 		for _, w := range waits {
 			<-w
+		}
+		for _, c := range conns {
+			c.Close()
 		}
 	}()
 	run := func(r func(context.Context) error) {
@@ -80,6 +90,41 @@ func benchDevice(ctx context.Context, cfg bench.Config, log *slog.Logger, stdout
 	run(jsvc.Run)
 	<-lsvc.Ready()
 	<-jsvc.Ready()
+	// The gRPC agent's path: the identity service verifies its device
+	// login, the gateway carries its link.
+	authority, err := auth.Open(filepath.Join(dir, "auth"))
+	if err != nil {
+		return err
+	}
+	defer func() { _ = authority.Close() }()
+	grpcLogin, err := authority.AddDevice("benchg")
+	if err != nil {
+		return err
+	}
+	anc, err := srv.Connect("bench-auth")
+	if err != nil {
+		return err
+	}
+	conns = append(conns, anc)
+	asvc := auth.NewService(authority, anc, log)
+	run(asvc.Run)
+	gnc, err := srv.Connect("bench-gateway")
+	if err != nil {
+		return err
+	}
+	conns = append(conns, gnc)
+	gw, err := gateway.New(gateway.DefaultConfig(), gnc, log)
+	if err != nil {
+		return err
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	gwAddr := lis.Addr().String()
+	run(func(ctx context.Context) error { return gw.Serve(ctx, lis) })
+	<-asvc.Ready()
+	<-gw.Ready()
 
 	caller, err := nats.Connect(srv.ClientURL(), nats.Name("bench-caller"))
 	if err != nil {
@@ -87,14 +132,28 @@ func benchDevice(ctx context.Context, cfg bench.Config, log *slog.Logger, stdout
 	}
 	defer caller.Close()
 	client := loki.NewClient(caller)
-	startAgent := func(id string) (time.Time, func(), error) {
+	startAgent := func(id string, grpcLogin *auth.Credential) (time.Time, func(), error) {
 		acfg := jotunheim.DefaultConfig()
 		acfg.Device.ID = id
 		acfg.Transport.Broker = srv.MQTTURL()
 		acfg.Transport.Username = id
 		acfg.Board.Sim = true
 		acfg.Telemetry.StateFile = fmt.Sprintf("%s/%s.state.json", dir, id)
-		a, err := jotunheim.New(acfg, log)
+		var opts []jotunheim.Option
+		if grpcLogin != nil {
+			acfg.Transport.Kind, acfg.Transport.Broker, acfg.Transport.Gateway = jotunheim.TransportGRPC, "", gwAddr
+			acfg.Transport.Username, acfg.Transport.Password = grpcLogin.Username, grpcLogin.Password
+			lc, err := grpclink.FromAgent(acfg, log)
+			if err != nil {
+				return time.Time{}, nil, err
+			}
+			tr, err := grpclink.New(lc)
+			if err != nil {
+				return time.Time{}, nil, err
+			}
+			opts = append(opts, jotunheim.WithTransport(tr))
+		}
+		a, err := jotunheim.New(acfg, log, opts...)
 		if err != nil {
 			return time.Time{}, nil, err
 		}
@@ -131,7 +190,7 @@ func benchDevice(ctx context.Context, cfg bench.Config, log *slog.Logger, stdout
 	var took []time.Duration
 	for i := range starts {
 		id := fmt.Sprintf("start%d", i)
-		started, stopAgent, err := startAgent(id)
+		started, stopAgent, err := startAgent(id, nil)
 		if err != nil {
 			return err
 		}
@@ -144,12 +203,20 @@ func benchDevice(ctx context.Context, cfg bench.Config, log *slog.Logger, stdout
 	}
 	slices.Sort(took)
 
-	_, stopAgent, err := startAgent("bench")
+	_, stopAgent, err := startAgent("bench", nil)
 	if err != nil {
 		return err
 	}
 	defer stopAgent()
 	if err := callable("bench"); err != nil {
+		return err
+	}
+	_, stopGRPCAgent, err := startAgent("benchg", &grpcLogin)
+	if err != nil {
+		return err
+	}
+	defer stopGRPCAgent()
+	if err := callable("benchg"); err != nil {
 		return err
 	}
 	echo, err := jnc.QueueSubscribe(subjects.BenchEcho, "q", func(m *nats.Msg) { _ = m.Respond(m.Data) })
@@ -161,61 +228,77 @@ func benchDevice(ctx context.Context, cfg bench.Config, log *slog.Logger, stdout
 		_, err := caller.RequestWithContext(ctx, subjects.BenchEcho, benchBody)
 		return err
 	}}
-	device := bench.Target{Name: "device tool bench_temperature", Call: func(ctx context.Context) error {
-		res, err := client.Call(ctx, "bench_temperature", []byte("{}"))
-		if err == nil && len(res.JSON) == 0 {
-			return errors.New("bench_temperature returned nothing")
-		}
-		return err
-	}}
+	deviceTool := func(name, tool string) bench.Target {
+		return bench.Target{Name: name, Call: func(ctx context.Context) error {
+			res, err := client.Call(ctx, tool, []byte("{}"))
+			if err == nil && len(res.JSON) == 0 {
+				return fmt.Errorf("%s returned nothing", tool)
+			}
+			return err
+		}}
+	}
+	device := deviceTool("device tool over MQTT (bench_temperature)", "bench_temperature")
+	deviceGRPC := deviceTool("device tool over gRPC (benchg_temperature)", "benchg_temperature")
 	jc := svcjotunheim.NewClient(caller)
 	direct := bench.Target{Name: subjects.DevicesCmd + " ping (no Loki)", Call: func(ctx context.Context) error {
 		_, err := jc.Command(ctx, "bench", &jv1.Command{Name: "ping"})
 		return err
 	}}
-	// The MQTT leg alone: a command published straight to the agent's
-	// topic and its result, with no service in between.
+	// Each transport's leg alone: a command published straight to the
+	// agent's subject and its result, with no service in between.
 	var waiting sync.Map // command id → chan struct{}
-	resultSubj, err := subjects.DeviceSubject("bench", subjects.DeviceResult)
-	if err != nil {
-		return err
-	}
-	results, err := caller.Subscribe(resultSubj, func(m *nats.Msg) {
-		if r, err := wire.DecodeResult(m.Data); err == nil {
-			if ch, ok := waiting.LoadAndDelete(r.GetId()); ok {
-				close(ch.(chan struct{}))
-			}
-		}
-	})
-	if err != nil {
-		return err
-	}
-	defer func() { _ = results.Unsubscribe() }()
-	cmdSubj, err := subjects.DeviceSubject("bench", subjects.DeviceCmd)
-	if err != nil {
-		return err
-	}
-	leg := bench.Target{Name: "MQTT leg only (command to the agent and its result)", Call: func(ctx context.Context) error {
-		id := nuid.Next()
-		ch := make(chan struct{})
-		waiting.Store(id, ch)
-		b, err := wire.Encode(&jv1.Command{Id: id, Name: "ping"})
-		if err == nil {
-			err = caller.Publish(cmdSubj, b)
-		}
+	legTarget := func(name, id string) (bench.Target, func(), error) {
+		resultSubj, err := subjects.DeviceSubject(id, subjects.DeviceResult)
 		if err != nil {
-			waiting.Delete(id)
-			return err
+			return bench.Target{}, nil, err
 		}
-		select {
-		case <-ch:
-			return nil
-		case <-ctx.Done():
-			waiting.Delete(id)
-			return ctx.Err()
+		results, err := caller.Subscribe(resultSubj, func(m *nats.Msg) {
+			if r, err := wire.DecodeResult(m.Data); err == nil {
+				if ch, ok := waiting.LoadAndDelete(r.GetId()); ok {
+					close(ch.(chan struct{}))
+				}
+			}
+		})
+		if err != nil {
+			return bench.Target{}, nil, err
 		}
-	}}
-	rep, err := bench.Run(ctx, cfg, echoTarget, device, direct, leg)
+		cmdSubj, err := subjects.DeviceSubject(id, subjects.DeviceCmd)
+		if err != nil {
+			_ = results.Unsubscribe()
+			return bench.Target{}, nil, err
+		}
+		return bench.Target{Name: name, Call: func(ctx context.Context) error {
+			cid := nuid.Next()
+			ch := make(chan struct{})
+			waiting.Store(cid, ch)
+			b, err := wire.Encode(&jv1.Command{Id: cid, Name: "ping"})
+			if err == nil {
+				err = caller.Publish(cmdSubj, b)
+			}
+			if err != nil {
+				waiting.Delete(cid)
+				return err
+			}
+			select {
+			case <-ch:
+				return nil
+			case <-ctx.Done():
+				waiting.Delete(cid)
+				return ctx.Err()
+			}
+		}}, func() { _ = results.Unsubscribe() }, nil
+	}
+	leg, stopLeg, err := legTarget("MQTT leg only (command to the agent and its result)", "bench")
+	if err != nil {
+		return err
+	}
+	defer stopLeg()
+	legGRPC, stopLegGRPC, err := legTarget("gRPC leg only (command through the device link and its result)", "benchg")
+	if err != nil {
+		return err
+	}
+	defer stopLegGRPC()
+	rep, err := bench.Run(ctx, cfg, echoTarget, device, deviceGRPC, direct, leg, legGRPC)
 	if err != nil {
 		return err
 	}
