@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/loki-iot/loki/internal/fault"
+	"github.com/loki-iot/loki/internal/metrics"
 	jv1 "github.com/loki-iot/loki/proto/jotunheim/v1"
 	lokiv1 "github.com/loki-iot/loki/proto/loki/v1"
 	"github.com/loki-iot/loki/subjects"
@@ -134,6 +135,8 @@ func (s *deviceLinks) Connect(stream grpc.BidiStreamingServer[jv1.LinkFrame, jv1
 	l := &link{device: id, cancel: cancel}
 	s.register(l)
 	defer s.unregister(l)
+	g.metrics.LinkUp()
+	defer g.metrics.LinkDown()
 
 	// What the platform sends the device: one subscription per downlink
 	// kind, all into one bounded queue.
@@ -148,6 +151,7 @@ func (s *deviceLinks) Connect(stream grpc.BidiStreamingServer[jv1.LinkFrame, jv1
 			_ = sub.Unsubscribe()
 		}
 		if dropped > 0 {
+			g.metrics.LinkDropped(metrics.DropSlowDevice, uint64(dropped))
 			log.Warn("device link dropped frames for a device that read too slowly", "dropped", dropped)
 		}
 	}()
@@ -317,6 +321,7 @@ func downlinkFrame(id string, m *nats.Msg) (*jv1.LinkFrame, bool) {
 // device replaced it.
 func (s *deviceLinks) presenceOnClose(l *link, log *slog.Logger) {
 	if n := l.haDropped.Load(); n > 0 {
+		s.g.metrics.LinkDropped(metrics.DropHomeAssistant, n)
 		log.Info("device link dropped Home Assistant frames", "dropped", n)
 	}
 	if l.replaced.Load() || l.offline.Load() {

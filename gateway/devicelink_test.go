@@ -19,6 +19,7 @@ import (
 	"github.com/loki-iot/loki/gateway"
 	"github.com/loki-iot/loki/internal/auth"
 	"github.com/loki-iot/loki/internal/fault"
+	"github.com/loki-iot/loki/internal/metrics"
 	"github.com/loki-iot/loki/internal/natsrv"
 	"github.com/loki-iot/loki/internal/natstest"
 	jv1 "github.com/loki-iot/loki/proto/jotunheim/v1"
@@ -46,6 +47,8 @@ type linkEnv struct {
 	addr    string
 	logins  map[string]auth.Credential
 	devices *jotunheim.Client
+	// metrics is the gateway's metrics registry.
+	metrics *metrics.Registry
 	// stopGateway shuts the gateway down (as at cleanup) and waits.
 	stopGateway func()
 }
@@ -122,6 +125,8 @@ func startLinkEnv(t *testing.T) *linkEnv {
 	cfg.DeviceCalls = deviceCalls
 	cfg.DeviceReverify = 200 * time.Millisecond
 	cfg.DeviceMaxFrameBytes = 16 << 10
+	cfg.Metrics = metrics.New()
+	e.metrics = cfg.Metrics
 	gw, err := gateway.New(cfg, connect(subjects.RoleGateway), quietLog())
 	if err != nil {
 		t.Fatal(err)
@@ -749,6 +754,21 @@ drain:
 	if received >= sent {
 		t.Fatalf("the device got all %d frames: want some dropped", received)
 	}
+	if got := e.metric(t, "loki_gateway_device_link_frames_dropped_total", metrics.DropSlowDevice); got != 0 {
+		t.Fatalf("dropped frames counted while the link is up: got %v, want them counted when it ends", got)
+	}
+	defer func() {
+		d.cancel()
+		d.ended()
+		if err := eventually(linkWait, func() error {
+			if got := e.metric(t, "loki_gateway_device_link_frames_dropped_total", metrics.DropSlowDevice); got != float64(sent-received) {
+				return fmt.Errorf("loki_gateway_device_link_frames_dropped_total{reason=%q}: got %v, want %d", metrics.DropSlowDevice, got, sent-received)
+			}
+			return nil
+		}); err != nil {
+			t.Error(err)
+		}
+	}()
 	got := make(chan error, 1)
 	go func() {
 		_, err := e.devices.Command(ctxT(t), "kitchen", &jv1.Command{Name: "ping"})
@@ -810,4 +830,52 @@ func TestDeviceLinkCutMidCommand(t *testing.T) {
 	if err := <-got; err != nil {
 		t.Fatalf("ping on the new link: %v", err)
 	}
+}
+
+// metric returns the value of the gateway's metric name (a gauge, or a
+// counter whose reason label is reason).
+func (e *linkEnv) metric(t *testing.T, name, reason string) float64 {
+	t.Helper()
+	mfs, err := e.metrics.Prometheus().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if reason == "" {
+				return m.GetGauge().GetValue()
+			}
+			if labels(m)["reason"] == reason {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
+}
+
+// TestDeviceLinkMetrics: loki_gateway_device_links counts live links.
+func TestDeviceLinkMetrics(t *testing.T) {
+	e := startLinkEnv(t)
+	if got := e.metric(t, "loki_gateway_device_links", ""); got != 0 {
+		t.Fatalf("device links before any: got %v, want 0", got)
+	}
+	k := e.online(t, "kitchen")
+	g := e.online(t, "garage")
+	if got := e.metric(t, "loki_gateway_device_links", ""); got != 2 {
+		t.Fatalf("device links with two devices: got %v, want 2", got)
+	}
+	k.cancel()
+	k.ended()
+	if err := eventually(linkWait, func() error {
+		if got := e.metric(t, "loki_gateway_device_links", ""); got != 1 {
+			return fmt.Errorf("device links after one left: got %v, want 1", got)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	g.cancel()
 }

@@ -65,6 +65,8 @@ type Gateway struct {
 	// staticMethods are the full names of the methods registered in New.
 	staticMethods map[string]struct{}
 	served        atomic.Bool
+	// metrics is nil without cfg.Metrics; its methods then do nothing.
+	metrics *metrics.Gateway
 }
 
 // New validates cfg (zero durations take DefaultConfig's), loads the TLS
@@ -100,7 +102,8 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Gateway, error) {
 	rec := recoverer{log: log}
 	unary := []grpc.UnaryServerInterceptor{rec.unary, auth.unary}
 	stream := []grpc.StreamServerInterceptor{rec.stream, auth.stream}
-	if m := cfg.Metrics.Gateway(); m != nil {
+	g.metrics = cfg.Metrics.Gateway()
+	if m := g.metrics; m != nil {
 		met := metered{m: m, known: g.servesMethod}
 		unary = append([]grpc.UnaryServerInterceptor{met.unary}, unary...)
 		stream = append([]grpc.StreamServerInterceptor{met.stream}, stream...)

@@ -287,8 +287,39 @@ func (t *Tools) AttachReplica(tools func() int, revision func() uint64, overMemo
 type Gateway struct {
 	rpcs     *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	links    prometheus.Gauge
+	dropped  *prometheus.CounterVec
 
 	byMethod sync.Map // method -> *RPC
+}
+
+// Reasons a device link drops frames, the values of
+// loki_gateway_device_link_frames_dropped_total's reason label.
+const (
+	DropSlowDevice    = "slow_device"
+	DropHomeAssistant = "home_assistant"
+)
+
+// LinkUp counts a device link that opened; LinkDown one that ended. Both
+// do nothing on a nil *Gateway.
+func (g *Gateway) LinkUp() {
+	if g != nil {
+		g.links.Inc()
+	}
+}
+
+// LinkDown: see LinkUp.
+func (g *Gateway) LinkDown() {
+	if g != nil {
+		g.links.Dec()
+	}
+}
+
+// LinkDropped counts n frames a device link dropped for reason.
+func (g *Gateway) LinkDropped(reason string, n uint64) {
+	if g != nil && n > 0 {
+		g.dropped.WithLabelValues(reason).Add(float64(n))
+	}
 }
 
 // UnknownMethod is the method label of RPCs to methods the gateway does not
@@ -312,8 +343,16 @@ func (r *Registry) Gateway() *Gateway {
 				Help:    "Time the gateway took to answer a gRPC call (for streams, until the stream ended).",
 				Buckets: DurationBuckets,
 			}, []string{"method"}),
+			links: prometheus.NewGauge(prometheus.GaugeOpts{
+				Namespace: Namespace, Subsystem: "gateway", Name: "device_links",
+				Help: "Devices connected to the gateway over gRPC (live DeviceLink streams).",
+			}),
+			dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+				Namespace: Namespace, Subsystem: "gateway", Name: "device_link_frames_dropped_total",
+				Help: "Frames a device link dropped, by reason: slow_device (the device read slower than the platform sent) or home_assistant (discovery topics a link cannot deliver).",
+			}, []string{"reason"}),
 		}
-		r.reg.MustRegister(g.rpcs, g.duration)
+		r.reg.MustRegister(g.rpcs, g.duration, g.links, g.dropped)
 		r.gateway = g
 	})
 	return r.gateway
