@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -17,6 +18,7 @@ import (
 	lokiv1 "github.com/loki-iot/loki/proto/loki/v1"
 	"github.com/loki-iot/loki/subjects"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/keepalive"
@@ -92,13 +94,17 @@ type link struct {
 	replaced atomic.Bool
 	// offline is whether the last status the device sent was "offline".
 	offline atomic.Bool
+	// claim is the link's claim on the bus, set by register.
+	claim linkClaim
 	// haDropped counts frames for topics outside the device tree (Home
 	// Assistant discovery), which a link cannot deliver.
 	haDropped atomic.Uint64
 }
 
-// register makes l its device's live link, ending the older one.
-func (s *deviceLinks) register(l *link) {
+// register makes l its device's live link, ending the older one, and
+// claims the device on the bus so other gateways end theirs.
+func (s *deviceLinks) register(l *link, log *slog.Logger) {
+	l.claim = linkClaim{Link: nuid.Next(), At: time.Now().UnixNano()}
 	s.mu.Lock()
 	old := s.links[l.device]
 	s.links[l.device] = l
@@ -107,6 +113,50 @@ func (s *deviceLinks) register(l *link) {
 		old.replaced.Store(true)
 		old.cancel(errLinkReplaced)
 	}
+	subj, err := subjects.DeviceLinkClaim(l.device)
+	if err == nil {
+		var b []byte
+		if b, err = json.Marshal(l.claim); err == nil {
+			err = s.g.nc.Publish(subj, b)
+		}
+	}
+	if err != nil {
+		log.Warn("could not claim the device's link on the bus: another gateway may keep a stale link", "err", err)
+	}
+}
+
+// linkClaim is a gateway's claim of a device's link, on
+// subjects.DeviceLinkClaim: the link's id and when it opened.
+type linkClaim struct {
+	Link string `json:"link"`
+	At   int64  `json:"at"`
+}
+
+// newer reports whether c was made after o (ties broken by link id, so
+// two gateways agree on which of two simultaneous links wins).
+func (c linkClaim) newer(o linkClaim) bool {
+	return c.At > o.At || (c.At == o.At && c.Link > o.Link)
+}
+
+// onClaim ends this gateway's link of the claimed device when another
+// gateway's link is newer: the device moved (a reconnect through a load
+// balancer), and the old link, which may be half-open, must neither
+// forward commands nor mark the device offline when it finally ends.
+func (s *deviceLinks) onClaim(m *nats.Msg) {
+	id := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
+	var c linkClaim
+	if err := json.Unmarshal(m.Data, &c); err != nil {
+		s.g.log.Warn("bad device link claim", keyDevice, id, "err", err)
+		return
+	}
+	s.mu.Lock()
+	cur := s.links[id]
+	s.mu.Unlock()
+	if cur == nil || cur.claim.Link == c.Link || !c.newer(cur.claim) {
+		return
+	}
+	cur.replaced.Store(true)
+	cur.cancel(errLinkReplaced)
 }
 
 // unregister forgets l unless a newer link replaced it.
@@ -133,7 +183,7 @@ func (s *deviceLinks) Connect(stream grpc.BidiStreamingServer[jv1.LinkFrame, jv1
 	ctx, cancel := context.WithCancelCause(stream.Context())
 	defer cancel(nil)
 	l := &link{device: id, cancel: cancel}
-	s.register(l)
+	s.register(l, log)
 	defer s.unregister(l)
 	g.metrics.LinkUp()
 	defer g.metrics.LinkDown()

@@ -49,6 +49,8 @@ type linkEnv struct {
 	devices *jotunheim.Client
 	// metrics is the gateway's metrics registry.
 	metrics *metrics.Registry
+	// gatewayConn connects with the gateway role.
+	gatewayConn func() *nats.Conn
 	// stopGateway shuts the gateway down (as at cleanup) and waits.
 	stopGateway func()
 }
@@ -127,17 +129,25 @@ func startLinkEnv(t *testing.T) *linkEnv {
 	cfg.DeviceMaxFrameBytes = 16 << 10
 	cfg.Metrics = metrics.New()
 	e.metrics = cfg.Metrics
-	gw, err := gateway.New(cfg, connect(subjects.RoleGateway), quietLog())
+	e.gatewayConn = func() *nats.Conn { return connect(subjects.RoleGateway) }
+	e.addr, e.stopGateway = e.startGateway(t, cfg)
+	return e
+}
+
+// startGateway starts a gateway with cfg on its own connection and
+// returns its address and a stop function (also called at cleanup).
+func (e *linkEnv) startGateway(t *testing.T, cfg gateway.Config) (addr string, stop func()) {
+	t.Helper()
+	gw, err := gateway.New(cfg, e.gatewayConn(), quietLog())
 	if err != nil {
 		t.Fatal(err)
 	}
 	lis := listen(t)
-	e.addr = lis.Addr().String()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- gw.Serve(ctx, lis) }()
 	var once sync.Once
-	e.stopGateway = func() {
+	stop = func() {
 		once.Do(func() {
 			cancel()
 			if err := <-done; err != nil {
@@ -145,7 +155,7 @@ func startLinkEnv(t *testing.T) *linkEnv {
 			}
 		})
 	}
-	t.Cleanup(e.stopGateway)
+	t.Cleanup(stop)
 	select {
 	case <-gw.Ready():
 	case err := <-done:
@@ -153,7 +163,7 @@ func startLinkEnv(t *testing.T) *linkEnv {
 	case <-time.After(30 * time.Second):
 		t.Fatal("gateway not ready")
 	}
-	return e
+	return lis.Addr().String(), stop
 }
 
 // basic is the metadata value of a device login.
@@ -878,4 +888,48 @@ func TestDeviceLinkMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	g.cancel()
+}
+
+// TestDeviceLinkMovesBetweenGateways: a device that reconnects through
+// another gateway (a load balancer in front of two) while its old link is
+// still open has one link: the old gateway ends its link as replaced,
+// publishes no offline for it, and commands reach the device through the
+// new one.
+func TestDeviceLinkMovesBetweenGateways(t *testing.T) {
+	e := startLinkEnv(t)
+	cfg := gateway.DefaultConfig()
+	cfg.DeviceCalls = deviceCalls
+	addrB, _ := e.startGateway(t, cfg)
+	old := e.online(t, "kitchen")
+	offline, err := e.devices.Watch(ctxT(t), "kitchen", "offline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := e.logins["kitchen"]
+	moved := link(t, e.conn(t, basic(l.Username, l.Password), addrB))
+	moved.send(subjects.DeviceStatus, []byte(subjects.PresenceOnline))
+	moved.sendMsg(subjects.DeviceManifest, manifest("kitchen"))
+	moved.next(subjects.DeviceNegotiation)
+	if code, msg := old.ended(); code != codes.Aborted {
+		t.Fatalf("the old link: got %v %q, want Aborted (replaced)", code, msg)
+	}
+	got := make(chan error, 1)
+	go func() {
+		_, err := e.devices.Command(ctxT(t), "kitchen", &jv1.Command{Name: "ping"})
+		got <- err
+	}()
+	c, err := wire.DecodeCommand(moved.next(subjects.DeviceCmd).GetPayload(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved.sendMsg(subjects.DeviceResult, &jv1.CommandResult{Id: c.GetId(), Ok: true})
+	if err := <-got; err != nil {
+		t.Fatalf("ping through the new gateway: %v", err)
+	}
+	select {
+	case ev := <-offline:
+		t.Fatalf("the replaced link marked the device offline: %v", ev)
+	default:
+	}
+	e.waitOnline(t, "kitchen", true)
 }

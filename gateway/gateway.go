@@ -27,6 +27,7 @@ import (
 	lokiv1 "github.com/loki-iot/loki/proto/loki/v1"
 	"github.com/loki-iot/loki/services/jotunheim"
 	"github.com/loki-iot/loki/services/loki"
+	"github.com/loki-iot/loki/subjects"
 	"github.com/nats-io/nats.go"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -67,6 +68,7 @@ type Gateway struct {
 	served        atomic.Bool
 	// metrics is nil without cfg.Metrics; its methods then do nothing.
 	metrics *metrics.Gateway
+	links   *deviceLinks
 }
 
 // New validates cfg (zero durations take DefaultConfig's), loads the TLS
@@ -134,7 +136,8 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Gateway, error) {
 	g.srv = grpc.NewServer(opts...)
 	lokiv1.RegisterLokiServer(g.srv, &lokiServer{g: g})
 	lokiv1.RegisterDevicesServer(g.srv, &devicesServer{g: g, jc: jotunheim.NewClient(nc)})
-	lokiv1.RegisterDeviceLinkServer(g.srv, newDeviceLinks(g))
+	g.links = newDeviceLinks(g)
+	lokiv1.RegisterDeviceLinkServer(g.srv, g.links)
 	healthpb.RegisterHealthServer(g.srv, g.health)
 	g.healthState = healthpb.HealthCheckResponse_NOT_SERVING
 	for _, svc := range g.healthServices() {
@@ -235,6 +238,12 @@ func (g *Gateway) Serve(ctx context.Context, lis net.Listener) error {
 			}
 		}
 	})
+
+	claims, err := g.nc.Subscribe(subjects.DeviceLinkClaimAll, g.links.onClaim)
+	if err != nil {
+		return fmt.Errorf("gateway: device link claims: %w", err)
+	}
+	defer func() { _ = claims.Unsubscribe() }()
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- g.srv.Serve(lis) }()

@@ -73,6 +73,25 @@ var (
 		DeviceOTAOffer, DeviceOTAChunk, DeviceStreamCtl}
 )
 
+// Device link claims: when a device's gRPC link opens on a gateway, the
+// gateway publishes a claim on DeviceLinkClaim(id), and every gateway
+// closes an older link of that device, as the MQTT listener closes an
+// older session of a client id cluster-wide: a device has one link across
+// all gateways, and a stale link that ends late does not mark it offline.
+const (
+	DeviceLinkClaimPrefix = "loki.gateway.link"
+	// DeviceLinkClaimAll is what every gateway subscribes to.
+	DeviceLinkClaimAll = DeviceLinkClaimPrefix + ".*"
+)
+
+// DeviceLinkClaim returns the claim subject of device id's link.
+func DeviceLinkClaim(id string) (string, error) {
+	if err := ValidDeviceID(id); err != nil {
+		return "", err
+	}
+	return DeviceLinkClaimPrefix + "." + id, nil
+}
+
 // entityKind reports whether topics of kind end in an entity.
 func entityKind(kind string) bool { return kind == DeviceState || kind == DeviceSet }
 

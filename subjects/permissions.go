@@ -375,8 +375,10 @@ func RolePermissions(r Role, inbox string, scope ...string) (Permissions, error)
 		// The gRPC device link: it checks device logins with the identity
 		// service, puts what devices send on their uplink subjects and hears
 		// their downlink subjects. It lets each device act only as itself.
-		sub := []string{LokiEventsAll, ConfigReloadAll, DevicesEventsAll, streamData, myInbox}
-		pub = append(pub, AuthVerifyDevice)
+		// Gateways claim a device's link to each other (one link per
+		// device across gateways).
+		sub := []string{LokiEventsAll, ConfigReloadAll, DevicesEventsAll, streamData, DeviceLinkClaimAll, myInbox}
+		pub = append(pub, AuthVerifyDevice, DeviceLinkClaimAll)
 		for _, k := range DeviceUplinkKinds {
 			s, _ := DeviceSubjectAll(k)
 			pub = append(pub, s)
