@@ -304,7 +304,9 @@ func startBenchStack(ctx context.Context, name string, withAuth bool, log *slog.
 	if err := reg.Put(ctx, tool); err != nil {
 		return nil, err
 	}
-	svc, err := loki.New(loki.DefaultConfig(), st.svc, log)
+	lcfg := loki.DefaultConfig()
+	lcfg.EventInterest = srv.Interest // as under loki up
+	svc, err := loki.New(lcfg, st.svc, log)
 	if err != nil {
 		return nil, err
 	}

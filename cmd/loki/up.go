@@ -181,6 +181,7 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
 	}
 	lokiCfg := svcCfg.lokiConfig(nc)
 	lokiCfg.Metrics = met.reg
+	lokiCfg.EventInterest = srv.Interest
 	// Isolated workers connect over TCP as the loki identity, reading its
 	// seed in the data dir themselves.
 	winit := workerInit{URL: srv.ClientURL(), Creds: auth.SeedFile(authDir, string(subjects.RoleLoki)), TLSCA: svcCfg.NATS.TLSCertFile,

@@ -350,6 +350,15 @@ func (s *Server) LeafConnected() bool { return s.ns.NumLeafNodes() > 0 }
 // tls:// when the client port uses TLS.
 func (s *Server) ClientURL() string { return s.ns.ClientURL() }
 
+// Interest reports whether any subscription in the server's account of
+// clients (the global account every identity belongs to) matches subject:
+// local clients, JetStream streams, and subscribers across routes and
+// leaf-node links, whose interest the server tracks. It is a lookup in the
+// server's subscription table, cached per subject.
+func (s *Server) Interest(subject string) bool {
+	return s.ns.GlobalAccount().SubscriptionInterest(subject)
+}
+
 // MQTTAddr is host:port of the MQTT listener, or "" when it is off.
 func (s *Server) MQTTAddr() string {
 	if s.cfg.MQTTPort == 0 {

@@ -57,6 +57,13 @@ type Config struct {
 	Metrics *metrics.Registry
 	// Registry is how the tool registry bucket is created (replicas, hub).
 	Registry RegistryConfig
+	// EventInterest, when not nil, reports whether anything on the bus
+	// subscribes to an event subject (a watcher, a stream capturing
+	// events, a subscriber across a route or leaf link). An event nobody
+	// would receive is then not published: the server would drop it, and
+	// each costs as much as the call's reply. `loki up` sets it from its
+	// embedded server's subscription table; nil publishes every event.
+	EventInterest func(subject string) bool
 	// Isolation is how tools with hard memory and CPU limits run: in
 	// worker processes (see IsolationConfig). Without a Command, every
 	// tool runs in process.
@@ -394,6 +401,9 @@ const maxPooledEventBuf = 4 << 10
 
 func (s *Service) publishEvent(tool *Compiled, ev *event) {
 	subj := tool.events.of(ev.kind)
+	if s.cfg.EventInterest != nil && !s.cfg.EventInterest(subj) {
+		return
+	}
 	buf := s.eventBufs.Get().(*[]byte)
 	*buf = appendEvent((*buf)[:0], ev)
 	if err := s.nc.Publish(subj, *buf); err != nil {
