@@ -14,9 +14,9 @@ import (
 
 	"github.com/loki-iot/loki/devices/jotunheim"
 	"github.com/loki-iot/loki/devices/jotunheim/grpclink"
+	"github.com/loki-iot/loki/devices/wire"
 	"github.com/loki-iot/loki/gateway"
 	"github.com/loki-iot/loki/internal/auth"
-	"github.com/loki-iot/loki/devices/wire"
 	"github.com/loki-iot/loki/internal/bench"
 	"github.com/loki-iot/loki/internal/natsrv"
 	jv1 "github.com/loki-iot/loki/proto/jotunheim/v1"
