@@ -59,6 +59,8 @@ type Registry struct {
 	gateway      *Gateway
 	devicesOnce  sync.Once
 	devices      *Devices
+	isolateOnce  sync.Once
+	isolation    *Isolation
 }
 
 type check struct {

@@ -6,10 +6,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"os/exec"
 	"strconv"
+	"sync"
 	"time"
 
+	"github.com/loki-iot/loki/internal/metrics"
 	lokiv1 "github.com/loki-iot/loki/proto/loki/v1"
 	"github.com/loki-iot/loki/services/loki/engine"
 	"github.com/loki-iot/loki/services/loki/isolate"
@@ -177,4 +180,34 @@ func ServeWorker(ctx context.Context, link *isolate.Link, cfg WorkerConfig, log 
 			Returns: tool.Returns, Args: args, Grants: tool.Grants, Emit: emit, Timeout: wc.Timeout,
 		})
 	})
+}
+
+// metered adds the worker metrics to o: a worker counts as alive from its
+// start to its exit.
+func metered(o isolate.Observer, m *metrics.Isolation) isolate.Observer {
+	if m == nil {
+		return o
+	}
+	ready, exit := o.Ready, o.Exit
+	var started sync.Map // pids that became ready: a worker that failed to start never counted
+	o.Ready = func(pid int) {
+		started.Store(pid, struct{}{})
+		m.Started()
+		if ready != nil {
+			ready(pid)
+		}
+	}
+	o.Exit = func(pid int, st *os.ProcessState) {
+		if _, ok := started.LoadAndDelete(pid); ok {
+			how := metrics.WorkerExited
+			if st != nil && !st.Exited() {
+				how = metrics.WorkerSignaled
+			}
+			m.Ended(how)
+		}
+		if exit != nil {
+			exit(pid, st)
+		}
+	}
+	return o
 }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/loki-iot/loki/internal/fault"
+	"github.com/loki-iot/loki/internal/metrics"
 	"github.com/loki-iot/loki/internal/natstest"
 	"github.com/loki-iot/loki/services/loki"
 	"github.com/loki-iot/loki/services/loki/engine"
@@ -477,7 +478,8 @@ func TestIsolatedCPULimit(t *testing.T) {
 }
 
 func TestKilledWorkerCostsOnlyItsCall(t *testing.T) {
-	w, c := setupIsolated(t, 2)
+	reg := metrics.New()
+	w, c := setupIsolated(t, 2, func(cfg *loki.Config) { cfg.Metrics = reg })
 	// Warm: a worker answers.
 	if got, err := callWithin(c, 30*time.Second, "add_iso", `{"a":1,"b":1}`); err != nil || got != "2" {
 		t.Fatalf("add_iso: got %q, %v", got, err)
@@ -514,6 +516,37 @@ func TestKilledWorkerCostsOnlyItsCall(t *testing.T) {
 			t.Fatalf("call %d after the kill: got %q, %v", i, got, err)
 		}
 	}
+	// The metrics saw the kill and the replacement.
+	waitFor(t, func() bool {
+		m := gatherIsolation(t, reg)
+		return m["signaled"] == 1 && m["starts"] == m["workers"]+m["signaled"]+m["exited"] && m["workers"] >= 1
+	})
+}
+
+// gatherIsolation reads the worker metrics: workers (alive), starts, and
+// exits by how.
+func gatherIsolation(t *testing.T, reg *metrics.Registry) map[string]float64 {
+	t.Helper()
+	mfs, err := reg.Prometheus().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			switch mf.GetName() {
+			case "loki_isolation_workers":
+				out["workers"] = m.GetGauge().GetValue()
+			case "loki_isolation_worker_starts_total":
+				out["starts"] = m.GetCounter().GetValue()
+			case "loki_isolation_worker_exits_total":
+				for _, l := range m.GetLabel() {
+					out[l.GetValue()] = m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return out
 }
 
 func TestIsolatedStream(t *testing.T) {

@@ -158,7 +158,7 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Service, error) {
 	if cfg.Isolation.Command != nil && cfg.Isolation.Mode != IsolateNever {
 		var err error
 		sup, err = isolate.New(isolate.Config{Workers: cfg.Isolation.Workers, Command: cfg.Isolation.Command,
-			Init: cfg.Isolation.Init, Stderr: cfg.Isolation.Stderr, Observer: cfg.Isolation.Observer}, log)
+			Init: cfg.Isolation.Init, Stderr: cfg.Isolation.Stderr, Observer: metered(cfg.Isolation.Observer, cfg.Metrics.Isolation())}, log)
 		if err != nil {
 			return nil, fmt.Errorf("loki config: %w", err)
 		}
