@@ -56,6 +56,13 @@ type Config struct {
 	// login again, so that a revoked login ends it (UNAUTHENTICATED). A
 	// verified login is also remembered for at most this long (and 10s).
 	DeviceReverify time.Duration `toml:"device_reverify"`
+	// Keepalive is how long a connection may be idle before the gateway
+	// pings it; KeepaliveTimeout how long it waits for the answer before
+	// closing the connection. A device link on a connection that stops
+	// answering ends with it, and its device goes offline after at most
+	// Keepalive + KeepaliveTimeout (default 30s + 10s).
+	Keepalive        time.Duration `toml:"keepalive"`
+	KeepaliveTimeout time.Duration `toml:"keepalive_timeout"`
 	// Metrics, when not nil, receives every RPC by method and gRPC code with
 	// its duration (docs/METRICS.md), and a readiness check that passes
 	// once Ready is closed. Set by the caller, never decoded.
@@ -76,7 +83,8 @@ const (
 // device logins checked again every 15s.
 func DefaultConfig() Config {
 	return Config{StatusWindow: 250 * time.Millisecond, ShutdownTimeout: 10 * time.Second,
-		DeviceMaxFrameBytes: MaxDeviceFrameBytes, DeviceReverify: 15 * time.Second}
+		DeviceMaxFrameBytes: MaxDeviceFrameBytes, DeviceReverify: 15 * time.Second,
+		Keepalive: 30 * time.Second, KeepaliveTimeout: 10 * time.Second}
 }
 
 // Validate reports the first unusable setting. It does not read the TLS
@@ -108,6 +116,9 @@ func (c Config) Validate() error {
 	}
 	if c.DeviceReverify < time.Second/10 {
 		return fmt.Errorf("device_reverify %s: must be at least 100ms", c.DeviceReverify)
+	}
+	if c.Keepalive < time.Second || c.KeepaliveTimeout < time.Second {
+		return fmt.Errorf("keepalive %s, keepalive_timeout %s: each must be at least 1s", c.Keepalive, c.KeepaliveTimeout)
 	}
 	// The same rules as [jotunheim] device_calls, whose value this is.
 	for i, g := range c.DeviceCalls {
@@ -151,6 +162,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.DeviceReverify == 0 {
 		c.DeviceReverify = def.DeviceReverify
+	}
+	if c.Keepalive == 0 {
+		c.Keepalive = def.Keepalive
+	}
+	if c.KeepaliveTimeout == 0 {
+		c.KeepaliveTimeout = def.KeepaliveTimeout
 	}
 	return c
 }

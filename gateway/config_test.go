@@ -47,6 +47,7 @@ func TestConfigValidate(t *testing.T) {
 		{name: "bad device call pattern", edit: func(c *gateway.Config) { c.DeviceCalls = []string{"[a-"} }, wantErr: "device_calls[0]"},
 		{name: "frame too large", edit: func(c *gateway.Config) { c.DeviceMaxFrameBytes = 2 << 20 }, wantErr: "device_max_frame_bytes"},
 		{name: "negative frame", edit: func(c *gateway.Config) { c.DeviceMaxFrameBytes = -1 }, wantErr: "device_max_frame_bytes"},
+		{name: "keepalive too short", edit: func(c *gateway.Config) { c.Keepalive = time.Millisecond }, wantErr: "keepalive"},
 		{name: "reverify too often", edit: func(c *gateway.Config) { c.DeviceReverify = time.Millisecond }, wantErr: "device_reverify"},
 	}
 	for _, tc := range tests {
@@ -75,6 +76,8 @@ status_window = "500ms"
 shutdown_timeout = "3s"
 device_max_frame_bytes = 65536
 device_reverify = "30s"
+keepalive = "20s"
+keepalive_timeout = "5s"
 `
 	cfg := gateway.DefaultConfig()
 	md, err := toml.Decode(src, &cfg)
@@ -86,7 +89,7 @@ device_reverify = "30s"
 	}
 	want := gateway.Config{Tokens: []string{"s3cret"}, AdminTokens: []string{"adm1n", "adm2n"}, TLSCertFile: "cert.pem", TLSKeyFile: "key.pem",
 		AuthHealthAndReflection: true, StatusWindow: 500 * time.Millisecond, ShutdownTimeout: 3 * time.Second,
-		DeviceMaxFrameBytes: 64 << 10, DeviceReverify: 30 * time.Second}
+		DeviceMaxFrameBytes: 64 << 10, DeviceReverify: 30 * time.Second, Keepalive: 20 * time.Second, KeepaliveTimeout: 5 * time.Second}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("got %+v, want %+v", cfg, want)
 	}

@@ -44,21 +44,17 @@ const (
 )
 
 // Keepalive of every gRPC connection: the gateway pings a connection idle
-// for keepaliveTime and closes it when the ping is not answered within
-// keepaliveTimeout; a device link ends with it, and the device goes
+// for Config.Keepalive and closes it when the ping is not answered within
+// Config.KeepaliveTimeout; a device link ends with it, and the device goes
 // offline. Clients may ping as often as every keepaliveMinTime, with or
 // without a call running (gRPC's default refuses pings more often than
 // every 5 minutes, too slow to notice a lost device).
-const (
-	keepaliveTime    = 30 * time.Second
-	keepaliveTimeout = 10 * time.Second
-	keepaliveMinTime = 10 * time.Second
-)
+const keepaliveMinTime = 10 * time.Second
 
 // keepaliveOptions are the server options for the keepalive above.
-func keepaliveOptions() []grpc.ServerOption {
+func keepaliveOptions(cfg Config) []grpc.ServerOption {
 	return []grpc.ServerOption{
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: keepaliveTime, Timeout: keepaliveTimeout}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.Keepalive, Timeout: cfg.KeepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinTime, PermitWithoutStream: true}),
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/fstest"
 	"time"
@@ -674,9 +675,10 @@ func TestDeviceLinkNetworkCut(t *testing.T) {
 
 // tcpProxy forwards connections to a gateway until cut.
 type tcpProxy struct {
-	addr  string
-	mu    sync.Mutex
-	conns []net.Conn
+	addr   string
+	mu     sync.Mutex
+	conns  []net.Conn
+	frozen atomic.Bool
 }
 
 func proxy(t *testing.T, to string) *tcpProxy {
@@ -697,13 +699,34 @@ func proxy(t *testing.T, to string) *tcpProxy {
 			p.mu.Lock()
 			p.conns = append(p.conns, c, up)
 			p.mu.Unlock()
-			go func() { _, _ = io.Copy(up, c) }()
-			go func() { _, _ = io.Copy(c, up) }()
+			go p.pipe(up, c)
+			go p.pipe(c, up)
 		}
 	}()
 	t.Cleanup(p.cut)
 	return p
 }
+
+// pipe copies from src to dst until either closes, dropping what it reads
+// while the proxy is frozen.
+func (p *tcpProxy) pipe(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 && !p.frozen.Load() {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// freeze makes the network silent without closing anything, as a device
+// that loses power or a route does: no FIN, no RST, nothing gets through.
+func (p *tcpProxy) freeze() { p.frozen.Store(true) }
 
 // cut closes every forwarded connection at both ends.
 func (p *tcpProxy) cut() {
@@ -932,4 +955,24 @@ func TestDeviceLinkMovesBetweenGateways(t *testing.T) {
 	default:
 	}
 	e.waitOnline(t, "kitchen", true)
+}
+
+// TestDeviceLinkKeepaliveFailure: a device whose network goes silent (no
+// close, nothing gets through) is noticed by the gateway's keepalive: its
+// link ends and it goes offline, as an MQTT device's will fires when its
+// keepalive runs out.
+func TestDeviceLinkKeepaliveFailure(t *testing.T) {
+	e := startLinkEnv(t)
+	cfg := gateway.DefaultConfig()
+	cfg.Keepalive, cfg.KeepaliveTimeout = time.Second, time.Second
+	addr, _ := e.startGateway(t, cfg)
+	silent := proxy(t, addr)
+	l := e.logins["kitchen"]
+	d := link(t, e.conn(t, basic(l.Username, l.Password), silent.addr))
+	d.send(subjects.DeviceStatus, []byte(subjects.PresenceOnline))
+	d.sendMsg(subjects.DeviceManifest, manifest("kitchen"))
+	d.next(subjects.DeviceNegotiation)
+	e.waitOnline(t, "kitchen", true)
+	silent.freeze()
+	e.waitOnline(t, "kitchen", false)
 }

@@ -121,7 +121,7 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Gateway, error) {
 		// fifth. When every worker is busy grpc still starts a goroutine.
 		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
 	}
-	opts = append(opts, keepaliveOptions()...)
+	opts = append(opts, keepaliveOptions(cfg)...)
 	if cfg.TLSCertFile != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
 		if err != nil {
