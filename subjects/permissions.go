@@ -97,6 +97,10 @@ const (
 	// set commands.
 	RoleHomeAssistant Role = "homeassistant"
 	RoleScriptMQTT    Role = "script-mqtt"
+	// RoleLokiWorker is a worker process running isolated calls: it
+	// reaches the child services and devices for its scripts' modules, and
+	// nothing of Loki's own (no registry, no events, no serving).
+	RoleLokiWorker Role = "loki-worker"
 )
 
 // ComponentRoles are the roles `loki up` holds one identity of each for.
@@ -109,7 +113,7 @@ var PersonRoles = []Role{RoleClient, RoleAdmin}
 func (r Role) Valid() bool {
 	switch r {
 	case RoleAdmin, RoleClient, RoleLoki, RoleHel, RoleFenrir, RoleJormungandr, RoleGateway, RoleAuth, RoleJotunheim,
-		RoleDevice, RoleScriptMQTT, RoleHomeAssistant:
+		RoleDevice, RoleScriptMQTT, RoleHomeAssistant, RoleLokiWorker:
 		return true
 	}
 	return false
@@ -338,6 +342,12 @@ func RolePermissions(r Role, inbox string, scope ...string) (Permissions, error)
 		sub := []string{LokiExecAll, LokiToolsList, LokiToolsGet, LokiToolsRegister, LokiToolsUnregister,
 			LokiCapabilities, LokiCancel, streamData, myInbox}
 		return Permissions{PubAllow: pub, SubAllow: append(sub, srvSubs(LokiService)...)}, nil
+	case RoleLokiWorker:
+		// What the scripts' modules call (hel, fenrir, jormungandr,
+		// jotunheim), as Loki does; the replica that supervises the worker
+		// keeps the registry, the events and the exec subjects.
+		return Permissions{PubAllow: []string{HelAll, FenrirAll, JormungandrAll, DevicesCmd, streamCtl},
+			SubAllow: []string{streamData, myInbox}}, nil
 	case RoleHel:
 		// Hel never creates, updates or deletes a stream: it asks the
 		// bucket broker (AuthHelBucket), which creates or updates only

@@ -182,9 +182,10 @@ SIGINT or SIGTERM drains running calls and exits; a second signal exits at once.
 	lokiCfg := svcCfg.lokiConfig(nc)
 	lokiCfg.Metrics = met.reg
 	lokiCfg.EventInterest = srv.Interest
-	// Isolated workers connect over TCP as the loki identity, reading its
-	// seed in the data dir themselves.
-	winit := workerInit{URL: srv.ClientURL(), Creds: auth.SeedFile(authDir, string(subjects.RoleLoki)), TLSCA: svcCfg.NATS.TLSCertFile,
+	// Isolated workers connect over TCP with their own identity (the
+	// child services and devices their scripts' modules call, nothing of
+	// Loki's), reading its seed in the data dir themselves.
+	winit := workerInit{URL: srv.ClientURL(), Creds: auth.SeedFile(authDir, string(subjects.RoleLokiWorker)), TLSCA: svcCfg.NATS.TLSCertFile,
 		LogLevel: level.Level().String(), LogFormat: fs.Lookup("log-format").Value.String(), Limits: lokiCfg.Limits}
 	if lokiCfg.Isolation, err = svcCfg.isolation(winit, stderr); err != nil {
 		return err

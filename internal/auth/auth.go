@@ -82,8 +82,9 @@ type Credential struct {
 }
 
 // BuiltIns are the identities `loki up` creates on first start: one per
-// component, plus the local client and admin the CLI uses by default.
-var BuiltIns = append(slices.Clone(subjects.ComponentRoles), subjects.RoleClient, subjects.RoleAdmin)
+// component, the isolated workers' (whose processes read its seed), plus
+// the local client and admin the CLI uses by default.
+var BuiltIns = append(slices.Clone(subjects.ComponentRoles), subjects.RoleLokiWorker, subjects.RoleClient, subjects.RoleAdmin)
 
 const storeFile = "identities.json"
 

@@ -517,6 +517,32 @@ func TestJotunheimPermissions(t *testing.T) {
 	storesIntact(t, b)
 }
 
+func TestLokiWorkerPermissions(t *testing.T) {
+	cases := []permCase{
+		{name: "call Hel", op: req, subject: "hel.kv.get", by: "hel", allowed: true},
+		{name: "call Fenrir", op: req, subject: "fenrir.sim.board.list", by: "fenrir", allowed: true},
+		{name: "call Jormungandr", op: req, subject: "jormungandr.http.request", by: "jormungandr", allowed: true},
+		{name: "command a device", op: req, subject: "devices.cmd", by: "jotunheim", allowed: true},
+		{name: "own inbox", op: sub, subject: "_INBOX.{me}.>", allowed: true},
+
+		{name: "publish script events", op: pub, subject: "loki.events.add.completed"},
+		{name: "serve tools", op: sub, subject: "loki.exec.*"},
+		{name: "call a tool", op: req, subject: "loki.exec.add", by: "loki"},
+		{name: "register a tool", op: req, subject: "loki.tools.register", by: "loki"},
+		{name: "registry put", op: kvPut, subject: "loki_tools"},
+		{name: "registry read", op: jsAPI, subject: "$JS.API.DIRECT.GET.KV_loki_tools.$KV.loki_tools.add"},
+		{name: "Hel bucket put", op: kvPut, subject: helBucket},
+		{name: "account info", op: jsAPI, subject: "$JS.API.INFO"},
+		{name: "answer another caller", op: pub, subject: "_INBOX.{admin}.x"},
+		{name: "serve Hel", op: sub, subject: "hel.>"},
+	}
+	cases = append(cases, componentDenied...)
+	b := startBus(t)
+	seedStores(t, b)
+	runTable(t, b, func(t *testing.T) *client { return b.connect(t, string(subjects.RoleLokiWorker)) }, cases)
+	storesIntact(t, b)
+}
+
 func TestFenrirPermissions(t *testing.T) {
 	cases := []permCase{
 		{name: "serve boards", op: sub, subject: "fenrir.>", allowed: true},
