@@ -14,6 +14,7 @@ import (
 	"github.com/loki-iot/loki/internal/fault"
 	"github.com/loki-iot/loki/internal/helbucket"
 	"github.com/loki-iot/loki/internal/microsvc"
+	"github.com/loki-iot/loki/internal/replicas"
 	"github.com/loki-iot/loki/subjects"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -96,15 +97,20 @@ func (s *Service) helBucket(ctx context.Context, r *microsvc.Request) ([]byte, n
 	case !errors.Is(err, jetstream.ErrStreamNotFound):
 		return nil, nil, jsFault(err, stream)
 	}
-	if req.KV != nil {
-		c := *req.KV
-		c.Metadata = helbucket.Mark(c.Metadata)
-		_, err = js.CreateOrUpdateKeyValue(ctx, c)
-	} else {
-		c := *req.Object
-		c.Metadata = helbucket.Mark(c.Metadata)
-		_, err = js.CreateOrUpdateObjectStore(ctx, c)
-	}
+	// On a cluster that has just started, a replicated bucket may find no
+	// peers to be placed on for a moment: replicas.Setup tries again.
+	err = replicas.Setup(ctx, nil, stream, func(ctx context.Context) (err error) {
+		if req.KV != nil {
+			c := *req.KV
+			c.Metadata = helbucket.Mark(c.Metadata)
+			_, err = js.CreateOrUpdateKeyValue(ctx, c)
+		} else {
+			c := *req.Object
+			c.Metadata = helbucket.Mark(c.Metadata)
+			_, err = js.CreateOrUpdateObjectStore(ctx, c)
+		}
+		return err
+	})
 	if err != nil {
 		return nil, nil, jsFault(err, stream)
 	}

@@ -51,9 +51,14 @@ const (
 	setupTimeout   = 60 * time.Second
 )
 
+// errNoPeers is JetStream's "no suitable peers for placement": on a
+// cluster that has just started, the meta leader does not know every peer
+// online yet, and a replicated bucket cannot be placed for a moment.
+const errNoPeers jetstream.ErrorCode = 10005
+
 // Setup runs setup (creating or opening bucket) in attempts of 5 s, for at
-// most a minute or until ctx ends, while an attempt times out, and returns
-// its last error. It logs a
+// most a minute or until ctx ends, while an attempt times out or finds no
+// peers to place the bucket on yet, and returns its last error. It logs a
 // WARN naming bucket before each new attempt.
 func Setup(ctx context.Context, log *slog.Logger, bucket string, setup func(context.Context) error) error {
 	deadline := time.Now().Add(setupTimeout)
@@ -63,8 +68,10 @@ func Setup(ctx context.Context, log *slog.Logger, bucket string, setup func(cont
 		cancel()
 		// Only an attempt left without an answer is tried again; a refusal
 		// (permissions, a bad config) is final.
-		if err == nil || ctx.Err() != nil || time.Now().After(deadline) ||
-			!(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)) {
+		var api *jetstream.APIError
+		transient := errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+			(errors.As(err, &api) && api.ErrorCode == errNoPeers)
+		if err == nil || ctx.Err() != nil || time.Now().After(deadline) || !transient {
 			return err
 		}
 		if log != nil {
