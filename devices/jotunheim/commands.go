@@ -28,7 +28,7 @@ const (
 )
 
 var builtin = map[string]bool{CmdPing: true, CmdCaps: true, CmdReboot: true, CmdConfigGet: true,
-	CmdConfigSet: true, CmdRead: true, CmdSet: true, CmdState: true, CmdOTARollback: true, CmdLokiExec: true}
+	CmdConfigSet: true, CmdRead: true, CmdSet: true, CmdState: true, CmdOTARollback: true, CmdToolCall: true}
 
 // queued is a command waiting for the worker.
 type queued struct {
@@ -145,7 +145,7 @@ func (a *Agent) worker(ctx context.Context, cancel context.CancelCauseFunc) {
 			continue
 		}
 		a.commands.Add(1)
-		if c.GetName() == CmdLokiExec { // beside the worker (lokiexec.go)
+		if c.GetName() == CmdToolCall { // beside the worker (lokiexec.go)
 			a.startLokiExec(ctx, c, time.Duration(c.GetTimeoutMs())*time.Millisecond)
 			continue
 		}

@@ -10,11 +10,11 @@ import (
 	"github.com/loki-iot/loki/subjects"
 )
 
-// CmdLokiExec forwards a controller's command to Loki and answers with the
+// CmdToolCall forwards a controller's command to Loki and answers with the
 // tool's result: args {"tool": name, "args": {...}, "timeout_ms": n}
 // (args and timeout_ms optional). A failed call answers with the call's
 // code and message, as a controller calling the tool would get them.
-const CmdLokiExec = "loki.exec"
+const CmdToolCall = "tool.call"
 
 // Bounds of loki.exec.
 const (
@@ -58,7 +58,7 @@ func (a *Agent) startLokiExec(ctx context.Context, c *jv1.Command, timeout time.
 func (a *Agent) lokiExec(ctx context.Context, args map[string]any, timeout time.Duration) (any, error) {
 	tool, _ := args["tool"].(string)
 	if err := subjects.ValidToolName(tool); err != nil {
-		return nil, fault.New(fault.InvalidArgument, "device %s: %s: args.tool: %v", a.cfg.Device.ID, CmdLokiExec, err)
+		return nil, fault.New(fault.InvalidArgument, "device %s: %s: args.tool: %v", a.cfg.Device.ID, CmdToolCall, err)
 	}
 	var targs map[string]any
 	switch v := args["args"].(type) {
@@ -66,7 +66,7 @@ func (a *Agent) lokiExec(ctx context.Context, args map[string]any, timeout time.
 	case map[string]any:
 		targs = v
 	default:
-		return nil, fault.New(fault.InvalidArgument, "device %s: %s: args.args must be an object", a.cfg.Device.ID, CmdLokiExec)
+		return nil, fault.New(fault.InvalidArgument, "device %s: %s: args.args must be an object", a.cfg.Device.ID, CmdToolCall)
 	}
 	d := lokiExecTimeout
 	if timeout > 0 {
@@ -76,11 +76,11 @@ func (a *Agent) lokiExec(ctx context.Context, args map[string]any, timeout time.
 	case nil:
 	case float64:
 		if ms < 1 || ms > float64(time.Hour/time.Millisecond) {
-			return nil, fault.New(fault.InvalidArgument, "device %s: %s: args.timeout_ms %v must be 1 to 3600000", a.cfg.Device.ID, CmdLokiExec, ms)
+			return nil, fault.New(fault.InvalidArgument, "device %s: %s: args.timeout_ms %v must be 1 to 3600000", a.cfg.Device.ID, CmdToolCall, ms)
 		}
 		d = min(d, time.Duration(ms)*time.Millisecond)
 	default:
-		return nil, fault.New(fault.InvalidArgument, "device %s: %s: args.timeout_ms must be a number", a.cfg.Device.ID, CmdLokiExec)
+		return nil, fault.New(fault.InvalidArgument, "device %s: %s: args.timeout_ms must be a number", a.cfg.Device.ID, CmdToolCall)
 	}
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
@@ -93,7 +93,7 @@ func (a *Agent) lokiExec(ctx context.Context, args map[string]any, timeout time.
 		if fault.CodeOf(err) == fault.Internal {
 			// The runner's own failure, not a code from the platform: keep
 			// the code, say what failed.
-			a.log.Warn("loki.exec", "tool", tool, logErr, err)
+			a.log.Warn(CmdToolCall, "tool", tool, logErr, err)
 		}
 		return nil, err
 	}

@@ -58,7 +58,7 @@ func TestLokiExecOverToolCalls(t *testing.T) {
 		{"bad timeout", map[string]any{"tool": "add", "timeout_ms": 0}, fault.InvalidArgument, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := p.command(jotunheim.CmdLokiExec, "", tc.args, 0)
+			r := p.command(jotunheim.CmdToolCall, "", tc.args, 0)
 			if tc.wantCode != "" {
 				if r.GetOk() || r.GetCode() != string(tc.wantCode) {
 					t.Fatalf("got ok=%v %s %q, want %s", r.GetOk(), r.GetCode(), r.GetMessage(), tc.wantCode)
@@ -95,15 +95,15 @@ func TestLokiExecRunner(t *testing.T) {
 	runAgent(t, testConfig(t, s, "runner"), jotunheim.WithToolRunner(runner))
 	p.waitState(0, "led", anyValue)
 
-	r := p.command(jotunheim.CmdLokiExec, "", map[string]any{"tool": "ping_me"}, 0)
+	r := p.command(jotunheim.CmdToolCall, "", map[string]any{"tool": "ping_me"}, 0)
 	if !r.GetOk() || !r.GetData().GetStructValue().GetFields()["pinged"].GetBoolValue() {
 		t.Fatalf("ping_me: got ok=%v %v %s %q, want {pinged: true}", r.GetOk(), r.GetData(), r.GetCode(), r.GetMessage())
 	}
-	r = p.command(jotunheim.CmdLokiExec, "", map[string]any{"tool": "missing"}, 0)
+	r = p.command(jotunheim.CmdToolCall, "", map[string]any{"tool": "missing"}, 0)
 	if r.GetOk() || r.GetCode() != string(fault.NotFound) {
 		t.Fatalf("missing: got ok=%v %s, want %s", r.GetOk(), r.GetCode(), fault.NotFound)
 	}
-	r = p.command(jotunheim.CmdLokiExec, "", map[string]any{"tool": "slow", "timeout_ms": 50}, 0)
+	r = p.command(jotunheim.CmdToolCall, "", map[string]any{"tool": "slow", "timeout_ms": 50}, 0)
 	if r.GetOk() || r.GetCode() != string(fault.DeadlineExceeded) {
 		t.Fatalf("slow: got ok=%v %s, want %s", r.GetOk(), r.GetCode(), fault.DeadlineExceeded)
 	}
@@ -128,7 +128,7 @@ func TestLokiExecSlots(t *testing.T) {
 	// Five at once (their arrival order is not guaranteed): one is refused.
 	ids := map[string]bool{}
 	for range 5 {
-		ids[p.send(jotunheim.CmdLokiExec, "", map[string]any{"tool": "block"}, 0)] = true
+		ids[p.send(jotunheim.CmdToolCall, "", map[string]any{"tool": "block"}, 0)] = true
 	}
 	refused := p.wait(0, "a loki.exec refused RESOURCE_EXHAUSTED", func(m msg) bool {
 		if m.kind != subjects.DeviceResult {

@@ -26,7 +26,7 @@ var ErrInvalid = errors.New("invalid bucket request")
 // OwnerKey is the stream metadata key that names a stream's owner, and
 // Owner its value on the streams the broker makes for Hel.
 const (
-	OwnerKey = "loki.owner"
+	OwnerKey = "loki_owner"
 	Owner    = "hel"
 )
 

@@ -487,7 +487,7 @@ func (f *fileStore) list(ctx context.Context, req request, _ *microsvc.Request) 
 	}
 	defer d.Close()
 	ls := listing{field: "entries", what: fileWhat(req), items: "entries",
-		narrow: "list a subdirectory", cap: f.s.cfg.Files.MaxListEntries, lua: "hel.files.list(namespace, path, {limit = n, after = next})"}
+		narrow: "list a subdirectory", cap: f.s.cfg.Files.MaxListEntries, lua: grantModule + ".files.list(namespace, path, {limit = n, after = next})"}
 	var page *firstAfter[fs.DirEntry]
 	if req.page.paged() {
 		page = newFirstAfter(req.page, req.page.pageLimit(ls.cap), func(e fs.DirEntry) string { return e.Name() })

@@ -292,7 +292,7 @@ func (s *Service) kvKeys(ctx context.Context, req request, _ *microsvc.Request) 
 	}
 	defer func() { _ = l.Stop() }()
 	ls := listing{field: "keys", what: fmt.Sprintf("bucket %q", req.bucket), items: "keys",
-		narrow: "narrow it with a filter", cap: s.cfg.KV.MaxListKeys, lua: "hel.kv.keys(bucket, filter, {limit = n, after = next})"}
+		narrow: "narrow it with a filter", cap: s.cfg.KV.MaxListKeys, lua: grantModule + ".kv.keys(bucket, filter, {limit = n, after = next})"}
 	more := false
 	if req.page.paged() {
 		// A key rewritten while listing can show twice; firstAfter keeps
@@ -373,7 +373,7 @@ func (s *Service) kvHistory(ctx context.Context, req request, _ *microsvc.Reques
 		}
 		out.Entries = append(out.Entries, he)
 	}
-	ls := listing{field: "entries", what: keyWhat(req), items: "revisions", cap: len(out.Entries) + 1, lua: "hel.kv.history(bucket, key, {limit = n, after = next})"}
+	ls := listing{field: "entries", what: keyWhat(req), items: "revisions", cap: len(out.Entries) + 1, lua: grantModule + ".kv.history(bucket, key, {limit = n, after = next})"}
 	return s.listReply(ls, req.page, len(out.Entries), func(i int) any { return out.Entries[i] },
 		func(i int) string { return strconv.FormatUint(out.Entries[i].Revision, 10) }, false)
 }

@@ -193,13 +193,13 @@ func TestAgentThroughTheGateway(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err = jc.Command(cctx, "edge", &jv1.Command{Name: jotunheim.CmdLokiExec, Args: args})
+	out, err = jc.Command(cctx, "edge", &jv1.Command{Name: jotunheim.CmdToolCall, Args: args})
 	var temp float64
 	if err != nil || json.Unmarshal(out, &temp) != nil {
 		t.Fatalf("loki.exec edge_temperature: got %s, %v, want a number", out, err)
 	}
 	args, _ = structpb.NewStruct(map[string]any{"tool": "no_such_tool"})
-	if _, err = jc.Command(cctx, "edge", &jv1.Command{Name: jotunheim.CmdLokiExec, Args: args}); err == nil {
+	if _, err = jc.Command(cctx, "edge", &jv1.Command{Name: jotunheim.CmdToolCall, Args: args}); err == nil {
 		t.Fatal("loki.exec no_such_tool: got nil, want NOT_FOUND")
 	} else {
 		lokitest.WantCode(t, err, "NOT_FOUND")

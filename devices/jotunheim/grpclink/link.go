@@ -178,7 +178,7 @@ func New(cfg Config) (*Transport, error) {
 		grpc.WithKeepaliveParams(keepaliveParams()),
 		// Room for the topic and framing around the largest payload.
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(cfg.MaxMessageBytes + 4096)),
-		grpc.WithUserAgent("jotunheim/" + jotunheim.FirmwareVersion),
+		grpc.WithUserAgent("jotunheim-agent " + jotunheim.FirmwareVersion),
 	}
 	return t, nil
 }

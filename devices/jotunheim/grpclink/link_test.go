@@ -594,10 +594,10 @@ func TestAgentOverLink(t *testing.T) {
 		t.Fatalf("ping: got %v", r)
 	}
 	// loki.exec goes to the gateway's Loki service with the device's login.
-	if r := command(jotunheim.CmdLokiExec, map[string]any{"tool": "add", "args": map[string]any{"a": 1, "b": 2}}); !r.GetOk() || r.GetData().GetNumberValue() != 3 {
+	if r := command(jotunheim.CmdToolCall, map[string]any{"tool": "add", "args": map[string]any{"a": 1, "b": 2}}); !r.GetOk() || r.GetData().GetNumberValue() != 3 {
 		t.Fatalf("loki.exec add: got %v", r)
 	}
-	if r := command(jotunheim.CmdLokiExec, map[string]any{"tool": "boom"}); r.GetOk() || r.GetCode() != string(fault.ScriptError) {
+	if r := command(jotunheim.CmdToolCall, map[string]any{"tool": "boom"}); r.GetOk() || r.GetCode() != string(fault.ScriptError) {
 		t.Fatalf("loki.exec boom: got %v, want %s", r, fault.ScriptError)
 	}
 
