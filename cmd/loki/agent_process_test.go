@@ -206,3 +206,48 @@ backoff_cap = "500ms"
 		t.Errorf("agent did not log going offline:\n%s", agent.out.String())
 	}
 }
+
+// TestAgentStreamOverGRPC: the real agent binary on the gateway's device
+// link (`jotunheim --sim --gateway ...`, as the README's tour says) shows
+// its stream sources, and `loki devices stream` reads one: exactly the
+// bytes asked for, the sim pattern's (byte i is i mod 251); an unknown
+// source is NOT_FOUND.
+func TestAgentStreamOverGRPC(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the agent binary")
+	}
+	bin := buildAgent(t)
+	dir := t.TempDir()
+	url, stop, banner := startUpOut(t, dir)
+	defer stop()
+	grpcAddr := grpcLine.FindStringSubmatch(banner)[1]
+	if _, _, err := cliAll("auth", "add-device", "demo", "--nats-url", url); err != nil {
+		t.Fatal(err)
+	}
+	startAgent(t, bin, dir, "--sim", "--id", "demo", "--gateway", grpcAddr)
+	waitDevice(t, url, "demo", "online", online)
+	show, err := cli(t, "devices", "show", "demo", "--nats-url", url)
+	if err != nil || !strings.Contains(show, "pattern (") || !strings.Contains(show, "sine (") {
+		t.Fatalf("devices show: got %q, %v; want the sim's streams", show, err)
+	}
+	out := filepath.Join(t.TempDir(), "pattern.bin")
+	if _, _, err := cliAll("devices", "stream", "demo", "pattern", "--bytes", "200000", "-o", out, "--nats-url", url); err != nil {
+		t.Fatalf("devices stream: %v", err)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) != 200000 {
+		t.Fatalf("got %d bytes, want 200000", len(b))
+	}
+	for i, c := range b {
+		if c != byte(i%251) {
+			t.Fatalf("byte %d: got %d, want %d", i, c, i%251)
+		}
+	}
+	_, _, err = cliAll("devices", "stream", "demo", "nope", "--bytes", "10", "--nats-url", url)
+	if err == nil || !strings.Contains(err.Error(), "NOT_FOUND") || !strings.Contains(err.Error(), "pattern") {
+		t.Fatalf("unknown source: got %v; want NOT_FOUND naming the sources there are", err)
+	}
+}

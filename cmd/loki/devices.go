@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -22,12 +24,13 @@ import (
 )
 
 // devicesCommands are the subcommands of `loki devices`; without one it lists.
-var devicesCommands = []string{"list", "show", "cmd", "watch", "rm"}
+var devicesCommands = []string{"list", "show", "cmd", "watch", "stream", "rm"}
 
 const devicesSynopsis = `Usage: loki devices [list] [--json] [flags]
        loki devices show ID [--json]
        loki devices cmd ID NAME [key=value ...] [--entity E] [--priority N] [--timeout D]
        loki devices watch [ID] [--kind K] [--json]
+       loki devices stream ID SOURCE [--bytes N] [-o FILE]
        loki devices rm ID
 
 Lists the Jotunheim devices the platform knows (docs/DEVICES.md): id, name,
@@ -48,6 +51,8 @@ func cmdDevices(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			return devicesCmd(ctx, args[1:], stdout, stderr)
 		case "watch":
 			return devicesWatch(ctx, args[1:], stdout, stderr)
+		case "stream":
+			return devicesStream(ctx, args[1:], stdout, stderr)
 		case "rm":
 			return devicesRemove(ctx, args[1:], stdout, stderr)
 		}
@@ -238,6 +243,11 @@ func writeDevice(w io.Writer, d *jv1.Device, now time.Time) {
 		line("limits", strings.Join(parts, ", "))
 	}
 	line("tools", strings.Join(d.GetTools(), ", "))
+	var streams []string
+	for _, src := range m.GetStreams() {
+		streams = append(streams, fmt.Sprintf("%s (%s, %s)", src.GetName(), src.GetKind(), src.GetContentType()))
+	}
+	line("streams", strings.Join(streams, ", ")) // loki devices stream ID NAME
 	_ = tw.Flush()
 
 	tool := func(entity string) string {
@@ -523,5 +533,69 @@ may remove devices.`, stderr)
 		return toolsFailed("devices rm", denied(err))
 	}
 	fmt.Fprintf(stdout, "removed %s\n", pos[0])
+	return nil
+}
+
+func devicesStream(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("devices stream", `Usage: loki devices stream ID SOURCE [--bytes N] [-o FILE] [flags]
+
+Reads device ID's stream source SOURCE (the streams in 'loki devices show
+ID'; the sim board has "sine" and "pattern") and writes its bytes to
+standard output or FILE until --bytes, the source's end, or Ctrl-C. Flow
+is credit-based: a slow writer slows the device, or makes it drop chunks
+when the source's policy is drop (counted on standard error at the end).`, stderr)
+	nf := addNATSFlags(fs, subjects.RoleClient)
+	maxBytes := fs.Uint64("bytes", 0, "stop after `N` bytes (0: until the source ends or Ctrl-C)")
+	var out string
+	fs.StringVar(&out, "output", "", "write to `FILE` instead of standard output")
+	fs.StringVar(&out, "o", "", "short for --output")
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 2 {
+		fs.Usage()
+		return usageMistake("devices stream", fmt.Errorf("devices stream: want a device ID and a SOURCE, got %d arguments", len(pos)))
+	}
+	if err := deviceID("devices stream", pos[0]); err != nil {
+		return err
+	}
+	w := stdout
+	if out != "" {
+		f, err := os.Create(out)
+		if err != nil {
+			return usageMistake("devices stream", fmt.Errorf("devices stream: %w", err))
+		}
+		defer f.Close()
+		w = f
+	}
+	nc, err := nf.dial()
+	if err != nil {
+		return toolsFailed("devices stream", err)
+	}
+	defer nc.Close()
+	r, err := jotunheim.OpenStream(ctx, nc, pos[0], pos[1], *maxBytes, jotunheim.StreamOptions{})
+	if err != nil {
+		return toolsFailed("devices stream", err)
+	}
+	defer r.Close()
+	for {
+		c, err := r.Next(ctx)
+		if errors.Is(err, io.EOF) || (err != nil && ctx.Err() != nil) {
+			break
+		}
+		if err != nil {
+			return toolsFailed("devices stream", err)
+		}
+		if _, err := w.Write(c.GetData()); err != nil {
+			return toolsFailed("devices stream", fmt.Errorf("write: %w", err))
+		}
+		if c.GetEof() {
+			break
+		}
+	}
+	if st := r.Stats(); st.Dropped > 0 {
+		fmt.Fprintf(stderr, "loki: the device dropped %d chunks (the reader was slower than the source)\n", st.Dropped)
+	}
 	return nil
 }

@@ -310,7 +310,7 @@ func TestDevicesHelp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{`"devices ") words="list show cmd watch rm`, `"devices cmd") words="`, "--entity", `"serve jotunheim")`} {
+	for _, want := range []string{`"devices ") words="list show cmd watch stream rm`, `"devices cmd") words="`, "--entity", `"serve jotunheim")`} {
 		if !strings.Contains(bash, want) {
 			t.Errorf("bash completion lacks %q", want)
 		}
