@@ -133,8 +133,6 @@ type WorkerConfig struct {
 	Modules []engine.Module
 }
 
-// maxWorkerTools bounds the compiled tools a worker keeps.
-const maxWorkerTools = 256
 
 // ServeWorker runs the calls a supervisor sends over link, one at a time,
 // in the same engine a replica uses, until the supervisor lets go of the
@@ -157,7 +155,7 @@ func ServeWorker(ctx context.Context, link *isolate.Link, cfg WorkerConfig, log 
 			if err != nil {
 				return nil, fmt.Errorf("worker: %w", err)
 			}
-			if len(tools) >= maxWorkerTools {
+			if c.Forget { // the supervisor forgot them too (isolate.MaxKeys)
 				clear(tools)
 			}
 			tools[c.Key], tool = t, t

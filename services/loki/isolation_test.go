@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -341,11 +342,16 @@ return "done"
 // n workers connected in process, as under `loki up`; opts adjust its
 // config.
 func setupIsolated(tb testing.TB, n int, opts ...func(*loki.Config)) (*workers, *loki.Client) {
+	return setupIsolatedWith(tb, isolationTools, n, opts...)
+}
+
+// setupIsolatedWith is setupIsolated with the tools of src.
+func setupIsolatedWith(tb testing.TB, src string, n int, opts ...func(*loki.Config)) (*workers, *loki.Client) {
 	tb.Helper()
 	w := newWorkers()
 	srv := natstest.Start(tb)
 	nc := natstest.Connect(tb, srv)
-	tools, err := loki.ParseTools("isolation.toml", []byte(isolationTools), fstest.MapFS{})
+	tools, err := loki.ParseTools("isolation.toml", []byte(src), fstest.MapFS{})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -691,4 +697,31 @@ func TestIsolatedStreamCancel(t *testing.T) {
 	if got := w.pidOf("add_iso"); got != pid {
 		t.Errorf("add_iso ran in worker %d, want %d: the cancelled call's worker was replaced, not told to stop", got, pid)
 	}
+}
+
+// TestWorkerKeepsToolsPastItsCache: a worker keeps at most isolate.MaxKeys
+// tools compiled; calling more tools than that on one worker, then the
+// first again, still works (the supervisor and the worker forget
+// together, and the first tool is set up again).
+func TestWorkerKeepsToolsPastItsCache(t *testing.T) {
+	var src strings.Builder
+	n := isolate.MaxKeys + 2
+	for i := range n {
+		fmt.Fprintf(&src, "[[tools]]\nname = \"t%d\"\nreturns = \"number\"\nmemory = \"64MiB\"\nscript = \"return %d\"\n", i, i)
+	}
+	_, c := setupIsolatedWith(t, src.String(), 1)
+	for _, i := range append(rangeN(n), 0, 1, n-1) {
+		got, err := callWithin(c, 30*time.Second, fmt.Sprintf("t%d", i), `{}`)
+		if err != nil || got != strconv.Itoa(i) {
+			t.Fatalf("t%d: got %q, %v; want %d", i, got, err, i)
+		}
+	}
+}
+
+func rangeN(n int) []int {
+	out := make([]int, n)
+	for i := range out {
+		out[i] = i
+	}
+	return out
 }

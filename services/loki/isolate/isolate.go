@@ -170,11 +170,16 @@ func readFrame(r io.Reader) (byte, []byte, error) {
 }
 
 // callMeta is the head of a call frame; the payload follows it.
+// MaxKeys is how many Request.Keys a worker keeps set up; past it the
+// supervisor and the worker forget them all together (Call.Forget).
+const MaxKeys = 256
+
 type callMeta struct {
 	Seq    uint64 `json:"seq"`
 	Name   string `json:"name"`
 	Key    string `json:"key,omitempty"`
 	Setup  []byte `json:"setup,omitempty"`
+	Forget bool   `json:"forget,omitempty"`
 	Memory uint64 `json:"memory,omitempty"`
 	CPU    int64  `json:"cpu,omitempty"`
 }

@@ -187,6 +187,9 @@ func (s *Supervisor) Do(ctx context.Context, req Request) ([]byte, error) {
 				w = nil
 			}
 		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.Canceled) {
+				return nil, fault.New(fault.DeadlineExceeded, "tool %q was canceled while waiting for a free worker process", req.Name)
+			}
 			return nil, fault.New(fault.DeadlineExceeded, "tool %q: no worker process became free before its deadline", req.Name)
 		case <-s.ctx.Done():
 			return nil, fault.New(fault.Unavailable, "tool %q: the service is stopping", req.Name)
@@ -408,7 +411,7 @@ func (s *Supervisor) start() (*worker, error) {
 	}
 	typ, _, err := readFrame(r)
 	if err != nil {
-		return fail(fmt.Errorf("isolate: worker %d did not get ready (%s): %w", w.pid, w.status(), err))
+		return fail(fmt.Errorf("isolate: worker %d did not get ready: %w", w.pid, err))
 	}
 	if typ != frameReady {
 		return fail(fmt.Errorf("isolate: worker %d: first frame %q, want ready", w.pid, typ))
@@ -470,7 +473,7 @@ func (w *worker) cancel(seq uint64) {
 
 // call sends req to w and reads its frames on the calling goroutine until
 // the result: no goroutine hand-off on the way.
-func (s *Supervisor) call(ctx context.Context, w *worker, req Request) ([]byte, error) {
+func (s *Supervisor) call(ctx context.Context, w *worker, req Request) (_ []byte, err error) {
 	w.seq++
 	seq := w.seq
 	meta := callMeta{Seq: seq, Name: req.Name, Key: req.Key, Memory: req.Limits.Memory, CPU: int64(req.Limits.CPU)}
@@ -480,6 +483,12 @@ func (s *Supervisor) call(ctx context.Context, w *worker, req Request) ([]byte, 
 			return nil, err
 		}
 		meta.Setup = b
+		if len(w.known) >= MaxKeys {
+			// The worker forgets with us, in this same call: the two
+			// never disagree on what it knows.
+			clear(w.known)
+			meta.Forget = true
+		}
 	}
 	mb, err := json.Marshal(meta)
 	if err != nil {
@@ -494,8 +503,16 @@ func (s *Supervisor) call(ctx context.Context, w *worker, req Request) ([]byte, 
 		<-w.dead
 		return nil, s.deathError(ctx, w, req)
 	}
-	if req.Key != "" {
+	if meta.Setup != nil {
+		// Known unless the call fails: a Setup the worker could not
+		// install (it did not compile) is sent again next time rather
+		// than the worker answering "no tool" for good.
 		w.known[req.Key] = true
+		defer func() {
+			if err != nil {
+				delete(w.known, req.Key)
+			}
+		}()
 	}
 	// When ctx ends, the worker is told to stop the call, and killed if it
 	// has not within StopGrace.

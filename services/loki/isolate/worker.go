@@ -98,6 +98,10 @@ type Call struct {
 	// worker gets Key, nil after.
 	Key   string
 	Setup []byte
+	// Forget tells the Handler to drop every Setup it keeps before this
+	// one: the supervisor forgot which keys the worker knows (it keeps at
+	// most MaxKeys), and will send Setup again for each.
+	Forget bool
 	// Payload is Request.Payload.
 	Payload []byte
 	// Limits are enforced by Serve around the Handler.
@@ -207,7 +211,7 @@ func (l *Link) decodeCall(b []byte) (*Call, error) {
 	if err := json.Unmarshal(b[k:k+int(n)], &m); err != nil {
 		return nil, fmt.Errorf("isolate: protocol error: call frame: %w", err)
 	}
-	return &Call{seq: m.Seq, Name: m.Name, Key: m.Key, Setup: m.Setup, Payload: b[k+int(n):],
+	return &Call{seq: m.Seq, Name: m.Name, Key: m.Key, Setup: m.Setup, Forget: m.Forget, Payload: b[k+int(n):],
 		Limits: Limits{Memory: m.Memory, CPU: time.Duration(m.CPU)}, link: l}, nil
 }
 
