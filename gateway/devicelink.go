@@ -128,9 +128,20 @@ type linkClaim struct {
 	At   int64  `json:"at"`
 }
 
-// newer reports whether c was made after o (ties broken by link id, so
-// two gateways agree on which of two simultaneous links wins).
-func (c linkClaim) newer(o linkClaim) bool {
+// claimWindow is how close two claims must be for their times to decide
+// which link wins; a claim for a link older than that always wins, so a
+// gateway whose clock is behind another's still takes over a device that
+// moved to it.
+const claimWindow = 2 * time.Second
+
+// supersedes reports whether claim c, from another gateway, ends the link
+// claimed by o: always when o's link opened over claimWindow ago (the
+// device reconnected elsewhere since); for two links opened within the
+// window, the later one (ties broken by link id, so every gateway agrees).
+func (c linkClaim) supersedes(o linkClaim) bool {
+	if time.Since(time.Unix(0, o.At)) > claimWindow {
+		return true
+	}
 	return c.At > o.At || (c.At == o.At && c.Link > o.Link)
 }
 
@@ -148,7 +159,7 @@ func (s *deviceLinks) onClaim(m *nats.Msg) {
 	s.mu.Lock()
 	cur := s.links[id]
 	s.mu.Unlock()
-	if cur == nil || cur.claim.Link == c.Link || !c.newer(cur.claim) {
+	if cur == nil || cur.claim.Link == c.Link || !c.supersedes(cur.claim) {
 		return
 	}
 	cur.replaced.Store(true)
@@ -248,7 +259,9 @@ func (s *deviceLinks) Connect(stream grpc.BidiStreamingServer[jv1.LinkFrame, jv1
 		select {
 		case err := <-received:
 			end = err
-			if end == nil {
+			if ctx.Err() != nil {
+				end = context.Cause(ctx) // replaced or ending: say why, not what the last frame saw
+			} else if end == nil {
 				end = io.EOF
 			}
 		case <-ctx.Done():
@@ -258,7 +271,19 @@ func (s *deviceLinks) Connect(stream grpc.BidiStreamingServer[jv1.LinkFrame, jv1
 		case <-reverify.C:
 			// Fresh: a revoked login ends the link within one period. An
 			// identity service that cannot answer leaves the link up.
-			if _, err := g.auth.devices.verify(ctx, p.login, true); err != nil {
+			// Given up when the gateway stops, so a shutdown while the
+			// identity service is away does not wait on it.
+			vctx, vcancel := context.WithTimeout(ctx, verifyTimeout)
+			go func() {
+				select {
+				case <-g.stopping:
+					vcancel()
+				case <-vctx.Done():
+				}
+			}()
+			_, err := g.auth.devices.verify(vctx, p.login, true)
+			vcancel()
+			if err != nil {
 				if fault.CodeOf(err) == fault.Unauthenticated {
 					end = fault.New(fault.Unauthenticated, "device %s: the device login is no longer valid (revoked?)", id)
 				} else if ctx.Err() == nil {

@@ -68,19 +68,21 @@ func (a *Agent) lokiExec(ctx context.Context, args map[string]any, timeout time.
 	default:
 		return nil, fault.New(fault.InvalidArgument, "device %s: %s: args.args must be an object", a.cfg.Device.ID, CmdToolCall)
 	}
+	// The call's own timeout_ms, else the default; never past the
+	// command's timeout.
 	d := lokiExecTimeout
-	if timeout > 0 {
-		d = timeout
-	}
 	switch ms := args["timeout_ms"].(type) {
 	case nil:
 	case float64:
 		if ms < 1 || ms > float64(time.Hour/time.Millisecond) {
 			return nil, fault.New(fault.InvalidArgument, "device %s: %s: args.timeout_ms %v must be 1 to 3600000", a.cfg.Device.ID, CmdToolCall, ms)
 		}
-		d = min(d, time.Duration(ms)*time.Millisecond)
+		d = time.Duration(ms) * time.Millisecond
 	default:
 		return nil, fault.New(fault.InvalidArgument, "device %s: %s: args.timeout_ms must be a number", a.cfg.Device.ID, CmdToolCall)
+	}
+	if timeout > 0 {
+		d = min(d, timeout)
 	}
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()

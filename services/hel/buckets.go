@@ -66,7 +66,9 @@ func (s *Service) askBroker(ctx context.Context, req helbucket.Request) error {
 	deadline := time.Now().Add(brokerWait)
 	wait := 50 * time.Millisecond
 	for {
-		rctx, cancel := context.WithTimeout(ctx, brokerWait)
+		// The broker may take its own whole budget (placing a replicated
+		// bucket on a cluster that is still starting): wait a little longer.
+		rctx, cancel := context.WithTimeout(ctx, brokerWait+5*time.Second)
 		m, err := s.nc.RequestWithContext(rctx, subjects.AuthHelBucket, body)
 		cancel()
 		if err == nil {
