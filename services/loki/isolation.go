@@ -133,7 +133,6 @@ type WorkerConfig struct {
 	Modules []engine.Module
 }
 
-
 // ServeWorker runs the calls a supervisor sends over link, one at a time,
 // in the same engine a replica uses, until the supervisor lets go of the
 // worker or ctx ends. cmd/loki's hidden `loki worker` command calls it.
