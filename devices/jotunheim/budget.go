@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/loki-iot/loki/internal/bytesize"
 	"math"
 	"os"
 	"runtime/metrics"
@@ -31,30 +32,14 @@ import (
 // or "10kB", "1MB", "1GB" (powers of 1000).
 type ByteSize int64
 
-var sizeUnits = []struct {
-	suffix string
-	mult   int64
-}{
-	{"kib", 1 << 10}, {"mib", 1 << 20}, {"gib", 1 << 30},
-	{"kb", 1000}, {"mb", 1000 * 1000}, {"gb", 1000 * 1000 * 1000},
-	{"k", 1 << 10}, {"m", 1 << 20}, {"g", 1 << 30}, {"b", 1},
-}
-
-// ParseByteSize parses a size such as "48MiB", "1MB" or "4096".
+// ParseByteSize parses a size such as "48MiB", "1MB" or "4096"
+// (internal/bytesize, as every size in Loki's configs).
 func ParseByteSize(s string) (ByteSize, error) {
-	t := strings.ToLower(strings.TrimSpace(s))
-	mult := int64(1)
-	for _, u := range sizeUnits {
-		if strings.HasSuffix(t, u.suffix) {
-			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.mult
-			break
-		}
+	n, err := bytesize.Parse(s) // < 2^62: fits an int64
+	if err != nil {
+		return 0, err
 	}
-	f, err := strconv.ParseFloat(t, 64)
-	if err != nil || math.IsNaN(f) || f < 0 || f*float64(mult) > math.MaxInt64/2 {
-		return 0, fmt.Errorf("size %q: want a number of bytes with an optional unit (B, KiB, MiB, GiB, kB, MB, GB)", trunc(s))
-	}
-	return ByteSize(f * float64(mult)), nil
+	return ByteSize(n), nil
 }
 
 // UnmarshalTOML accepts an integer or a size string.

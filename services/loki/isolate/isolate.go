@@ -34,10 +34,9 @@ package isolate
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
+	"github.com/loki-iot/loki/internal/bytesize"
 	"io"
 	"strconv"
-	"strings"
 	"time"
 )
 
@@ -65,40 +64,9 @@ const (
 const MinMemory = 4 << 20
 
 // ParseSize parses a size such as "64MiB", "512KiB", "1GiB", "1.5GiB" or a
-// plain number of bytes. Units are binary (KiB, MiB, GiB, TiB; KB, MB, GB
-// and TB are read as their binary namesakes too, as most tools do).
-func ParseSize(s string) (uint64, error) {
-	t := strings.TrimSpace(s)
-	i := strings.IndexFunc(t, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
-	num, unit := t, ""
-	if i >= 0 {
-		num, unit = t[:i], strings.TrimSpace(t[i:])
-	}
-	var mul float64
-	switch strings.ToLower(unit) {
-	case "", "b":
-		mul = 1
-	case "k", "kb", "kib":
-		mul = 1 << 10
-	case "m", "mb", "mib":
-		mul = 1 << 20
-	case "g", "gb", "gib":
-		mul = 1 << 30
-	case "t", "tb", "tib":
-		mul = 1 << 40
-	default:
-		return 0, fmt.Errorf("size %q: unknown unit %q (want B, KiB, MiB, GiB or TiB)", s, unit)
-	}
-	f, err := strconv.ParseFloat(num, 64)
-	if err != nil || f < 0 {
-		return 0, fmt.Errorf("size %q: want a size such as \"64MiB\", \"512KiB\" or \"1GiB\"", s)
-	}
-	v := f * mul
-	if v >= 1<<63 {
-		return 0, fmt.Errorf("size %q: too large", s)
-	}
-	return uint64(v), nil
-}
+// plain number of bytes, as every size in Loki's configs is parsed
+// (internal/bytesize: KiB, MiB, GiB are powers of 1024; kB, MB, GB of 1000).
+func ParseSize(s string) (uint64, error) { return bytesize.Parse(s) }
 
 // FormatSize renders n bytes for people: "64 MiB", "1.5 GiB", "512 KiB".
 func FormatSize(n uint64) string {

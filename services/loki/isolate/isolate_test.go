@@ -12,7 +12,7 @@ func TestParseSize(t *testing.T) {
 		err  bool
 	}{
 		{in: "64MiB", want: 64 << 20}, {in: "512KiB", want: 512 << 10}, {in: "1GiB", want: 1 << 30},
-		{in: "1.5GiB", want: 3 << 29}, {in: "4096", want: 4096}, {in: "64 MB", want: 64 << 20},
+		{in: "1.5GiB", want: 3 << 29}, {in: "4096", want: 4096}, {in: "64 MB", want: 64e6},
 		{in: "64XB", err: true}, {in: "MiB", err: true}, {in: "-1MiB", err: true}, {in: "", err: true},
 	} {
 		got, err := ParseSize(tc.in)
