@@ -5,7 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
-	"path"
+
 	"strings"
 	"sync"
 	"time"
@@ -13,6 +13,7 @@ import (
 	"github.com/loki-iot/loki/internal/fault"
 	"github.com/loki-iot/loki/internal/microsvc"
 	lokiv1 "github.com/loki-iot/loki/proto/loki/v1"
+	"github.com/loki-iot/loki/services/jotunheim"
 	"github.com/loki-iot/loki/subjects"
 	"github.com/nats-io/nats.go"
 )
@@ -30,9 +31,6 @@ const (
 	// bcrypt takes tens of milliseconds, and a fleet reconnecting at once
 	// queues on the identity service's workers.
 	verifyTimeout = 15 * time.Second
-	// deviceOwnerPrefix is how the device service marks the tools it makes
-	// of a device's entities (Tool.owner "device:<id>").
-	deviceOwnerPrefix = "device:"
 )
 
 // verifyRequest and verifyResponse are the identity service's JSON for
@@ -223,25 +221,12 @@ func (g *Gateway) deviceMayRun(ctx context.Context, tool string) error {
 	if !ok {
 		return nil
 	}
-	for _, pat := range g.cfg.DeviceCalls {
-		if ok, _ := path.Match(pat, tool); ok {
-			return g.notAnotherDevicesTool(ctx, p.device, tool)
-		}
+	if err := jotunheim.DeviceMayCall(g.cfg.DeviceCalls, p.device, tool); err != nil {
+		return err
 	}
-	return fault.New(fault.PermissionDenied,
-		"device %s may not call tool %q: it matches no pattern of the device service's device_calls setting", p.device, tool)
-}
-
-// notAnotherDevicesTool refuses a tool made from another device's entity,
-// as the device service does: device_calls = ["*"] must not let one device
-// drive another.
-func (g *Gateway) notAnotherDevicesTool(ctx context.Context, device, tool string) error {
 	def, err := g.lc.Get(ctx, tool)
 	if err != nil {
 		return err
 	}
-	if o := def.GetOwner(); strings.HasPrefix(o, deviceOwnerPrefix) && o != deviceOwnerPrefix+device {
-		return fault.New(fault.PermissionDenied, "tool %q belongs to %s: a device may not call another device's tools", tool, o)
-	}
-	return nil
+	return jotunheim.NotAnotherDevicesTool(p.device, def)
 }

@@ -42,6 +42,10 @@ var ErrBadControl = errors.New("bad stream control")
 
 var streamIDRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 
+// ValidStreamID reports whether id can name a stream instance (chosen by
+// the platform): 1 to 64 of [A-Za-z0-9_-].
+func ValidStreamID(id string) bool { return streamIDRE.MatchString(id) }
+
 // HostConfig bounds a Host. Zero fields take the defaults.
 type HostConfig struct {
 	// MaxStreams caps the streams open at once (DefaultMaxStreams); an
@@ -120,7 +124,7 @@ func (h *Host) Open() int {
 // error wrapping ErrBadControl for a control it cannot answer.
 func (h *Host) Control(c *jv1.StreamControl) error {
 	id := c.GetStreamId()
-	if !streamIDRE.MatchString(id) {
+	if !ValidStreamID(id) {
 		return fmt.Errorf("%w: stream_id %.70q must be 1 to 64 of [A-Za-z0-9_-]", ErrBadControl, id)
 	}
 	switch c.GetAction() {

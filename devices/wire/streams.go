@@ -2,7 +2,6 @@ package wire
 
 import (
 	"fmt"
-	"regexp"
 
 	"github.com/loki-iot/loki/devices/streams"
 	jv1 "github.com/loki-iot/loki/proto/jotunheim/v1"
@@ -11,13 +10,10 @@ import (
 // MaxStreamSources caps the stream sources of one manifest.
 const MaxStreamSources = 32
 
-// streamID is the shape of a stream id, chosen by the platform.
-var streamID = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
-
 // ValidStreamID returns an error unless id can name a stream instance: 1
 // to 64 of [A-Za-z0-9_-].
 func ValidStreamID(id string) error {
-	if !streamID.MatchString(id) {
+	if !streams.ValidStreamID(id) {
 		return fmt.Errorf("%w: stream_id %.70q must be 1 to 64 of [A-Za-z0-9_-]", ErrDecode, id)
 	}
 	return nil

@@ -2,7 +2,6 @@ package jotunheim
 
 import (
 	"context"
-	"strings"
 	"time"
 
 	"github.com/loki-iot/loki/internal/fault"
@@ -31,9 +30,8 @@ func (s *Service) startCall(ctx context.Context, id string, c *jv1.ToolCall) {
 // call checks that device id may call c's tool and calls it through Loki.
 func (s *Service) call(ctx context.Context, id string, c *jv1.ToolCall) (*structpb.Value, error) {
 	tool := c.GetTool()
-	if !s.cfg.deviceMayCall(tool) {
-		return nil, fault.New(fault.PermissionDenied,
-			"device %s may not call tool %q: it matches no pattern of the device service's device_calls setting", id, tool)
+	if err := DeviceMayCall(s.cfg.DeviceCalls, id, tool); err != nil {
+		return nil, err
 	}
 	wait := s.cfg.CommandTimeout
 	if ms := c.GetTimeoutMs(); ms > 0 {
@@ -51,8 +49,8 @@ func (s *Service) call(ctx context.Context, id string, c *jv1.ToolCall) (*struct
 	if err != nil {
 		return nil, err
 	}
-	if o := def.GetOwner(); strings.HasPrefix(o, "device:") && o != owner(id) {
-		return nil, fault.New(fault.PermissionDenied, "tool %q belongs to %s: a device may not call another device's tools", tool, o)
+	if err := NotAnotherDevicesTool(id, def); err != nil {
+		return nil, err
 	}
 	args := []byte("{}")
 	if c.GetArgs() != nil {

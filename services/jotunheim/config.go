@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"path"
 	"runtime"
+	"strings"
 	"time"
 
+	"github.com/loki-iot/loki/internal/fault"
 	"github.com/loki-iot/loki/internal/metrics"
+	lokiv1 "github.com/loki-iot/loki/proto/loki/v1"
 )
 
 // Config configures a device service replica. It decodes from TOML (the
@@ -130,12 +133,26 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// deviceMayCall reports whether tool matches a glob of DeviceCalls.
-func (c Config) deviceMayCall(tool string) bool {
-	for _, g := range c.DeviceCalls {
+// DeviceMayCall returns nil when tool matches a glob of patterns (the
+// device_calls setting), else PERMISSION_DENIED naming the setting. The
+// device service checks a device's tool calls with it over MQTT, and the
+// gateway a device's calls over gRPC, so one setting means one thing.
+func DeviceMayCall(patterns []string, device, tool string) error {
+	for _, g := range patterns {
 		if ok, _ := path.Match(g, tool); ok {
-			return true
+			return nil
 		}
 	}
-	return false
+	return fault.New(fault.PermissionDenied,
+		"device %s may not call tool %q: it matches no pattern of the device service's device_calls setting", device, tool)
+}
+
+// NotAnotherDevicesTool returns PERMISSION_DENIED when def is a tool made
+// of another device's entity: device_calls = ["*"] must not let one
+// device drive another.
+func NotAnotherDevicesTool(device string, def *lokiv1.Tool) error {
+	if o := def.GetOwner(); strings.HasPrefix(o, ownerPrefix) && o != owner(device) {
+		return fault.New(fault.PermissionDenied, "tool %q belongs to %s: a device may not call another device's tools", def.GetName(), o)
+	}
+	return nil
 }

@@ -137,8 +137,11 @@ func (s *Service) refuse(id string, m *jv1.Manifest, reason string) {
 	s.publishEvent(id, &jv1.DeviceEvent{Kind: "refused", Reason: reason, Manifest: m})
 }
 
+// ownerPrefix prefixes the Tool.owner of every device's tools.
+const ownerPrefix = "device:"
+
 // owner is the Tool.owner of device id's tools.
-func owner(id string) string { return "device:" + id }
+func owner(id string) string { return ownerPrefix + id }
 
 // deviceTools returns the Loki tools made from m's entities, and why any
 // entity could not become one.
